@@ -1,0 +1,102 @@
+//! `cli embed`: H for every input line, so anyone can compare our encoder with another
+//! implementation.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use encoder::{pad_batch, parse_device, Encoded, ModelFolder, TextTokenizer};
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Model folder: Hugging Face (config.json, weights, tokenizer.json) or imported.
+    #[arg(long)]
+    model: PathBuf,
+    /// Weights file to use when the folder has several.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// JSON Lines input, one object with a "text" field per line.
+    #[arg(long)]
+    input: PathBuf,
+    /// JSON Lines output: one {"embedding": [...]} per input line, in order.
+    #[arg(long)]
+    output: PathBuf,
+    /// Truncation length in tokens (default: what the model allows, at most 512).
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let device = parse_device(&args.device)?;
+    let folder = ModelFolder::open(&args.model, args.weights.as_deref())?;
+    let max_len = args
+        .max_len
+        .unwrap_or_else(|| folder.config.max_input_len().min(512));
+    let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, max_len)?;
+    let rows = read_texts(&args.input, &tokenizer)?;
+    let model = folder.load_encoder(&device)?;
+
+    // Write beside the target and rename at the end: a failed run leaves no partial output.
+    let tmp = args.output.with_extension("jsonl.tmp");
+    let mut out = BufWriter::new(
+        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+    );
+    for chunk in rows.chunks(args.batch_size) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let input = pad_batch(&refs, tokenizer.pad_id(), &device);
+        let h = model.forward(input).first_token;
+        let [batch, hidden] = h.dims();
+        let values = h
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading embeddings back: {e:?}"))?;
+        for row in 0..batch {
+            let embedding = &values[row * hidden..(row + 1) * hidden];
+            serde_json::to_writer(&mut out, &serde_json::json!({ "embedding": embedding }))?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, &args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!("wrote {} embeddings to {}", rows.len(), args.output.display());
+    Ok(())
+}
+
+fn read_texts(path: &PathBuf, tokenizer: &TextTokenizer) -> Result<Vec<Encoded>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let n = index + 1;
+        let line = line.with_context(|| format!("{}: line {n}: not UTF-8", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line.trim_start_matches('\u{feff}'))
+            .with_context(|| format!("{}: line {n}: not JSON", path.display()))?;
+        let text = value
+            .get("text")
+            .and_then(|t| t.as_str())
+            .with_context(|| format!("{}: line {n}: no string field \"text\"", path.display()))?;
+        if text.trim().is_empty() {
+            bail!("{}: line {n}: empty text", path.display());
+        }
+        rows.push(tokenizer.encode(text, None)?);
+    }
+    if rows.is_empty() {
+        bail!("{}: no input lines", path.display());
+    }
+    Ok(rows)
+}

@@ -1,0 +1,33 @@
+//! The BERT/RoBERTa encoder of the sentiment model, as burn modules, with everything needed to
+//! load a Hugging Face model folder offline: its `config.json`, its weights (safetensors or
+//! PyTorch pickle, read by burn-store, or burn's own format after `cargo xtask import-weights`)
+//! and its `tokenizer.json`.
+//!
+//! ```no_run
+//! use encoder::{ModelFolder, TextTokenizer, pad_batch, parse_device};
+//! # fn main() -> Result<(), encoder::EncoderError> {
+//! let device = parse_device("cpu")?;
+//! let folder = ModelFolder::open("models/all-MiniLM-L6-v2".as_ref(), None)?;
+//! let model = folder.load_encoder(&device)?;
+//! let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, 128)?;
+//! let row = tokenizer.encode("Shares jumped 12%.", None)?;
+//! let h = model.forward(pad_batch(&[&row], tokenizer.pad_id(), &device)).first_token;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod device;
+mod error;
+mod loader;
+mod model;
+mod tokenize;
+
+pub use config::{EncoderConfig, HiddenAct, ModelFamily};
+pub use device::parse_device;
+pub use error::EncoderError;
+pub use loader::{load_weights, save_burnpack, ModelFolder, WeightsFormat, BURN_WEIGHTS, HF_WEIGHTS};
+pub use model::{
+    Attention, Embeddings, Encoder, EncoderInput, EncoderOutput, Intermediate, Layer, LayerStack,
+    ResidualOutput, SelfAttention,
+};
+pub use tokenize::{pad_batch, Encoded, TextTokenizer};
