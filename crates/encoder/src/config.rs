@@ -94,11 +94,10 @@ impl EncoderConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Self =
-            serde_json::from_str(&text).map_err(|source| EncoderError::Config {
-                path: path.to_path_buf(),
-                message: source.to_string(),
-            })?;
+        let config: Self = serde_json::from_str(&text).map_err(|source| EncoderError::Config {
+            path: path.to_path_buf(),
+            message: source.to_string(),
+        })?;
         config.validate().map_err(|message| EncoderError::Config {
             path: path.to_path_buf(),
             message,
@@ -134,7 +133,10 @@ impl EncoderConfig {
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{name} {p} is not in [0, 1)"));

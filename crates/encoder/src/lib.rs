@@ -25,7 +25,9 @@ mod tokenize;
 pub use config::{EncoderConfig, HiddenAct, ModelFamily};
 pub use device::parse_device;
 pub use error::EncoderError;
-pub use loader::{load_weights, save_burnpack, ModelFolder, WeightsFormat, BURN_WEIGHTS, HF_WEIGHTS};
+pub use loader::{
+    load_weights, save_burnpack, ModelFolder, WeightsFormat, BURN_WEIGHTS, HF_WEIGHTS,
+};
 pub use model::{
     Attention, Embeddings, Encoder, EncoderInput, EncoderOutput, Intermediate, Layer, LayerStack,
     ResidualOutput, SelfAttention,

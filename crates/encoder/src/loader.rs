@@ -76,10 +76,7 @@ impl ModelFolder {
         if !dir.is_dir() {
             return Err(EncoderError::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "model folder not found",
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
             });
         }
         let config = EncoderConfig::from_file(&dir.join("config.json"))?;
@@ -169,26 +166,36 @@ pub fn load_weights(encoder: &mut Encoder, path: &Path) -> Result<(), EncoderErr
     // Reading a truncated or corrupt file can panic inside the reader; turn that into an error.
     let result = catch(path, || match format {
         WeightsFormat::Burnpack => {
-            let mut store = BurnpackStore::from_file(path).allow_partial(true);
-            encoder.load_from(&mut store).map_err(|e| checkpoint_error(&e))
+            let mut store = BurnpackStore::from_file(path)
+                .allow_partial(true)
+                .validate(false);
+            encoder
+                .load_from(&mut store)
+                .map_err(|e| checkpoint_error(&e))
         }
         WeightsFormat::Safetensors => {
             let mut store = KEY_MAP.iter().fold(
                 SafetensorsStore::from_file(path)
                     .with_from_adapter(to_f32())
-                    .allow_partial(true),
+                    .allow_partial(true)
+                    .validate(false),
                 |store, (from, to)| store.with_key_remapping(*from, *to),
             );
-            encoder.load_from(&mut store).map_err(|e| checkpoint_error(&e))
+            encoder
+                .load_from(&mut store)
+                .map_err(|e| checkpoint_error(&e))
         }
         WeightsFormat::Pytorch => {
             let mut store = KEY_MAP.iter().fold(
+                // The PyTorch adapter is built into this store.
                 PytorchStore::from_file(path)
-                    .with_from_adapter(to_f32())
-                    .allow_partial(true),
+                    .allow_partial(true)
+                    .validate(false),
                 |store, (from, to)| store.with_key_remapping(*from, *to),
             );
-            encoder.load_from(&mut store).map_err(|e| checkpoint_error(&e))
+            encoder
+                .load_from(&mut store)
+                .map_err(|e| checkpoint_error(&e))
         }
     })??;
     check_applied(path, format, &result)

@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, LinearConfig,
 };
-use burn::tensor::activation::{gelu, gelu_approximate, silu, softmax};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, silu, softmax};
 use burn::tensor::{Device, Int, Tensor};
 use lora::LoraLinear;
 
@@ -181,7 +181,7 @@ impl Intermediate {
         match self.act {
             HiddenAct::Gelu => gelu(x),
             HiddenAct::GeluTanh => gelu_approximate(x),
-            HiddenAct::Relu => x.relu(),
+            HiddenAct::Relu => relu(x),
             HiddenAct::Silu => silu(x),
         }
     }

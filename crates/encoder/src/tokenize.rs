@@ -123,9 +123,8 @@ pub fn pad_batch(rows: &[&Encoded], pad_id: u32, device: &Device) -> EncoderInpu
             types[row * seq + col] = ty as i64;
         }
     }
-    let tensor = |data: Vec<i64>| {
-        Tensor::<2, Int>::from_data(TensorData::new(data, [batch, seq]), device)
-    };
+    let tensor =
+        |data: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(data, [batch, seq]), device);
     EncoderInput {
         input_ids: tensor(ids),
         attention_mask: tensor(mask),

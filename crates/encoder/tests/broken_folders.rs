@@ -1,0 +1,177 @@
+//! Broken model folders: each is an error naming what is wrong, never a panic.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use encoder::{EncoderError, ModelFolder};
+use safetensors::tensor::TensorView;
+use safetensors::SafeTensors;
+
+/// A copy of the tiny fixture folder (config, tokenizer, safetensors) in a fresh temp dir.
+fn copy_fixture(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let source = testkit::shared_file(test, "fixtures/tiny-roberta")?;
+    let dir = std::env::temp_dir().join(format!("encoder-broken-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(source.join(name), dir.join(name)).unwrap();
+    }
+    Some((source, dir))
+}
+
+/// Rewrites `model.safetensors` in `dir` after `edit` changed the (name, shape, bytes) list.
+fn rewrite_safetensors(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            (
+                name.clone(),
+                TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(dir.join("model.safetensors"), out).unwrap();
+}
+
+fn load_error(dir: &Path) -> EncoderError {
+    match ModelFolder::open(dir, None).and_then(|f| f.load_encoder(&Device::flex())) {
+        Ok(_) => panic!("{} loaded although it is broken", dir.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn misshapen_tensor_names_it_and_both_shapes() {
+    let Some((_, dir)) = copy_fixture("misshapen_tensor") else {
+        return;
+    };
+    let name = "roberta.encoder.layer.1.intermediate.dense.weight";
+    rewrite_safetensors(&dir, |tensors| {
+        let t = tensors.iter_mut().find(|t| t.0 == name).unwrap();
+        t.1 = vec![127, 64];
+        t.2.truncate(127 * 64 * 4);
+    });
+    let error = load_error(&dir);
+    let message = error.to_string();
+    assert!(
+        matches!(&error, EncoderError::ShapeMismatch { expected, found, .. }
+            if expected == &vec![128, 64] && found == &vec![127, 64]),
+        "{message}"
+    );
+    assert!(
+        message.contains("encoder.layer.1.intermediate.dense.weight"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[127, 64]") && message.contains("[128, 64]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_layer_is_named() {
+    let Some((_, dir)) = copy_fixture("missing_layer") else {
+        return;
+    };
+    rewrite_safetensors(&dir, |tensors| {
+        tensors.retain(|t| !t.0.starts_with("roberta.encoder.layer.1."));
+    });
+    let error = load_error(&dir);
+    let message = error.to_string();
+    assert!(
+        matches!(error, EncoderError::MissingTensor { .. }),
+        "{message}"
+    );
+    assert!(message.contains("encoder.layer.1."), "{message}");
+    assert!(message.contains("16 of 37 tensors missing"), "{message}");
+}
+
+#[test]
+fn config_that_is_not_json() {
+    let Some((_, dir)) = copy_fixture("config_not_json") else {
+        return;
+    };
+    std::fs::write(dir.join("config.json"), "{ \"hidden_size\": 64,, }").unwrap();
+    let message = load_error(&dir).to_string();
+    assert!(
+        message.contains("config.json") && message.contains("invalid model config"),
+        "{message}"
+    );
+}
+
+#[test]
+fn config_with_unsupported_model_type() {
+    let Some((_, dir)) = copy_fixture("config_model_type") else {
+        return;
+    };
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        text.replace("\"roberta\"", "\"gpt2\""),
+    )
+    .unwrap();
+    let message = load_error(&dir).to_string();
+    assert!(
+        message.contains("model_type \"gpt2\" is not supported"),
+        "{message}"
+    );
+}
+
+#[test]
+fn no_weights_file() {
+    let Some((_, dir)) = copy_fixture("no_weights") else {
+        return;
+    };
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let error = load_error(&dir);
+    assert!(matches!(error, EncoderError::NoWeights { .. }), "{error}");
+    assert!(error.to_string().contains("model.safetensors"), "{error}");
+}
+
+#[test]
+fn no_tokenizer_json() {
+    let Some((_, dir)) = copy_fixture("no_tokenizer") else {
+        return;
+    };
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let error = load_error(&dir);
+    assert!(
+        error.to_string().contains("tokenizer.json not found"),
+        "{error}"
+    );
+}
+
+#[test]
+fn truncated_safetensors() {
+    let Some((_, dir)) = copy_fixture("truncated_safetensors") else {
+        return;
+    };
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let error = load_error(&dir);
+    assert!(matches!(error, EncoderError::Checkpoint { .. }), "{error}");
+    assert!(error.to_string().contains("model.safetensors"), "{error}");
+}
+
+#[test]
+fn truncated_pytorch_bin() {
+    let Some((source, dir)) = copy_fixture("truncated_bin") else {
+        return;
+    };
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let bytes = std::fs::read(source.join("pytorch_model.bin")).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let error = load_error(&dir);
+    assert!(matches!(error, EncoderError::Checkpoint { .. }), "{error}");
+    assert!(error.to_string().contains("pytorch_model.bin"), "{error}");
+}
