@@ -67,8 +67,10 @@ fn import_weights(model: &Path, out: &Path, weights: Option<&Path>) -> Result<()
     for name in ["config.json", "tokenizer.json"] {
         let (from, to) = (model.join(name), out.join(name));
         if from != to {
-            std::fs::copy(&from, &to)
-                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+            // Read and write rather than copy: a copy keeps the source's read-only mode.
+            let bytes =
+                std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+            std::fs::write(&to, bytes).with_context(|| format!("cannot write {}", to.display()))?;
         }
     }
     eprintln!(

@@ -90,9 +90,9 @@ fn default_eps() -> f64 {
 impl EncoderConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, EncoderError> {
-        let text = std::fs::read_to_string(path).map_err(|source| EncoderError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| EncoderError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let config: Self = serde_json::from_str(&text).map_err(|source| EncoderError::Config {
             path: path.to_path_buf(),

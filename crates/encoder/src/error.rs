@@ -5,10 +5,10 @@ use std::path::PathBuf;
 /// Everything that can go wrong loading a model folder or encoding text.
 #[derive(Debug, thiserror::Error)]
 pub enum EncoderError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: invalid model config: {message}", path.display())]
     Config { path: PathBuf, message: String },

@@ -76,7 +76,7 @@ impl ModelFolder {
         if !dir.is_dir() {
             return Err(EncoderError::Io {
                 path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
             });
         }
         let config = EncoderConfig::from_file(&dir.join("config.json"))?;
@@ -90,7 +90,7 @@ impl ModelFolder {
                 if !w.is_file() {
                     return Err(EncoderError::Io {
                         path: w,
-                        source: std::io::Error::new(
+                        error: std::io::Error::new(
                             std::io::ErrorKind::NotFound,
                             "weights file not found",
                         ),
@@ -155,7 +155,7 @@ pub fn load_weights(encoder: &mut Encoder, path: &Path) -> Result<(), EncoderErr
     if !path.is_file() {
         return Err(EncoderError::Io {
             path: path.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
         });
     }
     let checkpoint_error = |e: &dyn std::fmt::Display| EncoderError::Checkpoint {
@@ -300,8 +300,8 @@ pub fn save_burnpack(encoder: &Encoder, path: &Path) -> Result<(), EncoderError>
             path: tmp.clone(),
             message: e.to_string(),
         })?;
-    std::fs::rename(&tmp, path).map_err(|source| EncoderError::Io {
+    std::fs::rename(&tmp, path).map_err(|error| EncoderError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
