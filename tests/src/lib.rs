@@ -18,11 +18,18 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// The repository root (parent of this crate's folder).
+/// The repository root: the nearest folder above the including crate whose `Cargo.toml`
+/// declares the workspace (this file is also included by path from crates that must not
+/// depend on testkit, so `CARGO_MANIFEST_DIR` is not always `tests/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
+    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
+    start
+        .ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|toml| toml.contains("[workspace]"))
+        })
+        .unwrap_or(start)
         .to_path_buf()
 }
 
@@ -92,7 +99,11 @@ pub fn tensor_f32(value: &Value) -> (Vec<usize>, Vec<f32>) {
         .iter()
         .map(|v| v.as_f64().expect("float") as f32)
         .collect::<Vec<_>>();
-    assert_eq!(data.len(), shape.iter().product::<usize>(), "shape and data disagree");
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "shape and data disagree"
+    );
     (shape, data)
 }
 
@@ -108,7 +119,11 @@ pub fn tensor_i64(value: &Value) -> (Vec<usize>, Vec<i64>) {
             other => other.as_i64().expect("integer"),
         })
         .collect::<Vec<_>>();
-    assert_eq!(data.len(), shape.iter().product::<usize>(), "shape and data disagree");
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "shape and data disagree"
+    );
     (shape, data)
 }
 

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+mod bench;
+
 use encoder::{parse_device, save_burnpack, ModelFolder, BURN_WEIGHTS};
 
 #[derive(Debug, Parser)]
@@ -29,6 +31,15 @@ enum Task {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
+    /// Time the training step and inference (median of several steps after warm-up).
+    Bench {
+        /// minilm, roberta-base or roberta-large (random weights of that shape).
+        #[arg(long, default_value = "minilm")]
+        model: String,
+        /// Fewer steps.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +59,13 @@ fn run(task: Task) -> Result<()> {
             out,
             weights,
         } => import_weights(&model, &out, weights.as_deref()),
+        Task::Bench { model, quick } => {
+            let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
+            let step = bench::encoder_step(&model, steps, warmup)?;
+            let infer = bench::inference(&model, steps, warmup)?;
+            println!("{model}: encoder step {step:.3} s, inference {infer:.1} sentences/s");
+            Ok(())
+        }
     }
 }
 

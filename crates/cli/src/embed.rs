@@ -71,7 +71,11 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     drop(out);
     std::fs::rename(&tmp, &args.output)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    eprintln!("wrote {} embeddings to {}", rows.len(), args.output.display());
+    eprintln!(
+        "wrote {} embeddings to {}",
+        rows.len(),
+        args.output.display()
+    );
     Ok(())
 }
 

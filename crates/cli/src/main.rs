@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod data_cmd;
 mod embed;
 
 /// Financial sentiment fine-tuning with multi-task learning and Dynamic Adaptive Optimization.
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Encode texts and write H (the first token's last hidden state) as JSON Lines.
     Embed(embed::EmbedArgs),
+    /// Inspect data files (`data stats`).
+    Data(data_cmd::DataArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Data(args) => data_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,69 @@
-//! dao
+//! Plug-and-play multi-task loss weighting for burn training loops: DAO, Dynamic Adaptive
+//! Optimization (Ding et al.; `DAO-SPEC.md` steps 1–5), and the baselines it is compared with
+//! (regression only, constant weights, uncertainty weighting, dynamic weight averaging,
+//! GradNorm, and two DAO ablations), all behind one trait, [`LossWeighting`].
+//!
+//! The training loop keeps its model and optimizer. Each step it hands over the shared
+//! representation H and a closure that maps a representation to the task outputs; it gets back
+//! one loss to call `backward()` on, and per-step [`Diagnostics`]:
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Int, Tensor};
+//! use dao::{LossWeighting, StrategyConfig, TaskOutputs};
+//! # fn encoder(device: &Device) -> Tensor<2> { Tensor::zeros([4, 8], device).require_grad() }
+//! # fn regression_loss(h: &Tensor<2>) -> Tensor<1> { h.clone().mean() }
+//! # fn logits(h: &Tensor<2>) -> Tensor<2> { h.clone().narrow(1, 0, 5) }
+//! let device = Device::flex().autodiff();
+//! let mut weighting = StrategyConfig::from_name("dao")?.build(&device)?;
+//! let labels = Tensor::<1, Int>::from_ints([0, 1, 4, 4], &device);
+//! // for each batch:
+//! let h = encoder(&device); // [batch, d], attached to the encoder's graph
+//! let mut heads = |h: Tensor<2>| TaskOutputs {
+//!     regression_loss: regression_loss(&h), // L_r, [1]
+//!     logits: logits(&h),                   // [batch, 5]
+//!     labels: labels.clone(),               // [batch]
+//! };
+//! let step = weighting.weigh(h, &mut heads)?;
+//! let grads = step.loss.backward();
+//! weighting.update(&grads); // DAO's own Adam (lr 1e-3) on its module; grads stay intact
+//! // ... then the model's optimizer: GradientsParams::from_grads(grads, &model), optim.step(..)
+//! println!("w_c = {:?}, λ_c = {:?}", step.diagnostics.w_c, step.diagnostics.lambda_c);
+//! // after each epoch: weighting.end_epoch();
+//! # Ok::<(), dao::DaoError>(())
+//! ```
+//!
+//! **The closure must be deterministic within a step**: DAO calls it on detached copies of H
+//! (`h.clone().detach().require_grad()`, burn has no `retain_graph`) to measure ‖∂L_r/∂H‖ and
+//! ‖∂L_c/∂H‖, then once on the real H for the loss; the spec requires those gradients to use the
+//! loss's own dropout masks, so sample the heads' masks once per step outside the closure.
+//! For `grad_norm_wrt = "shared-parameters"` use [`LossWeighting::weigh_step`] with a
+//! [`SharedParameters`] (e.g. [`SharedModule`]).
+//!
+//! Layout: `balance` (step 1), `imbalance` and `targets` (step 2), `network` (step 3),
+//! `strategies/dao.rs` (steps 4–5 and the ablations), one file per other strategy.
+
+mod balance;
+mod config;
+mod error;
+mod imbalance;
+mod network;
+mod own_optimizer;
+mod readback;
+mod strategies;
+mod targets;
+mod weighting;
+
+pub use balance::{grad_balance, l2_norm, module_grad_norm, SharedModule, SharedParameters};
+pub use config::{
+    ConstantConfig, DaoConfig, DwaConfig, GradBalanceOnlyConfig, GradNormConfig, GradNormWrt,
+    ImbalanceOnlyConfig, StrategyConfig, UncertaintyConfig,
+};
+pub use error::DaoError;
+pub use imbalance::{imbalance_loss, ImbalanceLoss};
+pub use network::{inverse_softplus, logit, AlphaBeta, DaoModule, WeightNetworkOutput};
+pub use strategies::{
+    dao_objective, Constant, Dao, DaoTerms, DynamicWeightAverage, GradBalanceOnly, GradNorm,
+    ImbalanceOnly, LogVariances, RegressionOnly, Uncertainty,
+};
+pub use targets::{ClassTargets, CrossEntropy};
+pub use weighting::{Diagnostics, Heads, LossWeighting, StepInput, TaskOutputs, Weighted};

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod adapters;
 mod config;
 mod device;
 mod error;
@@ -22,6 +23,7 @@ mod loader;
 mod model;
 mod tokenize;
 
+pub use adapters::{TrainableParameters, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_TARGETS};
 pub use config::{EncoderConfig, HiddenAct, ModelFamily};
 pub use device::parse_device;
 pub use error::EncoderError;

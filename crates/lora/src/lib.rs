@@ -1,33 +1,39 @@
 //! LoRA (low-rank adaptation) for burn linear layers, with PEFT's semantics.
 //!
-//! [`LoraLinear`] wraps a frozen base [`Linear`] and, once adapted, adds
-//! `scaling · B A dropout(x)`. Without an adapter it is exactly the base layer, so a model can
-//! use `LoraLinear` for every projection it may later adapt and load plain checkpoints into
-//! `base`. This crate depends on burn alone: models expose their projections as `LoraLinear`
-//! fields (the `encoder` crate does) and LoRA is switched on per projection.
+//! [`LoraLinear`] wraps a frozen base [`Linear`](burn::nn::Linear) and, once adapted, adds
+//! `scaling · B A dropout(x)` (DAO-SPEC "LoRA"):
+//!
+//! - `A: r×in` Kaiming-uniform (`a = √5`, PyTorch `Linear`'s default), `B: out×r` zeros, so a
+//!   fresh adapter changes nothing; `scaling = α/r`, or `α/√r` with rsLoRA.
+//! - The input goes `x → dropout → A → B`: the `out×in` update `BA` is never built while
+//!   training (cost `r·(in+out)` per token instead of `in·out`), unlike burn's own
+//!   `Module::apply_lora`, which materialises the merged weight on every forward and has no
+//!   adapter dropout.
+//! - [`LoraLinear::merge`] folds `scaling·BA` into `W` (refused when the update is not finite;
+//!   a `merged` flag makes a second merge an error), [`LoraLinear::unmerge`] takes it out.
+//! - [`LoraLinear::with_adapter`] freezes the base weight and bias (`no_grad`): an optimizer
+//!   then sees no gradient for them and leaves them bit-identical; `A` and `B` train.
+//!
+//! # Design
+//! - *Why wrap the base?* A model declares every projection it may adapt as a `LoraLinear`
+//!   from the start. Without an adapter `forward` is exactly the base layer, so plain
+//!   checkpoints load into `base` (module paths `….query.base.weight`), inference costs
+//!   nothing extra, and switching LoRA on later is a change of value, not of type. The
+//!   adapter's tensors sit beside the base (`….query.adapter.lora_a.weight`), so an adapter
+//!   file is just the subset of tensors under `adapter`.
+//! - *Why doesn't this crate know the encoder?* LoRA is a property of one linear layer. Which
+//!   layers to adapt, how PEFT names them and how an adapter file maps onto a model are the
+//!   model's business: the `encoder` crate resolves [`LoraConfig::targets`] on its own module
+//!   tree (`Encoder::apply_lora`) and reads/writes PEFT folders. Depending on burn alone keeps
+//!   this crate reusable for any model (e.g. the heads) and free of dependency cycles.
+//!
+//! [`LoraConfig`] holds the settings (validated, serde); [`PeftAdapterConfig`] reads and
+//! writes the matching PEFT `adapter_config.json`.
 
-use burn::module::Module;
-use burn::nn::Linear;
-use burn::tensor::Tensor;
+mod config;
+mod error;
+mod linear;
 
-/// A linear layer that may carry a LoRA adapter.
-///
-/// # Shapes
-/// - input `[..., d_input]`, output `[..., d_output]`.
-#[derive(Module, Debug)]
-pub struct LoraLinear {
-    /// The (frozen, when adapted) pretrained projection, `W` stored `[in, out]` as burn does.
-    pub base: Linear,
-}
-
-impl LoraLinear {
-    /// Wraps a base layer with no adapter.
-    pub fn new(base: Linear) -> Self {
-        Self { base }
-    }
-
-    /// `W x + b`, plus the adapter's update when there is one.
-    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        self.base.forward(input)
-    }
-}
+pub use config::{LoraConfig, PeftAdapterConfig, PeftTargets};
+pub use error::LoraError;
+pub use linear::{LoraAdapter, LoraLinear};
