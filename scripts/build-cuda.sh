@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Build the `cli` and `xtask` binaries with burn's CUDA backend, offline.
+#
+# burn 0.22.1's `cuda` feature pulls cubecl-llvm, whose build dependency (tracel-llvm-bundler)
+# downloads an LLVM 23.1 bundle from GitHub: that fails without internet. This script stands
+# Debian's LLVM 22 in for the bundle: it installs llvm-22-dev, libpolly-22-dev, libzstd-dev and
+# libz3-dev, lays out the folder the bundler looks for under $XDG_DATA_HOME with links into
+# /usr/lib/llvm-22 and the "installed" marker file, and adds the `liblibz3.so` link the bundler's
+# linker flags ask for. CUDA itself needs no toolkit at build time (cudarc loads the driver's
+# libraries when the program runs).
+#
+#   scripts/build-cuda.sh            # then: target/release/cli train --device cuda:0 …
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+llvm=/usr/lib/llvm-22
+if [ ! -x "$llvm/bin/llvm-config" ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq llvm-22-dev libpolly-22-dev libzstd-dev libz3-dev
+fi
+
+export XDG_DATA_HOME="${XDG_DATA_HOME:-$PWD/target/cuda-llvm}"
+bundle="$XDG_DATA_HOME/tracel/tracel-llvm-23.1.0-4"
+mkdir -p "$bundle"
+for part in bin lib include; do
+  ln -sfn "$llvm/$part" "$bundle/$part"
+done
+touch "$bundle/.tracel-llvm-installed"
+
+libdir=/usr/lib/x86_64-linux-gnu
+if [ ! -e "$libdir/liblibz3.so" ]; then
+  z3=$(ls "$libdir"/libz3.so* 2>/dev/null | head -n 1)
+  [ -n "$z3" ] || { echo "libz3 not found in $libdir" >&2; exit 1; }
+  ln -sf "$z3" "$libdir/liblibz3.so"
+fi
+
+cargo build --release -p cli -p xtask --features cli/cuda,xtask/cuda "$@"
+echo "built target/release/cli and target/release/xtask with CUDA support"
