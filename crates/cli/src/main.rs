@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 
 mod data_cmd;
 mod embed;
+mod evaluate;
+mod export;
+mod predict;
+mod report;
+mod train;
 
 /// Financial sentiment fine-tuning with multi-task learning and Dynamic Adaptive Optimization.
 #[derive(Debug, Parser)]
@@ -22,6 +27,16 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Inspect data files (`data stats`).
     Data(data_cmd::DataArgs),
+    /// Fine-tune a model from a run configuration.
+    Train(train::TrainArgs),
+    /// Validation metrics of a run's best checkpoint.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Scores, classes and probabilities for JSON Lines texts.
+    Predict(predict::PredictArgs),
+    /// A run's report, or the comparison of several runs.
+    Report(report::ReportArgs),
+    /// Export a run's best model as a Hugging Face folder.
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +51,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Embed(args) => embed::run(args),
         Command::Data(args) => data_cmd::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -398,10 +398,10 @@ impl Default for HeadsConfig {
 /// Everything wrong with a configuration; each variant names the key and where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: cannot parse: {message}")]
     Parse { origin: String, message: String },
@@ -482,9 +482,9 @@ impl RunConfig {
         let mut builder = config::Config::builder();
         if let Some(path) = &sources.file {
             // Checked here so a missing file is an I/O error naming it, not "not found".
-            std::fs::metadata(path).map_err(|source| ConfigError::Io {
+            std::fs::metadata(path).map_err(|error| ConfigError::Io {
                 path: path.clone(),
-                source,
+                error,
             })?;
             builder = builder.add_source(
                 config::File::from(path.as_path())

@@ -9,20 +9,36 @@
 //! - [`write_report`] and [`compare`]: `report.md` and SVG plots of one run, the paper-style
 //!   comparison of several.
 //!
-//! The training loop itself lands here once the model crates (heads, dao, lora, data) do.
+//! - [`train`]: the training loop ([`SentimentModel`], any `dao` weighting strategy, AdamW,
+//!   checkpoints in `checkpoints/{last,best}`, bit-exact resume on CPU); [`evaluate_run`],
+//!   [`predict_file`] and [`export_run`] use a finished run.
 
 mod config;
+mod crate_configs;
+mod export;
+mod inference;
 mod metrics;
+mod model;
 mod report;
 mod run_dir;
 mod schedule;
+mod train;
+mod weighting;
 
 pub use config::{
     BadRowPolicy, ConfigError, ConfigSources, DaoConfig, DataConfig, Finetune, GradNormWrt,
     HeadsConfig, InputMode, LoraConfig, Metric, ModelConfig, RunConfig, TrainConfig,
     WeightingConfig, WeightingStrategy, ENV_PREFIX, ENV_SEPARATOR,
 };
+pub use export::{export_run, HEADS_FILE};
+pub use inference::{evaluate_set, predict_file, Prediction, Predictions};
 pub use metrics::{MetricsError, ValidationAccumulator, ValidationMetrics, NUM_CLASSES};
+pub use model::{SentimentModel, MODEL_FILE};
 pub use report::{compare, write_report, Comparison, ComparisonRow, ReportError, ReportFiles};
 pub use run_dir::{peak_memory_bytes, write_atomic, EpochRow, RunDir, RunDirError, StepRow};
 pub use schedule::{updates_per_run, CosineWithWarmup};
+pub use train::{
+    checkpoint_dir, epoch_line, evaluate_run, metrics_table, read_state, train, RunData,
+    TrainError, TrainOptions, TrainState, TrainSummary,
+};
+pub use weighting::RunWeighting;

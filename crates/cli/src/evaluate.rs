@@ -1,0 +1,46 @@
+//! `cli evaluate`: validation metrics of a run's best checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The run folder.
+    #[arg(long)]
+    run: PathBuf,
+    /// Rows to evaluate on (default: the run's validation rows).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print one JSON object (mse, mae, rmse, r2, accuracy, precision, recall, f1, n).
+    #[arg(long)]
+    json: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(args: EvaluateArgs) -> Result<()> {
+    let device = encoder::parse_device(&args.device)?;
+    let m = trainer::evaluate_run(&args.run, "best", args.data.as_deref(), &device)?;
+    if args.json {
+        let value = serde_json::json!({
+            "mse": m.mse, "mae": m.mae, "rmse": m.rmse, "r2": m.r2,
+            "accuracy": m.accuracy, "precision": m.precision, "recall": m.recall,
+            "f1": m.f1, "n": m.n,
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "n {}\nmse {:.6}\nmae {:.6}\nrmse {:.6}\nr2 {:.6}\naccuracy {:.6}\nprecision {:.6}\n\
+             recall {:.6}\nf1 {:.6}",
+            m.n, m.mse, m.mae, m.rmse, m.r2, m.accuracy, m.precision, m.recall, m.f1
+        );
+        println!("confusion (rows: true class 0..4, columns: predicted):");
+        for row in &m.confusion {
+            println!("{row:?}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! Inference with a trained model: validation metrics over a tokenized set, predictions for
+//! JSON Lines inputs.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
+use data::TokenizedSet;
+use encoder::{pad_batch, Encoded};
+use serde::Serialize;
+
+use crate::config::InputMode;
+use crate::model::SentimentModel;
+use crate::train::{RunData, TrainError};
+use crate::{ValidationAccumulator, ValidationMetrics, NUM_CLASSES};
+
+/// The model's outputs for some rows, in row order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Predictions {
+    /// `S`, one per row.
+    pub scores: Vec<f32>,
+    /// `C`, `NUM_CLASSES` per row, row-major.
+    pub logits: Vec<f32>,
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| TrainError::Input(format!("cannot read a tensor back: {e:?}")))
+}
+
+/// Runs `model` (an inference copy: `model.valid()` or built on a plain device) over every
+/// row of `set` in order, `batch_size` rows at a time, and computes the validation metrics.
+pub fn evaluate_set(
+    model: &SentimentModel,
+    set: &TokenizedSet,
+    batch_size: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<(ValidationMetrics, Predictions), TrainError> {
+    let mut accumulator = ValidationAccumulator::new();
+    let mut predictions = Predictions::default();
+    let rows: Vec<usize> = (0..set.len()).collect();
+    for chunk in rows.chunks(batch_size.max(1)) {
+        let batch = set.batch(chunk, pad_id, device);
+        let out = model.forward(batch.input, None);
+        let scores = to_vec(out.scores)?;
+        let logits = to_vec(out.logits)?;
+        let score_true: Vec<f32> = chunk.iter().map(|&r| set.scores[r]).collect();
+        let class_true: Vec<usize> = chunk.iter().map(|&r| usize::from(set.classes[r])).collect();
+        accumulator.push(&score_true, &scores, &class_true, &logits)?;
+        predictions.scores.extend(scores);
+        predictions.logits.extend(logits);
+    }
+    Ok((accumulator.finish()?, predictions))
+}
+
+/// One line of `predict`'s output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The regression head's polarity score.
+    pub score: f32,
+    /// The argmax of the classification head (0 very negative … 4 very positive).
+    pub class: usize,
+    /// Softmax of the classification logits.
+    pub probabilities: Vec<f32>,
+}
+
+/// Reads `input` (JSON Lines with `text`, and `target` when the run used text pairs), runs the
+/// run's best model and writes one JSON line per input line, in order, to `output`.
+pub fn predict_file(
+    run: &Path,
+    input: &Path,
+    output: &Path,
+    device: &Device,
+) -> Result<usize, TrainError> {
+    let (config, model) = SentimentModel::from_run(run, "best", device)?;
+    let tokenizer = RunData::tokenizer(&config)?;
+    let pairs = config.data.input == InputMode::TextTarget;
+    let file = std::fs::File::open(input).map_err(|error| TrainError::Io {
+        path: input.to_path_buf(),
+        error,
+    })?;
+    let mut rows: Vec<(String, Option<String>)> = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|error| TrainError::Io {
+            path: input.to_path_buf(),
+            error,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |m: &str| TrainError::Input(format!("{}:{}: {m}", input.display(), i + 1));
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| bad(&e.to_string()))?;
+        let text = value
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| bad("no string field `text`"))?
+            .to_string();
+        let target = value
+            .get("target")
+            .and_then(|t| t.as_str())
+            .map(String::from);
+        if pairs && target.is_none() {
+            return Err(bad(
+                "the run used text+target pairs: a string `target` is needed",
+            ));
+        }
+        rows.push((text, target));
+    }
+    let mut lines = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(config.train.batch_size.max(1)) {
+        let encoded: Vec<Encoded> = chunk
+            .iter()
+            .map(|(text, target)| {
+                tokenizer.encode(text, if pairs { target.as_deref() } else { None })
+            })
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&Encoded> = encoded.iter().collect();
+        let out = model.forward(pad_batch(&refs, tokenizer.pad_id(), device), None);
+        let scores = to_vec(out.scores)?;
+        let probabilities = to_vec(softmax(out.logits, 1))?;
+        for (i, (text, target)) in chunk.iter().enumerate() {
+            let p = probabilities[i * NUM_CLASSES..(i + 1) * NUM_CLASSES].to_vec();
+            let class = p
+                .iter()
+                .enumerate()
+                .fold(0, |best, (k, &v)| if v > p[best] { k } else { best });
+            let prediction = Prediction {
+                text: text.clone(),
+                target: if pairs { target.clone() } else { None },
+                score: scores[i],
+                class,
+                probabilities: p,
+            };
+            lines.push(serde_json::to_string(&prediction).expect("serialises"));
+        }
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    // Through a temporary file: a failed run leaves no partial output.
+    crate::write_atomic(output, text.as_bytes()).map_err(|error| TrainError::Io {
+        path: output.to_path_buf(),
+        error,
+    })?;
+    Ok(lines.len())
+}

@@ -1,0 +1,111 @@
+//! The sentiment model (encoder + both heads) and its checkpoints.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Device;
+use encoder::{Encoder, EncoderInput, ModelFolder};
+use heads::{HeadDropoutMasks, HeadsOutput, MultiTaskHeads};
+
+use crate::config::{Finetune, RunConfig};
+use crate::train::TrainError;
+
+/// The encoder and the regression and classification heads on its first-token state `H`.
+#[derive(Module, Debug)]
+pub struct SentimentModel {
+    pub encoder: Encoder,
+    pub heads: MultiTaskHeads,
+}
+
+/// The weights file of a checkpoint folder.
+pub const MODEL_FILE: &str = "model.bpk";
+
+impl SentimentModel {
+    /// The pretrained encoder of `config.model` with freshly initialised heads (and, for
+    /// `finetune = "lora"`, fresh adapters) on `device`. Seed the device first for a
+    /// reproducible initialisation.
+    pub fn from_config(config: &RunConfig, device: &Device) -> Result<Self, TrainError> {
+        let folder = ModelFolder::open(&config.model.path, config.model.weights.as_deref())?;
+        let mut encoder = folder.load_encoder(device)?;
+        if config.train.finetune == Finetune::Lora {
+            encoder = encoder.apply_lora(&config.lora_config())?;
+        }
+        let heads = config
+            .heads_config()
+            .init(encoder.config().hidden_size, device)?;
+        Ok(Self { encoder, heads })
+    }
+
+    /// `H` then both heads, with the given dropout masks for the heads.
+    ///
+    /// # Shapes
+    /// - `scores`: `[batch, 1]`, `logits`: `[batch, 5]`.
+    pub fn forward(&self, input: EncoderInput, masks: Option<&HeadDropoutMasks>) -> HeadsOutput {
+        let h = self.encoder.forward(input).first_token;
+        self.heads.forward_with_masks(h, masks)
+    }
+
+    /// Writes the weights to `dir/model.bpk`: everything for full fine-tuning, only the
+    /// adapters and heads with LoRA (the frozen base comes from `model.path`). Parameter ids
+    /// are kept, so the optimizer state saved beside still matches after a reload.
+    pub fn save(&self, dir: &Path, finetune: Finetune) -> Result<(), TrainError> {
+        let path = dir.join(MODEL_FILE);
+        let mut store = BurnpackStore::from_file(&path).overwrite(true);
+        if finetune == Finetune::Lora {
+            store = store.with_regex(r"(\.adapter\.|^heads\.)");
+        }
+        self.save_into(&mut store)
+            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))
+    }
+
+    /// Loads `dir/model.bpk` written by [`save`](Self::save) into a model built by
+    /// [`from_config`](Self::from_config) with the same `finetune`.
+    pub fn load(&mut self, dir: &Path, finetune: Finetune) -> Result<(), TrainError> {
+        let path = dir.join(MODEL_FILE);
+        if !path.is_file() {
+            return Err(TrainError::checkpoint(&path, "file not found".into()));
+        }
+        let lora = finetune == Finetune::Lora;
+        let mut store = BurnpackStore::from_file(&path).allow_partial(lora);
+        let result = self
+            .load_from(&mut store)
+            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        if !result.errors.is_empty() {
+            return Err(TrainError::checkpoint(
+                &path,
+                format!("{:?}", result.errors),
+            ));
+        }
+        let missing: Vec<_> = result
+            .missing
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| !lora || name.contains(".adapter.") || name.starts_with("heads."))
+            .collect();
+        if !missing.is_empty() {
+            return Err(TrainError::checkpoint(
+                &path,
+                format!("missing tensors {missing:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The inference model of a run folder: its config's encoder, the weights of
+    /// `checkpoints/<which>/`, LoRA merged into the base weights.
+    pub fn from_run(
+        run: &Path,
+        which: &str,
+        device: &Device,
+    ) -> Result<(RunConfig, Self), TrainError> {
+        let config = crate::RunDir::open(run)?.read_config()?;
+        let mut model = Self::from_config(&config, device)?;
+        let dir = run.join("checkpoints").join(which);
+        model.load(&dir, config.train.finetune)?;
+        if config.train.finetune == Finetune::Lora {
+            model.encoder = model.encoder.merge_lora()?;
+        }
+        Ok((config, model))
+    }
+}

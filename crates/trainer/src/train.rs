@@ -1,0 +1,720 @@
+//! The training loop (DAO-SPEC steps 1–5 per batch), checkpoints and resume.
+//!
+//! Per batch: encoder → `H`; the heads' dropout masks sampled once; the weighting strategy's
+//! `weigh` (DAO: λ, `L_imb`, `w`, `L_mtl`); one backward; the strategy's own update; AdamW on
+//! encoder + heads with the warm-up + cosine learning rate. The device is reseeded before
+//! every batch from (seed, batch number), and the batch order is a pure function of
+//! (seed, epoch), so a resumed run needs no random-generator state and ends bit-identical to
+//! an uninterrupted one on CPU.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use data::{BatchOptions, TokenizedSet};
+use encoder::{ModelFolder, TextTokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Finetune, RunConfig};
+use crate::inference::evaluate_set;
+use crate::model::SentimentModel;
+use crate::weighting::RunWeighting;
+use crate::{CosineWithWarmup, EpochRow, RunDir, StepRow, ValidationMetrics};
+
+/// Everything that can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+    #[error(transparent)]
+    RunDir(#[from] crate::RunDirError),
+    #[error(transparent)]
+    Encoder(#[from] encoder::EncoderError),
+    #[error(transparent)]
+    Heads(#[from] heads::HeadsError),
+    #[error(transparent)]
+    Weighting(#[from] dao::DaoError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Metrics(#[from] crate::MetricsError),
+    #[error(transparent)]
+    Report(#[from] crate::ReportError),
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    #[error(
+        "step {step} (epoch {epoch}): the loss is {loss}, not finite; training stopped \
+         (the last good checkpoint is in checkpoints/last)"
+    )]
+    NonFiniteLoss { step: u64, epoch: u32, loss: f32 },
+    #[error(
+        "step {step} (epoch {epoch}): {error}; training stopped (the last good checkpoint \
+         is in checkpoints/last)"
+    )]
+    Step {
+        step: u64,
+        epoch: u32,
+        error: dao::DaoError,
+    },
+    #[error("{0}")]
+    Input(String),
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl TrainError {
+    pub(crate) fn checkpoint(path: &Path, message: String) -> Self {
+        Self::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        }
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |error| TrainError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// How to run [`train`], besides the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from `checkpoints/last` of the run folder.
+    pub resume: bool,
+    /// Show a progress bar (only drawn when stderr is a terminal; plain log lines otherwise).
+    pub progress: bool,
+    /// Stop (after writing `checkpoints/last`) once this many batches of the run are done:
+    /// simulates an interruption, for tests of resume.
+    pub stop_after_steps: Option<u64>,
+}
+
+/// Where a run stands; `state.json` of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// 0-based epoch in progress (= epochs complete when `batch_in_epoch` is 0).
+    pub epoch: u32,
+    /// Batches of `epoch` already done.
+    pub batch_in_epoch: usize,
+    /// Batches of the run already done.
+    pub global_step: u64,
+    /// Optimizer updates of the run already done.
+    pub updates: usize,
+    /// Best value of `train.best_metric` so far (f64 bits, exact), and its epoch (1-based).
+    pub best_metric_bits: Option<u64>,
+    pub best_epoch: Option<u32>,
+    pub epochs_without_improvement: usize,
+    /// Sum (f64 bits) and count of the training losses of `epoch` so far.
+    pub epoch_loss_sum_bits: u64,
+    pub epoch_loss_count: u64,
+    /// Seconds spent in `epoch` so far.
+    pub epoch_seconds: f64,
+    /// The run stopped early or ran all its epochs.
+    pub finished: bool,
+}
+
+impl TrainState {
+    fn new() -> Self {
+        Self {
+            epoch: 0,
+            batch_in_epoch: 0,
+            global_step: 0,
+            updates: 0,
+            best_metric_bits: None,
+            best_epoch: None,
+            epochs_without_improvement: 0,
+            epoch_loss_sum_bits: 0f64.to_bits(),
+            epoch_loss_count: 0,
+            epoch_seconds: 0.0,
+            finished: false,
+        }
+    }
+
+    pub fn best_metric(&self) -> Option<f64> {
+        self.best_metric_bits.map(f64::from_bits)
+    }
+}
+
+/// The outcome of [`train`].
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    /// Every row of `metrics.csv`.
+    pub epochs: Vec<EpochRow>,
+    /// The best epoch (1-based) by `train.best_metric`.
+    pub best_epoch: Option<u32>,
+    /// `false` when stopped by [`TrainOptions::stop_after_steps`].
+    pub finished: bool,
+    /// The report, when the run finished.
+    pub report: Option<PathBuf>,
+}
+
+const STATE_FILE: &str = "state.json";
+const OPTIMIZER_FILE: &str = "optimizer.bpk";
+
+/// The `checkpoints/<name>` folder of a run.
+pub fn checkpoint_dir(run: &Path, name: &str) -> PathBuf {
+    run.join("checkpoints").join(name)
+}
+
+/// The reseed value of batch `step` of a run seeded `seed` (SplitMix64 finaliser).
+fn step_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The tokenized training and validation sets of a run, and its tokenizer.
+pub struct RunData {
+    pub tokenizer: TextTokenizer,
+    pub train: TokenizedSet,
+    pub valid: TokenizedSet,
+}
+
+impl RunData {
+    /// The tokenizer of the run's model, truncating to `model.max_len`.
+    pub fn tokenizer(config: &RunConfig) -> Result<TextTokenizer, TrainError> {
+        let folder = ModelFolder::open(&config.model.path, config.model.weights.as_deref())?;
+        Ok(TextTokenizer::from_file(
+            &folder.tokenizer,
+            &folder.config,
+            config.model.max_len,
+        )?)
+    }
+
+    /// Loads and tokenizes the data of `config` (rejected rows go to `run`).
+    pub fn load(config: &RunConfig, run: Option<&Path>) -> Result<Self, TrainError> {
+        let data_config = config.data_config();
+        let splits = data::load_splits(&data_config, run)?;
+        let tokenizer = Self::tokenizer(config)?;
+        let train = TokenizedSet::new(&splits.train, &tokenizer, data_config.input, None)?;
+        let valid = TokenizedSet::new(&splits.valid, &tokenizer, data_config.input, None)?;
+        if train.is_empty() || valid.is_empty() {
+            return Err(TrainError::Input(format!(
+                "no rows to train on or validate with ({} training, {} validation)",
+                train.len(),
+                valid.len()
+            )));
+        }
+        Ok(Self {
+            tokenizer,
+            train,
+            valid,
+        })
+    }
+}
+
+struct Checkpoint<'a> {
+    model: &'a SentimentModel,
+    optimizer: &'a ModuleOptimizer,
+    weighting: &'a RunWeighting,
+    state: &'a TrainState,
+    finetune: Finetune,
+}
+
+impl Checkpoint<'_> {
+    /// Writes the checkpoint into a temporary folder, then renames it to `checkpoints/<name>`,
+    /// so a crash leaves the previous complete checkpoint.
+    fn write(&self, run: &Path, name: &str) -> Result<(), TrainError> {
+        let target = checkpoint_dir(run, name);
+        let parent = target.parent().expect("checkpoint folder has a parent");
+        let tmp = parent.join(format!(".{name}.tmp"));
+        let old = parent.join(format!(".{name}.old"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
+        self.model.save(&tmp, self.finetune)?;
+        let path = tmp.join(OPTIMIZER_FILE);
+        self.optimizer
+            .save(&path)
+            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        self.weighting.save(&tmp)?;
+        let path = tmp.join(STATE_FILE);
+        let json = serde_json::to_string_pretty(self.state).expect("state serialises");
+        crate::write_atomic(&path, json.as_bytes()).map_err(io_error(&path))?;
+        if target.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+            }
+            std::fs::rename(&target, &old).map_err(io_error(&target))?;
+        }
+        std::fs::rename(&tmp, &target).map_err(io_error(&target))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `state.json` of a checkpoint folder.
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::checkpoint(&path, e.to_string()))
+}
+
+/// Trains the model of `config` into the run folder `run` (created; `config.toml` written).
+pub fn train(
+    config: &RunConfig,
+    run: &Path,
+    options: &TrainOptions,
+) -> Result<TrainSummary, TrainError> {
+    let run_dir = RunDir::create(run)?;
+    let base_device = encoder::parse_device(&config.train.device)?;
+    let device = base_device.clone().autodiff();
+    let seed = config.train.seed;
+
+    let last = checkpoint_dir(run, "last");
+    let resume_state = if options.resume {
+        // A crash between the two renames of Checkpoint::write leaves `.last.old`.
+        let old = last.with_file_name(".last.old");
+        if !last.is_dir() && old.is_dir() {
+            std::fs::rename(&old, &last).map_err(io_error(&last))?;
+        }
+        if !last.is_dir() {
+            return Err(TrainError::Input(format!(
+                "--resume: no checkpoint in {}",
+                last.display()
+            )));
+        }
+        let saved = run_dir.read_config()?;
+        if &saved != config {
+            tracing::warn!("resuming with a configuration that differs from the run's config.toml");
+        }
+        Some(read_state(&last)?)
+    } else {
+        None
+    };
+    run_dir.write_config(config)?;
+
+    let data = RunData::load(config, Some(run))?;
+    let pad_id = data.tokenizer.pad_id();
+    let batch_size = config.train.batch_size;
+    let grad_accum = config.train.grad_accum.max(1);
+    let batches_per_epoch = data.train.len().div_ceil(batch_size);
+    let updates_per_epoch = batches_per_epoch.div_ceil(grad_accum);
+    let schedule = CosineWithWarmup::new(
+        config.train.lr,
+        config.train.warmup_steps,
+        updates_per_epoch * config.train.epochs,
+    );
+
+    // Initialisation (heads, adapters, DAO module) depends on the seed only.
+    device.seed(seed);
+    let mut model = SentimentModel::from_config(config, &device)?;
+    let mut weighting = RunWeighting::new(&config.strategy_config(), &device)?;
+    if config.train.finetune == Finetune::Lora {
+        tracing::info!("LoRA: {}", model.encoder.trainable_parameters());
+    }
+    tracing::info!(
+        "{} training rows, {} validation rows, {batches_per_epoch} batches per epoch, \
+         weighting {}",
+        data.train.len(),
+        data.valid.len(),
+        weighting.strategy().name()
+    );
+    // torch.optim.AdamW: β (0.9, 0.999), decoupled decay `θ ← θ(1 − lr·wd) − lr·m̂/(√v̂ + ε)`,
+    // which is burn's AdamW update (checked in its source, 0.22.1).
+    let mut optimizer = AdamWConfig::new()
+        .with_epsilon(config.train.eps as f32)
+        .with_weight_decay(config.train.weight_decay as f32)
+        .init();
+    let mut state = TrainState::new();
+    if let Some(saved) = resume_state {
+        model.load(&last, config.train.finetune)?;
+        let path = last.join(OPTIMIZER_FILE);
+        optimizer = optimizer
+            .load(&path)
+            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        weighting.load(&last)?;
+        run_dir.truncate_to(saved.global_step, saved.epoch)?;
+        tracing::info!(
+            "resuming at epoch {}, batch {} (step {})",
+            saved.epoch + 1,
+            saved.batch_in_epoch,
+            saved.global_step
+        );
+        state = saved;
+    }
+
+    let batch_options = BatchOptions {
+        batch_size,
+        ..BatchOptions::from_config(&config.data_config(), batch_size)
+    };
+    let progress = Progress::new(
+        options.progress,
+        (batches_per_epoch * config.train.epochs) as u64,
+        state.global_step,
+    );
+    let mut step_rows: Vec<StepRow> = Vec::new();
+    let mut accumulator = GradientsAccumulator::<SentimentModel>::new();
+    let mut stopped = false;
+    let shared_parameters =
+        config.dao.grad_norm_wrt == crate::config::GradNormWrt::SharedParameters;
+
+    while !state.finished && (state.epoch as usize) < config.train.epochs {
+        let epoch = state.epoch;
+        let started = Instant::now() - std::time::Duration::from_secs_f64(state.epoch_seconds);
+        let batches = data
+            .train
+            .epoch(&batch_options, u64::from(epoch), pad_id, &device)
+            .resume_at(state.batch_in_epoch);
+        for batch in batches {
+            let step = state.global_step + 1;
+            let batch_seed = step_seed(seed, state.global_step);
+            device.seed(batch_seed);
+            let lr = schedule.lr(state.updates);
+            let n = batch.rows.len();
+            let input = batch.input;
+            let h = model.encoder.forward(input.clone()).first_token;
+            // Sampled once: every evaluation of the heads in this step uses the same masks.
+            let masks = model.heads.sample_dropout_masks(n, &device);
+            let heads_module = &model.heads;
+            let scores = batch.scores;
+            let labels = batch.classes;
+            let mut task_outputs = |h: Tensor<2>| {
+                let out = heads_module.forward_with_masks(h, masks.as_ref());
+                let diff = out.scores.reshape([n]) - scores.clone();
+                dao::TaskOutputs {
+                    regression_loss: (diff.clone() * diff).mean(),
+                    logits: out.logits,
+                    labels: labels.clone(),
+                }
+            };
+            // A NaN loss can surface inside the strategy first (e.g. DAO's gradient norms).
+            // grad_norm_wrt = "shared-parameters": each task gradient needs its own encoder
+            // forward; reseeding makes its dropout masks those of the loss's forward.
+            let mut trunk = dao::SharedModule {
+                module: &model.encoder,
+                forward: |encoder: &encoder::Encoder| {
+                    device.seed(batch_seed);
+                    encoder.forward(input.clone()).first_token
+                },
+            };
+            let shared: Option<&mut dyn dao::SharedParameters> =
+                shared_parameters.then_some(&mut trunk);
+            let weighted = weighting
+                .strategy()
+                .weigh_step(dao::StepInput {
+                    representation: h,
+                    heads: &mut task_outputs,
+                    shared,
+                })
+                .map_err(|error| {
+                    progress.finish();
+                    TrainError::Step {
+                        step,
+                        epoch: epoch + 1,
+                        error,
+                    }
+                })?;
+            let d = &weighted.diagnostics;
+            if !d.loss.is_finite() {
+                progress.finish();
+                return Err(TrainError::NonFiniteLoss {
+                    step,
+                    epoch: epoch + 1,
+                    loss: d.loss,
+                });
+            }
+            step_rows.push(step_row(step, epoch + 1, lr, d));
+            let loss = if grad_accum > 1 {
+                weighted.loss.div_scalar(grad_accum as f32)
+            } else {
+                weighted.loss
+            };
+            let grads = loss.backward();
+            weighting.update(&grads)?;
+            let grads = GradientsParams::from_grads(grads, &model);
+            state.batch_in_epoch += 1;
+            state.global_step = step;
+            let sum = f64::from_bits(state.epoch_loss_sum_bits) + f64::from(d.loss);
+            state.epoch_loss_sum_bits = sum.to_bits();
+            state.epoch_loss_count += 1;
+            progress.step(d.loss, d.w_c, epoch + 1);
+
+            let boundary = state.batch_in_epoch.is_multiple_of(grad_accum)
+                || state.batch_in_epoch == batches_per_epoch;
+            if grad_accum > 1 {
+                accumulator.accumulate(&model, grads);
+                if boundary {
+                    model = optimizer.step(lr, model, accumulator.grads());
+                    state.updates += 1;
+                }
+            } else {
+                model = optimizer.step(lr, model, grads);
+                state.updates += 1;
+            }
+            if !boundary || state.batch_in_epoch == batches_per_epoch {
+                continue;
+            }
+            let every = config.train.checkpoint_every_steps;
+            let periodic = every.is_some_and(|k| k > 0 && state.updates.is_multiple_of(k));
+            let stop = options.stop_after_steps.is_some_and(|s| step >= s);
+            if periodic || stop {
+                state.epoch_seconds = started.elapsed().as_secs_f64();
+                run_dir.append_steps(&step_rows)?;
+                step_rows.clear();
+                Checkpoint {
+                    model: &model,
+                    optimizer: &optimizer,
+                    weighting: &weighting,
+                    state: &state,
+                    finetune: config.train.finetune,
+                }
+                .write(run, "last")?;
+            }
+            if stop {
+                stopped = true;
+                break;
+            }
+        }
+        if stopped {
+            break;
+        }
+
+        // End of epoch: validation, metrics.csv, best and last checkpoints.
+        weighting.end_epoch();
+        let valid_model = model.valid();
+        let (metrics, _) =
+            evaluate_set(&valid_model, &data.valid, batch_size, pad_id, &base_device)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let train_loss =
+            f64::from_bits(state.epoch_loss_sum_bits) / state.epoch_loss_count.max(1) as f64;
+        let row = EpochRow::new(
+            epoch + 1,
+            train_loss,
+            &metrics,
+            seconds,
+            crate::peak_memory_bytes(),
+        );
+        progress.println(&epoch_line(&row));
+        run_dir.append_epochs(std::slice::from_ref(&row))?;
+        run_dir.append_steps(&step_rows)?;
+        step_rows.clear();
+
+        let metric = config.train.best_metric;
+        let value = metrics.get(metric);
+        let improved = match state.best_metric() {
+            None => !value.is_nan(),
+            Some(best) => metric.improves(value, best),
+        };
+        if improved {
+            state.best_metric_bits = Some(value.to_bits());
+            state.best_epoch = Some(epoch + 1);
+            state.epochs_without_improvement = 0;
+        } else {
+            state.epochs_without_improvement += 1;
+        }
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        state.epoch_loss_sum_bits = 0f64.to_bits();
+        state.epoch_loss_count = 0;
+        state.epoch_seconds = 0.0;
+        if config
+            .train
+            .early_stopping_patience
+            .is_some_and(|p| state.epochs_without_improvement >= p)
+        {
+            tracing::info!(
+                "early stopping: no improvement of {metric} for {} epochs",
+                state.epochs_without_improvement
+            );
+            state.finished = true;
+        }
+        if state.epoch as usize >= config.train.epochs {
+            state.finished = true;
+        }
+        let checkpoint = Checkpoint {
+            model: &model,
+            optimizer: &optimizer,
+            weighting: &weighting,
+            state: &state,
+            finetune: config.train.finetune,
+        };
+        if improved {
+            checkpoint.write(run, "best")?;
+        }
+        checkpoint.write(run, "last")?;
+        if options
+            .stop_after_steps
+            .is_some_and(|s| state.global_step >= s)
+            && !state.finished
+        {
+            break;
+        }
+    }
+    progress.finish();
+
+    let report = if state.finished {
+        Some(crate::write_report(run)?.markdown)
+    } else {
+        None
+    };
+    Ok(TrainSummary {
+        run_dir: run.to_path_buf(),
+        epochs: run_dir.read_epochs()?,
+        best_epoch: state.best_epoch,
+        finished: state.finished,
+        report,
+    })
+}
+
+fn step_row(step: u64, epoch: u32, lr: f64, d: &dao::Diagnostics) -> StepRow {
+    let f = |v: Option<f32>| v.map(f64::from);
+    StepRow {
+        step,
+        epoch,
+        lr,
+        loss_total: f64::from(d.loss),
+        loss_reg: Some(f64::from(d.l_r)),
+        loss_cls: Some(f64::from(d.l_c)),
+        loss_imb: f(d.l_imb),
+        lambda_reg: f(d.lambda_r),
+        lambda_cls: f(d.lambda_c),
+        w_reg: f(d.w_r),
+        w_cls: f(d.w_c),
+        alpha: f(d.alpha),
+        beta: f(d.beta),
+    }
+}
+
+/// One line per epoch, for logs and the progress bar.
+pub fn epoch_line(row: &EpochRow) -> String {
+    format!(
+        "epoch {:>3}  loss {:.5}  mse {:.5}  mae {:.5}  r2 {:.4}  acc {:.4}  f1 {:.4}  {:.1}s",
+        row.epoch, row.train_loss, row.mse, row.mae, row.r2, row.accuracy, row.f1, row.seconds
+    )
+}
+
+/// The validation metrics as a table (printed at the end of `train` and by `evaluate`).
+pub fn metrics_table(rows: &[EpochRow]) -> String {
+    let mut out = String::from(
+        "epoch | train_loss | mse | mae | rmse | r2 | accuracy | precision | recall | f1 | seconds\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{} | {:.5} | {:.5} | {:.5} | {:.5} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.1}\n",
+            r.epoch,
+            r.train_loss,
+            r.mse,
+            r.mae,
+            r.rmse,
+            r.r2,
+            r.accuracy,
+            r.precision,
+            r.recall,
+            r.f1,
+            r.seconds
+        ));
+    }
+    out
+}
+
+/// A progress bar with ETA, live loss and `w_c` on a terminal; plain lines on stderr
+/// otherwise (about 50 per run, and one per epoch); nothing but tracing logs when not wanted.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    total: u64,
+    every: u64,
+    done: std::cell::Cell<u64>,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(wanted: bool, total: u64, done: u64) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (wanted && terminal).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(done);
+            bar
+        });
+        Self {
+            bar,
+            plain: wanted && !terminal,
+            total,
+            every: (total / 50).max(1),
+            done: std::cell::Cell::new(done),
+            started: Instant::now(),
+        }
+    }
+
+    fn step(&self, loss: f32, w_c: Option<f32>, epoch: u32) {
+        let w = w_c.map(|w| format!("  w_c {w:.3}")).unwrap_or_default();
+        let done = self.done.get() + 1;
+        self.done.set(done);
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("epoch {epoch}  loss {loss:.4}{w}"));
+            bar.inc(1);
+        } else if self.plain && done.is_multiple_of(self.every) {
+            eprintln!(
+                "step {done}/{}  epoch {epoch}  loss {loss:.5}{w}  {:.0}s",
+                self.total,
+                self.started.elapsed().as_secs_f64()
+            );
+        } else {
+            tracing::debug!("step {done} epoch {epoch} loss {loss:.5}{w}");
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if self.plain => eprintln!("{line}"),
+            None => tracing::info!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Validation metrics of a run's own data with the model in `checkpoints/<which>`.
+pub fn evaluate_run(
+    run: &Path,
+    which: &str,
+    data_file: Option<&Path>,
+    device: &Device,
+) -> Result<ValidationMetrics, TrainError> {
+    let (config, model) = SentimentModel::from_run(run, which, device)?;
+    let data = RunData::load(&config, Some(run))?;
+    let set = match data_file {
+        None => data.valid,
+        Some(file) => {
+            let data_config = config.data_config();
+            let options = data::LoadOptions {
+                rejected_dir: Some(run.to_path_buf()),
+                ..data_config.load_options()
+            };
+            let dataset = data::load(file, &options)?;
+            TokenizedSet::new(&dataset, &data.tokenizer, data_config.input, None)?
+        }
+    };
+    let (metrics, _) = evaluate_set(
+        &model,
+        &set,
+        config.train.batch_size,
+        data.tokenizer.pad_id(),
+        device,
+    )?;
+    Ok(metrics)
+}

@@ -1,0 +1,513 @@
+//! Whole runs on the tiny RoBERTa fixture and 60 rows of the finsent data: the loss goes down,
+//! every run-folder file is there, resume is bit-exact, and a finished run evaluates, predicts
+//! and exports consistently.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use encoder::{ModelFolder, TextTokenizer};
+use trainer::{ConfigSources, RunConfig, RunDir, TrainOptions};
+
+/// burn's flex backend seeds one process-wide generator (`Device::seed`), so runs in
+/// parallel test threads would draw from each other's stream: the tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Fixture {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+}
+
+/// A temp folder with `train.jsonl` (60 rows of finsent) and `valid.jsonl` (the next 20).
+fn fixture(test: &str) -> Option<Fixture> {
+    let model = testkit::shared_file(test, "fixtures/tiny-roberta/config.json")?
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let data = testkit::shared_file(test, "data/finsent/train.jsonl")?;
+    let text = std::fs::read_to_string(data).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::write(root.join("train.jsonl"), lines[..60].join("\n")).unwrap();
+    std::fs::write(root.join("valid.jsonl"), lines[60..80].join("\n")).unwrap();
+    Some(Fixture {
+        _serial: SERIAL.lock().unwrap_or_else(|e| e.into_inner()),
+        _dir: dir,
+        root,
+        model,
+    })
+}
+
+/// A small run config: batch 10, 2 epochs, lr 1e-3, warm-up 2, texts cut to 48 tokens.
+fn config(f: &Fixture, extra: &[&str]) -> RunConfig {
+    let file = f.root.join("run.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[model]\npath = {:?}\nmax_len = 48\n[data]\ntrain = {:?}\nvalid = {:?}\n\
+             input = \"text+target\"\n[train]\nepochs = 2\nbatch_size = 10\nlr = 1e-3\n\
+             warmup_steps = 2\nseed = 7\n",
+            f.model,
+            f.root.join("train.jsonl"),
+            f.root.join("valid.jsonl")
+        ),
+    )
+    .unwrap();
+    let sources = ConfigSources {
+        file: Some(file),
+        env: Default::default(),
+        overrides: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    RunConfig::load_from(&sources).unwrap()
+}
+
+fn run_to_end(config: &RunConfig, out: &Path) -> trainer::TrainSummary {
+    let summary = trainer::train(config, out, &TrainOptions::default()).unwrap();
+    assert!(summary.finished);
+    summary
+}
+
+fn csv_header(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Mean training loss of the first and last `k` steps.
+fn first_and_last_loss(run: &Path, k: usize) -> (f64, f64) {
+    let steps = RunDir::open(run).unwrap().read_steps().unwrap();
+    let mean = |rows: &[trainer::StepRow]| {
+        rows.iter().map(|r| r.loss_reg.unwrap()).sum::<f64>() / rows.len() as f64
+    };
+    (mean(&steps[..k]), mean(&steps[steps.len() - k..]))
+}
+
+fn check_run_folder(run: &Path, epochs: usize, steps: usize) {
+    for file in [
+        "config.toml",
+        "metrics.csv",
+        "steps.csv",
+        "report.md",
+        "checkpoints/last/model.bpk",
+        "checkpoints/last/optimizer.bpk",
+        "checkpoints/last/state.json",
+        "checkpoints/best/model.bpk",
+        "checkpoints/best/state.json",
+    ] {
+        assert!(
+            run.join(file).is_file(),
+            "{file} missing in {}",
+            run.display()
+        );
+    }
+    assert_eq!(
+        csv_header(&run.join("metrics.csv")),
+        trainer::EpochRow::COLUMNS.join(",")
+    );
+    assert_eq!(
+        csv_header(&run.join("steps.csv")),
+        trainer::StepRow::COLUMNS.join(",")
+    );
+    let dir = RunDir::open(run).unwrap();
+    let rows = dir.read_epochs().unwrap();
+    assert_eq!(rows.len(), epochs);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row.epoch as usize, i + 1);
+        assert!(row.mse.is_finite() && row.mse > 0.0, "{row:?}");
+        assert!((row.rmse - row.mse.sqrt()).abs() < 1e-9, "{row:?}");
+        assert!((0.0..=1.0).contains(&row.accuracy), "{row:?}");
+        // Weighted recall equals accuracy (DAO-SPEC "Metrics").
+        assert!((row.recall - row.accuracy).abs() < 1e-12, "{row:?}");
+        assert!(row.seconds > 0.0);
+    }
+    let steps_rows = dir.read_steps().unwrap();
+    assert_eq!(steps_rows.len(), steps);
+    for (i, row) in steps_rows.iter().enumerate() {
+        assert_eq!(row.step as usize, i + 1);
+    }
+    let state = trainer::read_state(&run.join("checkpoints/last")).unwrap();
+    assert!(state.finished);
+    assert_eq!(state.global_step as usize, steps);
+}
+
+#[test]
+fn dao_run_learns_and_writes_every_file() {
+    let Some(f) = fixture("dao_run_learns_and_writes_every_file") else {
+        return;
+    };
+    // 4 epochs of 6 batches; lr high enough for the tiny model to move.
+    let config = config(&f, &["train.epochs=4", "train.lr=3e-3"]);
+    let out = f.root.join("run-dao");
+    let started = std::time::Instant::now();
+    let summary = run_to_end(&config, &out);
+    eprintln!(
+        "tiny DAO run: {:.2} s/epoch",
+        started.elapsed().as_secs_f64() / 4.0
+    );
+    check_run_folder(&out, 4, 24);
+    let (first, last) = first_and_last_loss(&out, 6);
+    eprintln!("L_r first epoch {first:.5}, last epoch {last:.5}");
+    assert!(
+        last < 0.8 * first,
+        "L_r did not decrease: {first} -> {last}"
+    );
+    let steps = RunDir::open(&out).unwrap().read_steps().unwrap();
+    // DAO logs its weights: w_r + w_c = 1, λ_r + λ_c = 1, α > 0, β in (0, 1).
+    for row in &steps {
+        let (wr, wc) = (row.w_reg.unwrap(), row.w_cls.unwrap());
+        assert!((wr + wc - 1.0).abs() < 1e-5, "{row:?}");
+        assert!((row.lambda_reg.unwrap() + row.lambda_cls.unwrap() - 1.0).abs() < 1e-5);
+        assert!(row.alpha.unwrap() > 0.0);
+        assert!((0.0..1.0).contains(&row.beta.unwrap()));
+    }
+    // Warm-up: the first update has lr 0, the second lr/2.
+    assert_eq!(steps[0].lr, 0.0);
+    assert!((steps[1].lr - 1.5e-3).abs() < 1e-15);
+    // The DAO module trains: α moved from its initial 0.1.
+    assert!((steps.last().unwrap().alpha.unwrap() - 0.1).abs() > 1e-5);
+    assert!(summary.report.unwrap().is_file());
+}
+
+#[test]
+fn constant_and_lora_runs() {
+    let Some(f) = fixture("constant_and_lora_runs") else {
+        return;
+    };
+    let config = config(
+        &f,
+        &[
+            "weighting.strategy=constant",
+            "train.lr=3e-3",
+            "train.epochs=3",
+        ],
+    );
+    let out = f.root.join("run-constant");
+    run_to_end(&config, &out);
+    check_run_folder(&out, 3, 18);
+    let steps = RunDir::open(&out).unwrap().read_steps().unwrap();
+    for row in &steps {
+        // L = 0.9 L_r + 0.1 L_c.
+        let expected = 0.9 * row.loss_reg.unwrap() + 0.1 * row.loss_cls.unwrap();
+        assert!((row.loss_total - expected).abs() < 1e-5, "{row:?}");
+        assert_eq!(row.alpha, None);
+    }
+    let (first, last) = first_and_last_loss(&out, 6);
+    assert!(
+        last < 0.8 * first,
+        "L_r did not decrease: {first} -> {last}"
+    );
+
+    let config = config_lora(&f);
+    let out = f.root.join("run-lora");
+    run_to_end(&config, &out);
+    check_run_folder(&out, 2, 12);
+    // The LoRA checkpoint holds the adapters and heads only: smaller than the full one.
+    let full = std::fs::metadata(f.root.join("run-constant/checkpoints/last/model.bpk"))
+        .unwrap()
+        .len();
+    let lora = std::fs::metadata(out.join("checkpoints/last/model.bpk"))
+        .unwrap()
+        .len();
+    assert!(lora * 3 < full, "lora {lora} B vs full {full} B");
+}
+
+fn config_lora(f: &Fixture) -> RunConfig {
+    config(f, &["train.finetune=lora", "lora.rank=4", "train.lr=1e-2"])
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let Some(f) = fixture("resumed_run_equals_uninterrupted_run") else {
+        return;
+    };
+    for (name, extra) in [
+        ("dao", vec!["train.epochs=2"]),
+        (
+            "lora",
+            vec!["train.finetune=lora", "lora.rank=4", "train.epochs=2"],
+        ),
+    ] {
+        let config = config(&f, &extra);
+        let whole = f.root.join(format!("whole-{name}"));
+        run_to_end(&config, &whole);
+        // Interrupted at step 4 of epoch 1 (a mid-epoch checkpoint), then at the end of
+        // epoch 1, then resumed to the end.
+        let parts = f.root.join(format!("parts-{name}"));
+        for stop in [4, 6] {
+            let options = TrainOptions {
+                resume: stop != 4,
+                stop_after_steps: Some(stop),
+                ..Default::default()
+            };
+            let s = trainer::train(&config, &parts, &options).unwrap();
+            assert!(!s.finished);
+        }
+        let options = TrainOptions {
+            resume: true,
+            ..Default::default()
+        };
+        assert!(trainer::train(&config, &parts, &options).unwrap().finished);
+
+        let (a, b) = (RunDir::open(&whole).unwrap(), RunDir::open(&parts).unwrap());
+        assert_eq!(
+            a.read_steps().unwrap(),
+            b.read_steps().unwrap(),
+            "{name}: steps.csv"
+        );
+        let (ea, eb) = (a.read_epochs().unwrap(), b.read_epochs().unwrap());
+        assert_eq!(ea.len(), 2);
+        for (x, y) in ea.iter().zip(&eb) {
+            // Bit-identical metrics; only the wall time and memory may differ.
+            let strip = |r: &trainer::EpochRow| trainer::EpochRow {
+                seconds: 0.0,
+                peak_mem_bytes: None,
+                ..r.clone()
+            };
+            assert_eq!(strip(x), strip(y), "{name}: metrics.csv");
+        }
+    }
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let Some(f) = fixture("config_errors_name_the_key") else {
+        return;
+    };
+    let _ = config(&f, &[]);
+    let file = f.root.join("run.toml");
+    for (overrides, key) in [
+        (vec!["train.lrr=1"], "train.lrr"),
+        (vec!["train.epochs=two"], "train.epochs"),
+    ] {
+        let sources = ConfigSources {
+            file: Some(file.clone()),
+            env: Default::default(),
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+        };
+        let text = RunConfig::load_from(&sources).unwrap_err().to_string();
+        assert!(text.contains(&format!("`{key}`")), "{text}");
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
+    let Some(f) = fixture("non_finite_loss_stops_and_keeps_the_last_checkpoint") else {
+        return;
+    };
+    for strategy in ["dao", "constant"] {
+        let good = config(&f, &[&format!("weighting.strategy={strategy}")]);
+        let out = f.root.join(format!("nan-{strategy}"));
+        let options = TrainOptions {
+            stop_after_steps: Some(6),
+            ..Default::default()
+        };
+        trainer::train(&good, &out, &options).unwrap();
+        let last = out.join("checkpoints/last");
+        let weights = std::fs::read(last.join("model.bpk")).unwrap();
+        // Resumed with an absurd learning rate: the weights blow up within a step or two.
+        let bad = config(
+            &f,
+            &[
+                &format!("weighting.strategy={strategy}"),
+                "train.lr=1e30",
+                "train.warmup_steps=0",
+            ],
+        );
+        let options = TrainOptions {
+            resume: true,
+            ..Default::default()
+        };
+        let text = trainer::train(&bad, &out, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("step 8 (epoch 2)") || text.contains("step 9 (epoch 2)"),
+            "{text}"
+        );
+        assert!(text.contains("checkpoints/last"), "{text}");
+        assert_eq!(trainer::read_state(&last).unwrap().global_step, 6);
+        assert_eq!(std::fs::read(last.join("model.bpk")).unwrap(), weights);
+    }
+}
+
+#[test]
+fn evaluate_predict_and_export_round_trip() {
+    let Some(f) = fixture("evaluate_predict_and_export_round_trip") else {
+        return;
+    };
+    let config = config_lora(&f);
+    let out = f.root.join("run");
+    let summary = run_to_end(&config, &out);
+    let device = Device::flex();
+
+    // evaluate = the best epoch's row of metrics.csv.
+    let metrics = trainer::evaluate_run(&out, "best", None, &device).unwrap();
+    let best = summary.best_epoch.unwrap() as usize;
+    let row = &summary.epochs[best - 1];
+    assert!(
+        (metrics.mse - row.mse).abs() < 1e-6,
+        "{} vs {}",
+        metrics.mse,
+        row.mse
+    );
+    assert_eq!(metrics.accuracy, row.accuracy);
+    assert_eq!(metrics.n, 20);
+
+    // predict: one line per input, in order, probabilities summing to 1.
+    let valid = std::fs::read_to_string(f.root.join("valid.jsonl")).unwrap();
+    let input = f.root.join("input.jsonl");
+    let inputs: Vec<&str> = valid.lines().take(5).collect();
+    std::fs::write(&input, inputs.join("\n")).unwrap();
+    let output = f.root.join("pred.jsonl");
+    assert_eq!(
+        trainer::predict_file(&out, &input, &output, &device).unwrap(),
+        5
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for (line, input) in lines.iter().zip(&inputs) {
+        let input: serde_json::Value = serde_json::from_str(input).unwrap();
+        assert_eq!(line["text"], input["text"]);
+        assert_eq!(line["target"], input["target"]);
+        let p: Vec<f64> = line["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(p.len(), 5);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+        let argmax = (0..5).fold(0, |b, k| if p[k] > p[b] { k } else { b });
+        assert_eq!(line["class"].as_u64().unwrap() as usize, argmax);
+    }
+
+    // export: the folder loads back through ModelFolder with the same outputs.
+    let exported = f.root.join("export");
+    trainer::export_run(&out, &exported, &device).unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "heads.safetensors",
+    ] {
+        assert!(exported.join(file).is_file(), "{file}");
+    }
+    let (_, model) = trainer::SentimentModel::from_run(&out, "best", &device).unwrap();
+    let folder = ModelFolder::open(&exported, None).unwrap();
+    let encoder = folder.load_encoder(&device).unwrap();
+    let heads = heads::MultiTaskHeads::from_file(
+        &exported.join("heads.safetensors"),
+        &config.heads_config(),
+        64,
+        &device,
+    )
+    .unwrap();
+    let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, 48).unwrap();
+    let rows: Vec<encoder::Encoded> = inputs
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            tokenizer
+                .encode(v["text"].as_str().unwrap(), v["target"].as_str())
+                .unwrap()
+        })
+        .collect();
+    let refs: Vec<&encoder::Encoded> = rows.iter().collect();
+    let input = encoder::pad_batch(&refs, tokenizer.pad_id(), &device);
+    let expected = model.forward(input.clone(), None);
+    let h = encoder.forward(input).first_token;
+    let actual = heads.forward(h);
+    let v = |t: burn::tensor::Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap();
+    let d_scores = testkit::max_abs_diff(&v(actual.scores), &v(expected.scores));
+    let d_logits = testkit::max_abs_diff(&v(actual.logits), &v(expected.logits));
+    eprintln!("export round trip: max |Δ| scores {d_scores:e}, logits {d_logits:e}");
+    assert!(d_scores < 1e-5 && d_logits < 1e-5);
+    // predict's scores are the model's.
+    let predicted: Vec<f32> = lines
+        .iter()
+        .map(|l| l["score"].as_f64().unwrap() as f32)
+        .collect();
+    assert!(
+        testkit::max_abs_diff(
+            &predicted,
+            &v(model
+                .forward(encoder::pad_batch(&refs, tokenizer.pad_id(), &device), None)
+                .scores)
+        ) < 1e-5
+    );
+}
+
+#[test]
+fn gradient_accumulation_and_early_stopping() {
+    let Some(f) = fixture("gradient_accumulation_and_early_stopping") else {
+        return;
+    };
+    // 6 batches, 3 per update: 2 updates; the schedule advances per update (warm-up 2).
+    let cfg = config(
+        &f,
+        &[
+            "weighting.strategy=constant",
+            "train.grad_accum=3",
+            "train.epochs=1",
+        ],
+    );
+    let out = f.root.join("accum");
+    run_to_end(&cfg, &out);
+    let lrs: Vec<f64> = RunDir::open(&out)
+        .unwrap()
+        .read_steps()
+        .unwrap()
+        .iter()
+        .map(|r| r.lr)
+        .collect();
+    assert_eq!(lrs, [0.0, 0.0, 0.0, 5e-4, 5e-4, 5e-4]);
+    let state = trainer::read_state(&out.join("checkpoints/last")).unwrap();
+    assert_eq!((state.global_step, state.updates), (6, 2));
+
+    // lr 1e-12 leaves every f32 weight unchanged, so MSE never strictly improves after
+    // epoch 1: patience 1 stops after epoch 2 of 4.
+    let cfg = config(
+        &f,
+        &[
+            "weighting.strategy=constant",
+            "train.lr=1e-12",
+            "train.epochs=4",
+            "train.early_stopping_patience=1",
+        ],
+    );
+    let out = f.root.join("early");
+    let summary = run_to_end(&cfg, &out);
+    assert_eq!(summary.epochs.len(), 2);
+    assert_eq!(summary.epochs[0].mse, summary.epochs[1].mse);
+    assert_eq!(summary.best_epoch, Some(1));
+}
+
+#[test]
+fn shared_parameter_gradient_norms() {
+    let Some(f) = fixture("shared_parameter_gradient_norms") else {
+        return;
+    };
+    let mut first = Vec::new();
+    for wrt in ["representation", "shared-parameters"] {
+        let cfg = config(&f, &["train.epochs=1", &format!("dao.grad_norm_wrt={wrt}")]);
+        let out = f.root.join(wrt);
+        run_to_end(&cfg, &out);
+        first.push(RunDir::open(&out).unwrap().read_steps().unwrap()[0].clone());
+    }
+    // Same seed, same batch, same dropout: the same losses at step 1 …
+    assert_eq!(first[0].loss_reg, first[1].loss_reg);
+    assert_eq!(first[0].loss_cls, first[1].loss_cls);
+    // … but λ from gradients over the encoder's parameters instead of over H.
+    let (a, b) = (first[0].lambda_reg.unwrap(), first[1].lambda_reg.unwrap());
+    assert!((a - b).abs() > 1e-4, "λ_r {a} vs {b}");
+    assert!((b + first[1].lambda_cls.unwrap() - 1.0).abs() < 1e-6);
+}
