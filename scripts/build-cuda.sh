@@ -35,4 +35,4 @@ if [ ! -e "$libdir/liblibz3.so" ]; then
 fi
 
 cargo build --release -p cli -p xtask --features cli/cuda,xtask/cuda "$@"
-echo "built target/release/cli and target/release/xtask with CUDA support"
+echo "built ${CARGO_TARGET_DIR:-target}/release/cli and xtask with CUDA support"

@@ -1,11 +1,35 @@
-//! `cargo xtask bench`: training-step and inference timings of our model on this machine.
+//! `cargo xtask bench`: training-step and inference timings of our model on this machine, in the
+//! shape of the PyTorch peer's benchmark (`../shared/PEER.md`, `scripts/peer-bench.sh`).
+//!
+//! - Training step = encoder forward, the heads through a loss weighting (`constant` or `dao`),
+//!   `backward`, the weighting's own update and AdamW (lr 1e-5, eps 1e-8, weight decay 0.01) on
+//!   encoder + heads. Batch 10, length 128, no padding, dropout on. `lora8-dao` adds LoRA r = 8
+//!   (α 8, dropout 0.05, all six projections) with everything else of the encoder frozen.
+//! - Inference = encoder + both heads on a plain (non-autodiff) device, batch 32, length 128.
+//! - Each (model, mode) runs in a fresh child process (the xtask binary re-executed with the
+//!   hidden `--one MODEL:MODE`), so its peak memory (`VmHWM`) is its own.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
+use dao::{StrategyConfig, TaskOutputs};
 use encoder::{Encoder, EncoderConfig, EncoderInput};
+use heads::{HeadsConfig, MultiTaskHeads};
+use serde_json::{json, Value};
+
+/// Every mode, in the order they run.
+pub const MODES: [&str; 4] = ["constant", "dao", "lora8-dao", "infer"];
+
+/// Modes for profiling only, not run by default: `lora8-dao-p0` is `lora8-dao` with the
+/// adapters' dropout off, to price that dropout (BENCHMARKS.md).
+pub const DIAGNOSTIC_MODES: [&str; 1] = ["lora8-dao-p0"];
+
+const TRAIN_BATCH: usize = 10;
+const INFER_BATCH: usize = 32;
+const SEQ: usize = 128;
 
 /// The encoder shapes we benchmark.
 pub fn shape(model: &str) -> Result<EncoderConfig> {
@@ -13,9 +37,9 @@ pub fn shape(model: &str) -> Result<EncoderConfig> {
         "minilm" => (6, 384, 12, 1536, 30522, "bert"),
         "roberta-base" => (12, 768, 12, 3072, 50265, "roberta"),
         "roberta-large" => (24, 1024, 16, 4096, 50265, "roberta"),
-        other => anyhow::bail!("unknown model `{other}` (minilm, roberta-base, roberta-large)"),
+        other => bail!("unknown model `{other}` (minilm, roberta-base, roberta-large)"),
     };
-    let json = serde_json::json!({
+    let json = json!({
         "model_type": family, "vocab_size": vocab, "hidden_size": hidden,
         "num_hidden_layers": layers, "num_attention_heads": heads,
         "intermediate_size": inter, "max_position_embeddings": 514,
@@ -26,11 +50,24 @@ pub fn shape(model: &str) -> Result<EncoderConfig> {
     Ok(serde_json::from_value(json)?)
 }
 
-fn random_input(config: &EncoderConfig, batch: usize, seq: usize, device: &Device) -> EncoderInput {
+/// Encoder and heads, one module so one optimizer steps both.
+#[derive(Module, Debug)]
+struct Model {
+    encoder: Encoder,
+    heads: MultiTaskHeads,
+}
+
+/// Token ids in `[1000, vocab)` with the first-token id in front (as the peer does), no padding.
+fn random_input(config: &EncoderConfig, batch: usize, device: &Device) -> EncoderInput {
     let ids = Tensor::<2, Int>::random(
-        [batch, seq],
-        Distribution::Uniform(5.0, (config.vocab_size - 1) as f64),
+        [batch, SEQ],
+        Distribution::Uniform(1000.0, (config.vocab_size - 1) as f64),
         device,
+    );
+    let first = if config.vocab_size > 30522 { 0 } else { 101 };
+    let ids = ids.slice_assign(
+        [0..batch, 0..1],
+        Tensor::<2, Int>::full([batch, 1], first, device),
     );
     EncoderInput {
         attention_mask: ids.ones_like(),
@@ -44,47 +81,298 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median seconds of an encoder-only training step (forward, backward, AdamW).
-pub fn encoder_step(model: &str, steps: usize, warmup: usize) -> Result<f64> {
-    let config = shape(model)?;
+/// Peak resident memory of this process (`VmHWM`), in bytes.
+fn peak_rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM in /proc/self/status")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmHWM")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// Wall and CPU seconds of the timed steps.
+struct Timings {
+    wall: Vec<f64>,
+    /// Process CPU seconds (all threads) per step: on a machine shared with other jobs this
+    /// moves much less than the wall time, so A/B comparisons use it too.
+    cpu: Vec<f64>,
+}
+
+impl Timings {
+    fn fields(&self) -> Value {
+        json!({
+            "median_ms": 1e3 * median(self.wall.clone()),
+            "min_ms": 1e3 * self.wall.iter().cloned().fold(f64::INFINITY, f64::min),
+            "max_ms": 1e3 * self.wall.iter().cloned().fold(0.0, f64::max),
+            "cpu_ms": 1e3 * median(self.cpu.clone()),
+            // CPU seconds / (wall seconds × threads): well below 1 means shared cores.
+            "cpu_util": self.cpu.iter().sum::<f64>()
+                / (self.wall.iter().sum::<f64>() * threads() as f64),
+        })
+    }
+}
+
+/// Times `steps` calls of `step` after `warmup` untimed ones.
+fn timed(
+    steps: usize,
+    warmup: usize,
+    what: &str,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<Timings> {
+    let mut timings = Timings {
+        wall: Vec::with_capacity(steps),
+        cpu: Vec::with_capacity(steps),
+    };
+    for i in 0..steps + warmup {
+        let (t, c) = (Instant::now(), cpu_seconds());
+        step()?;
+        let (dt, dc) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+        let note = if i < warmup { " (warm-up)" } else { "" };
+        eprintln!("  {what} {i}: {dt:.3}s wall, {dc:.2}s CPU{note}");
+        if i >= warmup {
+            timings.wall.push(dt);
+            timings.cpu.push(dc);
+        }
+    }
+    Ok(timings)
+}
+
+/// CPU seconds of this process so far (user + system), from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // 100 ticks per second on Linux (USER_HZ).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One training step's median seconds for `mode` (`constant`, `dao`, `lora8-dao`).
+fn train(model_name: &str, mode: &str, steps: usize, warmup: usize) -> Result<Value> {
+    let (strategy, lora_dropout) = match mode {
+        "constant" => ("constant", None),
+        "dao" => ("dao", None),
+        "lora8-dao" => ("dao", Some(lora::LoraConfig::default().dropout)),
+        "lora8-dao-p0" => ("dao", Some(0.0)),
+        other => bail!("unknown mode `{other}` ({})", MODES.join(", ")),
+    };
+    let config = shape(model_name)?;
     let device = Device::flex().autodiff();
     device.seed(42);
     let mut encoder = Encoder::new(&config, &device);
-    let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
-    let mut times = Vec::new();
-    for i in 0..steps + warmup {
-        let input = random_input(&config, 10, 128, &device);
-        let t = Instant::now();
-        let h = encoder.forward(input).first_token;
-        let loss = h.powi_scalar(2).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &encoder);
-        encoder = optim.step(1e-5, encoder, grads);
-        device.sync()?;
-        let dt = t.elapsed().as_secs_f64();
-        eprintln!("step {i}: {dt:.3}s");
-        if i >= warmup {
-            times.push(dt);
-        }
+    if let Some(dropout) = lora_dropout {
+        let config = lora::LoraConfig {
+            dropout,
+            ..lora::LoraConfig::with_rank(8)
+        };
+        encoder = encoder.apply_lora(&config)?;
     }
-    Ok(median(times))
+    let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
+    // An Option so the step can move the model into the optimizer and back (a clone would
+    // share the parameters and force copies instead of in-place updates).
+    let mut slot = Some(Model { encoder, heads });
+    let trainable = slot.as_ref().map_or(0, count_trainable);
+    let mut weighting = StrategyConfig::from_name(strategy)?.build(&device)?;
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.01)
+        .init();
+    let input = random_input(&config, TRAIN_BATCH, &device);
+    let targets = Tensor::<1>::random([TRAIN_BATCH], Distribution::Uniform(-1.0, 1.0), &device);
+    let labels = Tensor::<1, Int>::random([TRAIN_BATCH], Distribution::Uniform(0.0, 5.0), &device);
+    let times = timed(steps, warmup, mode, || {
+        let model = slot
+            .take()
+            .context("the model was lost in an earlier step")?;
+        let h = model.encoder.forward(input.clone()).first_token;
+        let masks = model.heads.sample_dropout_masks(TRAIN_BATCH, &device);
+        let heads = &model.heads;
+        let mut outputs = |h: Tensor<2>| {
+            let out = heads.forward_with_masks(h, masks.as_ref());
+            let error = out.scores.reshape([TRAIN_BATCH]) - targets.clone();
+            TaskOutputs {
+                regression_loss: error.powi_scalar(2).mean(),
+                logits: out.logits,
+                labels: labels.clone(),
+            }
+        };
+        let weighted = weighting.weigh(h, &mut outputs)?;
+        let grads = weighted.loss.backward();
+        weighting.update(&grads);
+        let grads = GradientsParams::from_grads(grads, &model);
+        slot = Some(optim.step(1e-5, model, grads));
+        device.sync()?;
+        Ok(())
+    })?;
+    let mut result = json!({
+        "model": model_name, "mode": mode,
+        "step_ms": 1e3 * median(times.wall.clone()),
+        "peak_mem_bytes": peak_rss_bytes()?,
+        "trainable_params": trainable,
+    });
+    merge(&mut result, times.fields());
+    Ok(result)
 }
 
-/// Median sentences per second of inference at batch 32, length 128.
-pub fn inference(model: &str, steps: usize, warmup: usize) -> Result<f64> {
-    let config = shape(model)?;
-    let device = Device::flex();
-    let encoder = Encoder::new(&config, &device);
-    let mut times = Vec::new();
-    for i in 0..steps + warmup {
-        let input = random_input(&config, 32, 128, &device);
-        let t = Instant::now();
-        let h = encoder.forward(input).first_token;
-        let _ = h.into_data();
-        let dt = t.elapsed().as_secs_f64();
-        eprintln!("infer {i}: {dt:.3}s");
-        if i >= warmup {
-            times.push(dt);
+fn count_trainable(model: &Model) -> usize {
+    use burn::module::{ModuleVisitor, Param};
+    struct Counter(usize);
+    impl ModuleVisitor for Counter {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() {
+                self.0 += param.lazy_shape().num_elements();
+            }
         }
     }
-    Ok(32.0 / median(times))
+    let mut counter = Counter(0);
+    model.visit(&mut counter);
+    counter.0
+}
+
+/// Inference throughput (sentences per second) at batch 32.
+fn infer(model_name: &str, steps: usize, warmup: usize) -> Result<Value> {
+    let config = shape(model_name)?;
+    let device = Device::flex();
+    device.seed(42);
+    let encoder = Encoder::new(&config, &device);
+    let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
+    let input = random_input(&config, INFER_BATCH, &device);
+    let times = timed(steps, warmup, "infer", || {
+        let h = encoder.forward(input.clone()).first_token;
+        let out = heads.forward(h);
+        out.scores.into_data();
+        out.logits.into_data();
+        Ok(())
+    })?;
+    let mut result = json!({
+        "model": model_name, "mode": "infer",
+        "sentences_per_s": INFER_BATCH as f64 / median(times.wall.clone()),
+        "peak_mem_bytes": peak_rss_bytes()?,
+    });
+    merge(&mut result, times.fields());
+    Ok(result)
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(into), Value::Object(from)) = (into, from) {
+        into.extend(from);
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One measurement in this process (`MODEL:MODE`), printed as one JSON line on stdout.
+pub fn run_one(spec: &str, quick: bool) -> Result<()> {
+    let (model, mode) = spec
+        .split_once(':')
+        .with_context(|| format!("--one wants MODEL:MODE, got `{spec}`"))?;
+    let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
+    let result = if mode == "infer" {
+        infer(model, steps, warmup)?
+    } else {
+        train(model, mode, steps, warmup)?
+    };
+    println!("{result}");
+    Ok(())
+}
+
+fn device_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("flex (burn 0.22.1), {cpu}, {} threads", threads())
+}
+
+/// Runs every requested (model, mode) in its own child process and prints a table, or one JSON
+/// object with `--json`.
+pub fn run(models: &str, modes: &str, quick: bool, json_out: bool) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut results = Vec::new();
+    for model in models.split(',').map(str::trim) {
+        shape(model)?;
+        for mode in modes.split(',').map(str::trim) {
+            if !MODES.contains(&mode) && !DIAGNOSTIC_MODES.contains(&mode) {
+                bail!("unknown mode `{mode}` ({})", MODES.join(", "));
+            }
+            eprintln!("{model} {mode}:");
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["bench", "--one", &format!("{model}:{mode}")]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            let out = cmd
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .context("cannot re-run the xtask binary")?;
+            if !out.status.success() {
+                bail!("{model} {mode} failed ({})", out.status);
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text
+                .lines()
+                .rfind(|l| l.starts_with('{'))
+                .with_context(|| format!("{model} {mode}: no result line"))?;
+            results.push(serde_json::from_str::<Value>(line)?);
+        }
+    }
+    if json_out {
+        println!(
+            "{}",
+            json!({"device": device_description(), "results": results})
+        );
+        return Ok(());
+    }
+    println!("{}", device_description());
+    println!(
+        "{:14} {:10} {:>10} {:>10} {:>12} {:>10} {:>9} {:>9}",
+        "model", "mode", "step ms", "vs const", "sentences/s", "peak MiB", "CPU ms", "CPU util"
+    );
+    for r in &results {
+        let model = r["model"].as_str().unwrap_or("");
+        let constant = results
+            .iter()
+            .find(|c| c["model"] == r["model"] && c["mode"] == "constant")
+            .and_then(|c| c["step_ms"].as_f64());
+        let step = r["step_ms"].as_f64();
+        let rel = match (step, constant) {
+            (Some(s), Some(c)) => format!("{:.3}", s / c),
+            _ => String::new(),
+        };
+        let sentences = r["sentences_per_s"]
+            .as_f64()
+            .or(step.map(|s| TRAIN_BATCH as f64 / (s / 1e3)));
+        println!(
+            "{:14} {:10} {:>10} {:>10} {:>12.1} {:>10.0} {:>9.0} {:>9.2}",
+            model,
+            r["mode"].as_str().unwrap_or(""),
+            step.map_or(String::new(), |s| format!("{s:.0}")),
+            rel,
+            sentences.unwrap_or(f64::NAN),
+            r["peak_mem_bytes"].as_f64().unwrap_or(f64::NAN) / (1024.0 * 1024.0),
+            r["cpu_ms"].as_f64().unwrap_or(f64::NAN),
+            r["cpu_util"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    Ok(())
 }

