@@ -24,7 +24,10 @@ fn assert_clean_failure(output: &Output, expected: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
 }
 
 fn write_inputs(dir: &Path, golden: &serde_json::Value) -> PathBuf {
@@ -62,7 +65,11 @@ fn embed_writes_h_in_input_order() {
         "--batch-size",
         "3",
     ]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let text = std::fs::read_to_string(&output).unwrap();
     let got: Vec<f32> = text
         .lines()
@@ -93,7 +100,10 @@ fn embed_reports_bad_input_lines() {
     let output = dir.join("out.jsonl");
     for (content, expected) in [
         ("{\"text\": \"fine\"}\n{not json\n", "line 2: not JSON"),
-        ("{\"text\": \"fine\"}\n{\"txt\": \"x\"}\n", "line 2: no string field \"text\""),
+        (
+            "{\"text\": \"fine\"}\n{\"txt\": \"x\"}\n",
+            "line 2: no string field \"text\"",
+        ),
         ("{\"text\": \"   \"}\n", "line 1: empty text"),
     ] {
         let input = dir.join("in.jsonl");
@@ -114,8 +124,10 @@ fn embed_reports_bad_input_lines() {
 
 #[test]
 fn embed_reports_broken_model_folders() {
-    let Some(model) = shared_file("embed_reports_broken_model_folders", "fixtures/tiny-roberta")
-    else {
+    let Some(model) = shared_file(
+        "embed_reports_broken_model_folders",
+        "fixtures/tiny-roberta",
+    ) else {
         return;
     };
     let dir = scratch("folder");
