@@ -16,7 +16,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use dao::{StrategyConfig, TaskOutputs};
-use encoder::{Encoder, EncoderConfig, EncoderInput};
+use encoder::{parse_device, Encoder, EncoderConfig, EncoderInput};
 use heads::{HeadsConfig, MultiTaskHeads};
 use serde_json::{json, Value};
 
@@ -27,9 +27,29 @@ pub const MODES: [&str; 4] = ["constant", "dao", "lora8-dao", "infer"];
 /// adapters' dropout off, to price that dropout (BENCHMARKS.md).
 pub const DIAGNOSTIC_MODES: [&str; 1] = ["lora8-dao-p0"];
 
-const TRAIN_BATCH: usize = 10;
 const INFER_BATCH: usize = 32;
-const SEQ: usize = 128;
+
+/// Where and at what size to measure: the CPU figures use the defaults (cpu, training
+/// batch 10, length 128); the GPU script asks for `cuda`, length 512.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub device: String,
+    pub seq: usize,
+    pub batch: usize,
+}
+
+impl Setup {
+    fn args(&self) -> [String; 6] {
+        [
+            "--device".into(),
+            self.device.clone(),
+            "--seq".into(),
+            self.seq.to_string(),
+            "--batch".into(),
+            self.batch.to_string(),
+        ]
+    }
+}
 
 /// The encoder shapes we benchmark.
 pub fn shape(model: &str) -> Result<EncoderConfig> {
@@ -58,9 +78,9 @@ struct Model {
 }
 
 /// Token ids in `[1000, vocab)` with the first-token id in front (as the peer does), no padding.
-fn random_input(config: &EncoderConfig, batch: usize, device: &Device) -> EncoderInput {
+fn random_input(config: &EncoderConfig, batch: usize, seq: usize, device: &Device) -> EncoderInput {
     let ids = Tensor::<2, Int>::random(
-        [batch, SEQ],
+        [batch, seq],
         Distribution::Uniform(1000.0, (config.vocab_size - 1) as f64),
         device,
     );
@@ -161,7 +181,13 @@ fn cpu_seconds() -> f64 {
 }
 
 /// One training step's median seconds for `mode` (`constant`, `dao`, `lora8-dao`).
-fn train(model_name: &str, mode: &str, steps: usize, warmup: usize) -> Result<Value> {
+fn train(
+    model_name: &str,
+    mode: &str,
+    setup: &Setup,
+    steps: usize,
+    warmup: usize,
+) -> Result<Value> {
     let (strategy, lora_dropout) = match mode {
         "constant" => ("constant", None),
         "dao" => ("dao", None),
@@ -170,7 +196,7 @@ fn train(model_name: &str, mode: &str, steps: usize, warmup: usize) -> Result<Va
         other => bail!("unknown mode `{other}` ({})", MODES.join(", ")),
     };
     let config = shape(model_name)?;
-    let device = Device::flex().autodiff();
+    let device = parse_device(&setup.device)?.autodiff();
     device.seed(42);
     let mut encoder = Encoder::new(&config, &device);
     if let Some(dropout) = lora_dropout {
@@ -190,19 +216,19 @@ fn train(model_name: &str, mode: &str, steps: usize, warmup: usize) -> Result<Va
         .with_epsilon(1e-8)
         .with_weight_decay(0.01)
         .init();
-    let input = random_input(&config, TRAIN_BATCH, &device);
-    let targets = Tensor::<1>::random([TRAIN_BATCH], Distribution::Uniform(-1.0, 1.0), &device);
-    let labels = Tensor::<1, Int>::random([TRAIN_BATCH], Distribution::Uniform(0.0, 5.0), &device);
+    let input = random_input(&config, setup.batch, setup.seq, &device);
+    let targets = Tensor::<1>::random([setup.batch], Distribution::Uniform(-1.0, 1.0), &device);
+    let labels = Tensor::<1, Int>::random([setup.batch], Distribution::Uniform(0.0, 5.0), &device);
     let times = timed(steps, warmup, mode, || {
         let model = slot
             .take()
             .context("the model was lost in an earlier step")?;
         let h = model.encoder.forward(input.clone()).first_token;
-        let masks = model.heads.sample_dropout_masks(TRAIN_BATCH, &device);
+        let masks = model.heads.sample_dropout_masks(setup.batch, &device);
         let heads = &model.heads;
         let mut outputs = |h: Tensor<2>| {
             let out = heads.forward_with_masks(h, masks.as_ref());
-            let error = out.scores.reshape([TRAIN_BATCH]) - targets.clone();
+            let error = out.scores.reshape([setup.batch]) - targets.clone();
             TaskOutputs {
                 regression_loss: error.powi_scalar(2).mean(),
                 logits: out.logits,
@@ -243,13 +269,13 @@ fn count_trainable(model: &Model) -> usize {
 }
 
 /// Inference throughput (sentences per second) at batch 32.
-fn infer(model_name: &str, steps: usize, warmup: usize) -> Result<Value> {
+fn infer(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Result<Value> {
     let config = shape(model_name)?;
-    let device = Device::flex();
+    let device = parse_device(&setup.device)?;
     device.seed(42);
     let encoder = Encoder::new(&config, &device);
     let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
-    let input = random_input(&config, INFER_BATCH, &device);
+    let input = random_input(&config, INFER_BATCH, setup.seq, &device);
     let times = timed(steps, warmup, "infer", || {
         let h = encoder.forward(input.clone()).first_token;
         let out = heads.forward(h);
@@ -277,21 +303,21 @@ fn threads() -> usize {
 }
 
 /// One measurement in this process (`MODEL:MODE`), printed as one JSON line on stdout.
-pub fn run_one(spec: &str, quick: bool) -> Result<()> {
+pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
     let (model, mode) = spec
         .split_once(':')
         .with_context(|| format!("--one wants MODEL:MODE, got `{spec}`"))?;
     let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
     let result = if mode == "infer" {
-        infer(model, steps, warmup)?
+        infer(model, setup, steps, warmup)?
     } else {
-        train(model, mode, steps, warmup)?
+        train(model, mode, setup, steps, warmup)?
     };
     println!("{result}");
     Ok(())
 }
 
-fn device_description() -> String {
+fn device_description(setup: &Setup) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -301,12 +327,15 @@ fn device_description() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
+    if setup.device != "cpu" {
+        return format!("{} (burn 0.22.1), host {cpu}", setup.device);
+    }
     format!("flex (burn 0.22.1), {cpu}, {} threads", threads())
 }
 
 /// Runs every requested (model, mode) in its own child process and prints a table, or one JSON
 /// object with `--json`.
-pub fn run(models: &str, modes: &str, quick: bool, json_out: bool) -> Result<()> {
+pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut results = Vec::new();
     for model in models.split(',').map(str::trim) {
@@ -318,6 +347,7 @@ pub fn run(models: &str, modes: &str, quick: bool, json_out: bool) -> Result<()>
             eprintln!("{model} {mode}:");
             let mut cmd = std::process::Command::new(&exe);
             cmd.args(["bench", "--one", &format!("{model}:{mode}")]);
+            cmd.args(setup.args());
             if quick {
                 cmd.arg("--quick");
             }
@@ -339,11 +369,11 @@ pub fn run(models: &str, modes: &str, quick: bool, json_out: bool) -> Result<()>
     if json_out {
         println!(
             "{}",
-            json!({"device": device_description(), "results": results})
+            json!({"device": device_description(setup), "results": results})
         );
         return Ok(());
     }
-    println!("{}", device_description());
+    println!("{}", device_description(setup));
     println!(
         "{:14} {:10} {:>10} {:>10} {:>12} {:>10} {:>9} {:>9}",
         "model", "mode", "step ms", "vs const", "sentences/s", "peak MiB", "CPU ms", "CPU util"
@@ -361,7 +391,7 @@ pub fn run(models: &str, modes: &str, quick: bool, json_out: bool) -> Result<()>
         };
         let sentences = r["sentences_per_s"]
             .as_f64()
-            .or(step.map(|s| TRAIN_BATCH as f64 / (s / 1e3)));
+            .or(step.map(|s| setup.batch as f64 / (s / 1e3)));
         println!(
             "{:14} {:10} {:>10} {:>10} {:>12.1} {:>10.0} {:>9.0} {:>9.2}",
             model,

@@ -77,6 +77,15 @@ enum Task {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Sequence length of every row (no padding).
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Training batch size (inference uses 32).
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
         /// Internal: run one MODEL:MODE in this process and print its JSON line.
         #[arg(long, hide = true)]
         one: Option<String>,
@@ -121,11 +130,17 @@ fn run(task: Task) -> Result<()> {
             modes,
             quick,
             json,
+            device,
+            seq,
+            batch,
             one,
-        } => match one {
-            Some(spec) => bench::run_one(&spec, quick),
-            None => bench::run(&model, &modes, quick, json),
-        },
+        } => {
+            let setup = bench::Setup { device, seq, batch };
+            match one {
+                Some(spec) => bench::run_one(&spec, &setup, quick),
+                None => bench::run(&model, &modes, &setup, quick, json),
+            }
+        }
     }
 }
 
