@@ -61,6 +61,7 @@ pub use config::{
 pub use error::DaoError;
 pub use imbalance::{imbalance_loss, ImbalanceLoss};
 pub use network::{inverse_softplus, logit, AlphaBeta, DaoModule, WeightNetworkOutput};
+pub use own_optimizer::gradients_of;
 pub use strategies::{
     dao_objective, Constant, Dao, DaoTerms, DynamicWeightAverage, GradBalanceOnly, GradNorm,
     ImbalanceOnly, LogVariances, RegressionOnly, Uncertainty,

@@ -35,7 +35,7 @@ impl OwnAdam {
 
 /// The gradients of `module`'s trainable parameters, read from `grads` without removing them
 /// (`GradientsParams::from_module` removes them, and `Gradients` is not `Clone`).
-pub(crate) fn gradients_of<M: Module>(module: &M, grads: &Gradients) -> GradientsParams {
+pub fn gradients_of<M: Module>(module: &M, grads: &Gradients) -> GradientsParams {
     struct Reader<'g> {
         grads: &'g Gradients,
         out: GradientsParams,

@@ -8,10 +8,9 @@
 
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, ModuleOptimizer};
 use burn::store::{BurnpackStore, ModuleSnapshot};
-use burn::tensor::{Device, Gradients, Tensor};
+use burn::tensor::{Device, Gradients};
 use dao::{Dao, DaoConfig, DaoModule, LossWeighting, StrategyConfig};
 
 use crate::train::TrainError;
@@ -56,7 +55,7 @@ impl RunWeighting {
         match self {
             Self::Dao { dao, config, adam } => {
                 let module = dao.module().clone();
-                let params = gradients_of(&module, grads);
+                let params = dao::gradients_of(&module, grads);
                 if !params.is_empty() {
                     let module = adam.step(config.lr, module, params);
                     *dao = Dao::with_module(config.clone(), module)?;
@@ -110,29 +109,4 @@ impl RunWeighting {
         }
         Ok(())
     }
-}
-
-/// The gradients of `module`'s trainable parameters, read from `grads` without removing them
-/// (the model's optimizer takes the rest afterwards).
-fn gradients_of<M: Module>(module: &M, grads: &Gradients) -> GradientsParams {
-    struct Reader<'g> {
-        grads: &'g Gradients,
-        out: GradientsParams,
-    }
-    impl ModuleVisitor for Reader<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if !param.is_require_grad() {
-                return;
-            }
-            if let Some(grad) = param.val().grad(self.grads) {
-                self.out.register(param.id, grad);
-            }
-        }
-    }
-    let mut reader = Reader {
-        grads,
-        out: GradientsParams::new(),
-    };
-    module.visit(&mut reader);
-    reader.out
 }
