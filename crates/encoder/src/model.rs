@@ -135,9 +135,9 @@ impl SelfAttention {
             t.reshape([batch, seq, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = self.query.forward(x.clone());
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x));
+        let q = self.query.forward_with(x.clone(), |d, t| masks.apply(d, t));
+        let k = split(self.key.forward_with(x.clone(), |d, t| masks.apply(d, t)));
+        let v = split(self.value.forward_with(x, |d, t| masks.apply(d, t)));
         let context = if masks.active(&self.dropout) {
             // Scaling q ([b, s, d]) rather than the scores ([b, h, s, s]) touches 1/4 of the
             // values at seq 128, and HF's sdpa path scales q·kᵀ the same way up to rounding.
@@ -187,8 +187,9 @@ impl ResidualOutput {
     }
 
     fn forward(&self, x: Tensor<3>, residual: Tensor<3>, masks: &mut DropoutMasks) -> Tensor<3> {
+        let projected = self.dense.forward_with(x, |d, t| masks.apply(d, t));
         self.layer_norm
-            .forward(masks.apply(&self.dropout, self.dense.forward(x)) + residual)
+            .forward(masks.apply(&self.dropout, projected) + residual)
     }
 }
 
@@ -208,8 +209,8 @@ pub struct Intermediate {
 }
 
 impl Intermediate {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.dense.forward(x);
+    fn forward(&self, x: Tensor<3>, masks: &mut DropoutMasks) -> Tensor<3> {
+        let x = self.dense.forward_with(x, |d, t| masks.apply(d, t));
         match self.act {
             HiddenAct::Gelu => gelu(x),
             HiddenAct::GeluTanh => gelu_approximate(x),
@@ -261,7 +262,7 @@ impl Layer {
             .self_attention
             .forward(x.clone(), mask_bias, masks);
         let x = self.attention.output.forward(attended, x, masks);
-        let expanded = self.intermediate.forward(x.clone());
+        let expanded = self.intermediate.forward(x.clone(), masks);
         self.output.forward(expanded, x, masks)
     }
 }
@@ -290,15 +291,29 @@ pub struct Encoder {
 /// forward from the device's RNG (so `device.seed` still makes runs repeatable), hold `0` or
 /// `1/keep` directly and are applied with one multiplication. Same distribution: an element is
 /// kept with probability `keep` (to 2⁻³²) and scaled by `1/keep`, as burn does.
+///
+/// Only on the CPU (flex) device: on a GPU, host-made masks would cross the bus every step (the
+/// attention-probability masks alone are `batch·heads·seq²` values per layer), so there burn's
+/// `Dropout` samples them on the device itself.
 struct DropoutMasks {
     /// `None` off the autodiff device (inference): no dropout, no seed drawn.
     seed: Option<u64>,
     /// Hashes used so far this forward: each mask reads a fresh range of the stream.
     counter: u64,
+    /// Masks are drawn by burn on the device (any device but the CPU).
+    on_device: bool,
 }
 
 impl DropoutMasks {
     fn new(device: &Device) -> Self {
+        let on_device = device.clone().without_autodiff() != Device::flex();
+        if on_device {
+            return Self {
+                seed: device.is_autodiff().then_some(0),
+                counter: 0,
+                on_device,
+            };
+        }
         let seed = device.is_autodiff().then(|| {
             // 3 × 21 random bits from the device's (seeded) RNG; exact in f32.
             let draws = Tensor::<1>::random([3], Distribution::Uniform(0.0, 1.0), device)
@@ -309,7 +324,11 @@ impl DropoutMasks {
                 (seed << 21) ^ ((u.clamp(0.0, 1.0) * (1u64 << 21) as f32) as u64)
             })
         });
-        Self { seed, counter: 0 }
+        Self {
+            seed,
+            counter: 0,
+            on_device,
+        }
     }
 
     /// Whether `dropout` changes anything in this forward.
@@ -323,6 +342,9 @@ impl DropoutMasks {
         let Some(seed) = self.seed.filter(|_| self.active(dropout)) else {
             return x;
         };
+        if self.on_device {
+            return dropout.forward(x);
+        }
         let keep = 1.0 - dropout.prob;
         let scale = (1.0 / keep) as f32;
         // Keep iff a uniform 32-bit draw is below keep · 2³².
@@ -412,5 +434,102 @@ impl Encoder {
             last_hidden_state: x,
             first_token,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device RNG is one per process: tests that seed it take turns.
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn host_masks_keep_with_probability_keep_and_scale_by_its_inverse() {
+        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let dropout = DropoutConfig::new(0.1).init();
+        let mut masks = DropoutMasks::new(&device);
+        let n = 200_000;
+        let ones = || Tensor::<1>::ones([n], &device);
+        let first = values(masks.apply(&dropout, ones()));
+        let second = values(masks.apply(&dropout, ones()));
+        let scale = 1.0 / 0.9f32;
+        assert!(first.iter().all(|&v| v == 0.0 || v == scale));
+        let kept = first.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+        // Binomial standard deviation √(0.9·0.1/n) ≈ 6.7e-4: 0.005 is > 7 of them.
+        assert!((kept - 0.9).abs() < 0.005, "kept fraction {kept}");
+        assert_ne!(first, second, "each mask reads a fresh part of the stream");
+
+        // The same device seed draws the same masks (runs are repeatable).
+        device.seed(7);
+        let mut again = DropoutMasks::new(&device);
+        assert_eq!(values(again.apply(&dropout, ones())), first);
+
+        // Off the autodiff device, or with p = 0: the identity.
+        let plain = Device::flex();
+        let mut off = DropoutMasks::new(&plain);
+        let x = Tensor::<1>::ones([16], &plain);
+        assert_eq!(values(off.apply(&dropout, x.clone())), vec![1.0; 16]);
+        let none = DropoutConfig::new(0.0).init();
+        let x = Tensor::<1>::ones([16], &device);
+        assert_eq!(values(masks.apply(&none, x)), vec![1.0; 16]);
+    }
+
+    /// The adapters' input dropout is drawn in training: with hidden and attention
+    /// dropout off, two training forwards give different `B` gradients only when the adapters'
+    /// dropout is on.
+    fn adapter_b_gradients(lora_dropout: f64, seed: u64) -> Vec<f32> {
+        let config: EncoderConfig = serde_json::from_str(
+            r#"{"model_type": "roberta", "vocab_size": 40, "hidden_size": 16,
+                "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                "max_position_embeddings": 20, "type_vocab_size": 1, "pad_token_id": 1,
+                "layer_norm_eps": 1e-5}"#,
+        )
+        .unwrap();
+        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex().autodiff();
+        device.seed(1);
+        let lora = lora::LoraConfig {
+            dropout: lora_dropout,
+            ..lora::LoraConfig::with_rank(4)
+        };
+        let encoder = Encoder::new(&config, &device).apply_lora(&lora).unwrap();
+        let ids = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![0i64, 5, 9, 2, 0, 7, 3, 2], [2, 4]),
+            &device,
+        );
+        let input = EncoderInput {
+            attention_mask: ids.ones_like(),
+            token_type_ids: ids.zeros_like(),
+            input_ids: ids,
+        };
+        // Not a plain sum: a LayerNorm's outputs sum to a constant, which has no gradient.
+        let weights = Tensor::<1, Int>::arange(0..16, &device).float().unsqueeze::<2>();
+        // burn initialises parameters lazily, from the RNG at first use: a first forward fixes
+        // them before the seed that picks the masks.
+        let _ = encoder.forward(input.clone());
+        device.seed(seed);
+        let h = encoder.forward(input).first_token;
+        let grads = (h * weights).sum().backward();
+        let query = &encoder.encoder.layer[0].attention.self_attention.query;
+        let b = &query.adapter.as_ref().unwrap().lora_b.weight;
+        values(b.val().grad(&grads).unwrap())
+    }
+
+    #[test]
+    fn adapter_dropout_is_on_in_training_only_when_asked() {
+        let (a, b) = (adapter_b_gradients(0.0, 10), adapter_b_gradients(0.0, 11));
+        assert!(a.iter().any(|&g| g != 0.0));
+        assert_eq!(a, b, "no dropout anywhere: the step does not depend on the seed");
+        let (a, b) = (adapter_b_gradients(0.5, 10), adapter_b_gradients(0.5, 11));
+        assert_ne!(a, b, "adapter dropout on: different masks, different gradients");
+        assert_eq!(a, adapter_b_gradients(0.5, 10), "same seed, same masks");
     }
 }

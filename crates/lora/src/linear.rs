@@ -51,7 +51,19 @@ impl LoraAdapter {
     /// # Shapes
     /// - input `[..., in]`, output `[..., out]`.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let low_rank = self.lora_a.forward(self.dropout.forward(input));
+        self.forward_with(input, |dropout, x| dropout.forward(x))
+    }
+
+    /// [`forward`](Self::forward) with the caller's dropout: `apply_dropout(&self.dropout, x)`
+    /// must return `x` with this dropout's probability applied (or `x` itself outside training).
+    /// An encoder that draws its own masks (faster than burn's per-element sampler) passes its
+    /// sampler here, so this crate needs nothing from it.
+    pub fn forward_with<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        apply_dropout: impl FnOnce(&Dropout, Tensor<D>) -> Tensor<D>,
+    ) -> Tensor<D> {
+        let low_rank = self.lora_a.forward(apply_dropout(&self.dropout, input));
         self.lora_b.forward(low_rank).mul_scalar(self.scaling)
     }
 
@@ -159,9 +171,19 @@ impl LoraLinear {
     /// # Shapes
     /// - input `[..., d_input]`, output `[..., d_output]`.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        self.forward_with(input, |dropout, x| dropout.forward(x))
+    }
+
+    /// [`forward`](Self::forward) with the caller's adapter dropout (see
+    /// [`LoraAdapter::forward_with`]); not called without an active adapter.
+    pub fn forward_with<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        apply_dropout: impl FnOnce(&Dropout, Tensor<D>) -> Tensor<D>,
+    ) -> Tensor<D> {
         match &self.adapter {
             Some(adapter) if !adapter.merged => {
-                self.base.forward(input.clone()) + adapter.forward(input)
+                self.base.forward(input.clone()) + adapter.forward_with(input, apply_dropout)
             }
             _ => self.base.forward(input),
         }
