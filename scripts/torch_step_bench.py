@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The PyTorch side of `scripts/gpu-bench.sh`: the same training step as `cargo xtask bench`
 (encoder + regression and classification heads, constant task weights 0.9/0.1, AdamW), on a
-random-weight RoBERTa of a given shape, on CUDA or CPU, fp32 or bf16 autocast.
+random-weight RoBERTa of a given shape, on CUDA or CPU: fp32 (PyTorch's default, no TF32), tf32
+(fp32 with TF32 matrix units allowed) or bf16 autocast.
 
     python3 torch_step_bench.py --shape roberta-large --batch 10 --seq 512 --device cuda \
-        --precision fp32,bf16 [--steps 5 --warmup 2] [--json out.json]
+        --precision fp32,tf32,bf16 [--steps 5 --warmup 2] [--json out.json]
 
 Prints one line per precision: median seconds per step and peak device memory.
 """
@@ -49,6 +50,8 @@ def run(args, precision):
                            max_position_embeddings=args.seq + 2, type_vocab_size=1,
                            pad_token_id=1)
     device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
     torch.manual_seed(42)
     encoder = RobertaModel(config, add_pooling_layer=False).to(device).train()
     head = Heads(hidden).to(device).train()

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use dao::{StrategyConfig, TaskOutputs};
 use encoder::{parse_device, Encoder, EncoderConfig, EncoderInput};
 use heads::{HeadsConfig, MultiTaskHeads};
@@ -36,10 +36,12 @@ pub struct Setup {
     pub device: String,
     pub seq: usize,
     pub batch: usize,
+    /// `f32`, `bf16` or `f16` (comma-separated in [`run`], one in each child).
+    pub dtype: String,
 }
 
 impl Setup {
-    fn args(&self) -> [String; 6] {
+    fn args(&self) -> [String; 8] {
         [
             "--device".into(),
             self.device.clone(),
@@ -47,8 +49,31 @@ impl Setup {
             self.seq.to_string(),
             "--batch".into(),
             self.batch.to_string(),
+            "--dtype".into(),
+            self.dtype.clone(),
         ]
     }
+
+    /// The device, its default float type set before any tensor exists (burn fixes it at the
+    /// first tensor). Half precision here is pure: weights, activations and optimizer state.
+    fn device(&self) -> Result<Device> {
+        let mut device = parse_device(&self.device)?;
+        let dtype = match self.dtype.as_str() {
+            "f32" => return Ok(device),
+            "bf16" => FloatDType::BF16,
+            "f16" => FloatDType::F16,
+            other => bail!("unknown dtype `{other}` (f32, bf16, f16)"),
+        };
+        device
+            .configure(dtype)
+            .map_err(|e| anyhow::anyhow!("{}: cannot use {dtype:?}: {e:?}", self.device))?;
+        Ok(device)
+    }
+}
+
+/// What the device's allocator holds (`None` on the CPU, whose figure is the process's RSS).
+fn device_mem_bytes(device: &Device) -> Option<u64> {
+    device.memory_pool_usage().map(|u| u.bytes_reserved)
 }
 
 /// The encoder shapes we benchmark.
@@ -196,7 +221,7 @@ fn train(
         other => bail!("unknown mode `{other}` ({})", MODES.join(", ")),
     };
     let config = shape(model_name)?;
-    let device = parse_device(&setup.device)?.autodiff();
+    let device = setup.device()?.autodiff();
     device.seed(42);
     let mut encoder = Encoder::new(&config, &device);
     if let Some(dropout) = lora_dropout {
@@ -244,9 +269,10 @@ fn train(
         Ok(())
     })?;
     let mut result = json!({
-        "model": model_name, "mode": mode,
+        "model": model_name, "mode": mode, "dtype": setup.dtype,
         "step_ms": 1e3 * median(times.wall.clone()),
         "peak_mem_bytes": peak_rss_bytes()?,
+        "device_mem_bytes": device_mem_bytes(&device),
         "trainable_params": trainable,
     });
     merge(&mut result, times.fields());
@@ -271,7 +297,7 @@ fn count_trainable(model: &Model) -> usize {
 /// Inference throughput (sentences per second) at batch 32.
 fn infer(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Result<Value> {
     let config = shape(model_name)?;
-    let device = parse_device(&setup.device)?;
+    let device = setup.device()?;
     device.seed(42);
     let encoder = Encoder::new(&config, &device);
     let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
@@ -284,9 +310,10 @@ fn infer(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Result
         Ok(())
     })?;
     let mut result = json!({
-        "model": model_name, "mode": "infer",
+        "model": model_name, "mode": "infer", "dtype": setup.dtype,
         "sentences_per_s": INFER_BATCH as f64 / median(times.wall.clone()),
         "peak_mem_bytes": peak_rss_bytes()?,
+        "device_mem_bytes": device_mem_bytes(&device),
     });
     merge(&mut result, times.fields());
     Ok(result)
@@ -338,32 +365,57 @@ fn device_description(setup: &Setup) -> String {
 pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut results = Vec::new();
-    for model in models.split(',').map(str::trim) {
+    let mut failed = Vec::new();
+    let models: Vec<&str> = models.split(',').map(str::trim).collect();
+    let modes: Vec<&str> = modes.split(',').map(str::trim).collect();
+    let dtypes: Vec<&str> = setup.dtype.split(',').map(str::trim).collect();
+    for model in &models {
         shape(model)?;
-        for mode in modes.split(',').map(str::trim) {
-            if !MODES.contains(&mode) && !DIAGNOSTIC_MODES.contains(&mode) {
-                bail!("unknown mode `{mode}` ({})", MODES.join(", "));
+    }
+    for mode in &modes {
+        if !MODES.contains(mode) && !DIAGNOSTIC_MODES.contains(mode) {
+            bail!("unknown mode `{mode}` ({})", MODES.join(", "));
+        }
+    }
+    for dtype in &dtypes {
+        if !["f32", "bf16", "f16"].contains(dtype) {
+            bail!("unknown dtype `{dtype}` (f32, bf16, f16)");
+        }
+    }
+    for model in &models {
+        for dtype in &dtypes {
+            for mode in &modes {
+                eprintln!("{model} {mode} {dtype}:");
+                let one = Setup {
+                    dtype: dtype.to_string(),
+                    ..setup.clone()
+                };
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args(["bench", "--one", &format!("{model}:{mode}")]);
+                cmd.args(one.args());
+                if quick {
+                    cmd.arg("--quick");
+                }
+                let out = cmd
+                    .stderr(std::process::Stdio::inherit())
+                    .output()
+                    .context("cannot re-run the xtask binary")?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let line = text.lines().rfind(|l| l.starts_with('{'));
+                match line {
+                    Some(line) if out.status.success() => {
+                        results.push(serde_json::from_str::<Value>(line)?)
+                    }
+                    // One failed measurement (a dtype the device lacks, say) should not lose
+                    // the others: report it and go on.
+                    _ => {
+                        eprintln!("{model} {mode} {dtype} failed ({})", out.status);
+                        failed.push(format!("{model}:{mode}:{dtype}"));
+                        results.push(json!({"model": model, "mode": mode, "dtype": dtype,
+                            "error": format!("failed ({})", out.status)}));
+                    }
+                }
             }
-            eprintln!("{model} {mode}:");
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.args(["bench", "--one", &format!("{model}:{mode}")]);
-            cmd.args(setup.args());
-            if quick {
-                cmd.arg("--quick");
-            }
-            let out = cmd
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .context("cannot re-run the xtask binary")?;
-            if !out.status.success() {
-                bail!("{model} {mode} failed ({})", out.status);
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
-            let line = text
-                .lines()
-                .rfind(|l| l.starts_with('{'))
-                .with_context(|| format!("{model} {mode}: no result line"))?;
-            results.push(serde_json::from_str::<Value>(line)?);
         }
     }
     if json_out {
@@ -371,18 +423,35 @@ pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool
             "{}",
             json!({"device": device_description(setup), "results": results})
         );
-        return Ok(());
+    } else {
+        print_table(&results, setup);
     }
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn print_table(results: &[Value], setup: &Setup) {
     println!("{}", device_description(setup));
     println!(
-        "{:14} {:10} {:>10} {:>10} {:>12} {:>10} {:>9} {:>9}",
-        "model", "mode", "step ms", "vs const", "sentences/s", "peak MiB", "CPU ms", "CPU util"
+        "{:14} {:10} {:5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>9} {:>9}",
+        "model",
+        "mode",
+        "dtype",
+        "step ms",
+        "vs const",
+        "sentences/s",
+        "peak MiB",
+        "device MiB",
+        "CPU ms",
+        "CPU util"
     );
-    for r in &results {
+    for r in results {
         let model = r["model"].as_str().unwrap_or("");
         let constant = results
             .iter()
-            .find(|c| c["model"] == r["model"] && c["mode"] == "constant")
+            .find(|c| c["model"] == r["model"] && c["dtype"] == r["dtype"] && c["mode"] == "constant")
             .and_then(|c| c["step_ms"].as_f64());
         let step = r["step_ms"].as_f64();
         let rel = match (step, constant) {
@@ -392,17 +461,28 @@ pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool
         let sentences = r["sentences_per_s"]
             .as_f64()
             .or(step.map(|s| setup.batch as f64 / (s / 1e3)));
+        let mib = |key: &str| r[key].as_f64().unwrap_or(f64::NAN) / (1024.0 * 1024.0);
+        if let Some(error) = r["error"].as_str() {
+            println!(
+                "{:14} {:10} {:5} {error}",
+                model,
+                r["mode"].as_str().unwrap_or(""),
+                r["dtype"].as_str().unwrap_or("")
+            );
+            continue;
+        }
         println!(
-            "{:14} {:10} {:>10} {:>10} {:>12.1} {:>10.0} {:>9.0} {:>9.2}",
+            "{:14} {:10} {:5} {:>10} {:>10} {:>12.1} {:>10.0} {:>10.0} {:>9.0} {:>9.2}",
             model,
             r["mode"].as_str().unwrap_or(""),
-            step.map_or(String::new(), |s| format!("{s:.0}")),
+            r["dtype"].as_str().unwrap_or(""),
+            step.map_or(String::new(), |s| format!("{s:.1}")),
             rel,
             sentences.unwrap_or(f64::NAN),
-            r["peak_mem_bytes"].as_f64().unwrap_or(f64::NAN) / (1024.0 * 1024.0),
+            mib("peak_mem_bytes"),
+            mib("device_mem_bytes"),
             r["cpu_ms"].as_f64().unwrap_or(f64::NAN),
             r["cpu_util"].as_f64().unwrap_or(f64::NAN),
         );
     }
-    Ok(())
 }

@@ -86,6 +86,10 @@ enum Task {
         /// Training batch size (inference uses 32).
         #[arg(long, default_value_t = 10)]
         batch: usize,
+        /// Float type, comma-separated for several: f32, bf16, f16. Half precision is pure
+        /// (weights, activations and optimizer state), not PyTorch's autocast.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
         /// Internal: run one MODEL:MODE in this process and print its JSON line.
         #[arg(long, hide = true)]
         one: Option<String>,
@@ -133,9 +137,15 @@ fn run(task: Task) -> Result<()> {
             device,
             seq,
             batch,
+            dtype,
             one,
         } => {
-            let setup = bench::Setup { device, seq, batch };
+            let setup = bench::Setup {
+                device,
+                seq,
+                batch,
+                dtype,
+            };
             match one {
                 Some(spec) => bench::run_one(&spec, &setup, quick),
                 None => bench::run(&model, &modes, &setup, quick, json),
