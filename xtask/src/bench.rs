@@ -451,7 +451,9 @@ fn print_table(results: &[Value], setup: &Setup) {
         let model = r["model"].as_str().unwrap_or("");
         let constant = results
             .iter()
-            .find(|c| c["model"] == r["model"] && c["dtype"] == r["dtype"] && c["mode"] == "constant")
+            .find(|c| {
+                c["model"] == r["model"] && c["dtype"] == r["dtype"] && c["mode"] == "constant"
+            })
             .and_then(|c| c["step_ms"].as_f64());
         let step = r["step_ms"].as_f64();
         let rel = match (step, constant) {

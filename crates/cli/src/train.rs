@@ -18,7 +18,8 @@ pub struct TrainArgs {
     /// Run folder (default: runs/<config file stem>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// cpu, cuda or cuda:N (same as --set train.device=...).
+    /// cpu, cuda or cuda:N; several, comma-separated (cuda:0,cuda:1), train data-parallel
+    /// (same as --set train.device=...).
     #[arg(long)]
     device: Option<String>,
     /// Continue from the run folder's checkpoints/last.

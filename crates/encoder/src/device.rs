@@ -29,6 +29,23 @@ pub fn parse_device(spec: &str) -> Result<Device, EncoderError> {
     )))
 }
 
+/// A comma-separated list of devices for data-parallel training (`cuda:0,cuda:1`); one entry
+/// is the ordinary single-device case. Each device may appear once.
+pub fn parse_devices(spec: &str) -> Result<Vec<Device>, EncoderError> {
+    let mut devices = Vec::new();
+    for part in spec.split(',') {
+        let device = parse_device(part)?;
+        if devices.contains(&device) {
+            return Err(EncoderError::Device(format!(
+                "`{spec}`: `{}` is listed twice",
+                part.trim()
+            )));
+        }
+        devices.push(device);
+    }
+    Ok(devices)
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device, EncoderError> {
     Ok(Device::cuda(index))
@@ -54,5 +71,14 @@ mod tests {
         assert!(err.contains("unknown device `tpu`"), "{err}");
         let err = parse_device("cuda:x").unwrap_err().to_string();
         assert!(err.contains("cuda:N"), "{err}");
+    }
+
+    #[test]
+    fn parses_device_lists() {
+        assert_eq!(parse_devices("cpu").unwrap(), vec![Device::flex()]);
+        let err = parse_devices("cpu, cpu").unwrap_err().to_string();
+        assert!(err.contains("`cpu` is listed twice"), "{err}");
+        let err = parse_devices("cpu,tpu").unwrap_err().to_string();
+        assert!(err.contains("unknown device `tpu`"), "{err}");
     }
 }

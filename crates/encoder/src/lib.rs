@@ -25,7 +25,7 @@ mod tokenize;
 
 pub use adapters::{TrainableParameters, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_TARGETS};
 pub use config::{EncoderConfig, HiddenAct, ModelFamily};
-pub use device::parse_device;
+pub use device::{parse_device, parse_devices};
 pub use error::EncoderError;
 pub use loader::{
     load_weights, save_burnpack, ModelFolder, WeightsFormat, BURN_WEIGHTS, HF_WEIGHTS,

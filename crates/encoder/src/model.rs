@@ -445,7 +445,7 @@ mod tests {
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().to_vec().unwrap()
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
 
     #[test]
@@ -511,7 +511,9 @@ mod tests {
             input_ids: ids,
         };
         // Not a plain sum: a LayerNorm's outputs sum to a constant, which has no gradient.
-        let weights = Tensor::<1, Int>::arange(0..16, &device).float().unsqueeze::<2>();
+        let weights = Tensor::<1, Int>::arange(0..16, &device)
+            .float()
+            .unsqueeze::<2>();
         // burn initialises parameters lazily, from the RNG at first use: a first forward fixes
         // them before the seed that picks the masks.
         let _ = encoder.forward(input.clone());
@@ -527,9 +529,15 @@ mod tests {
     fn adapter_dropout_is_on_in_training_only_when_asked() {
         let (a, b) = (adapter_b_gradients(0.0, 10), adapter_b_gradients(0.0, 11));
         assert!(a.iter().any(|&g| g != 0.0));
-        assert_eq!(a, b, "no dropout anywhere: the step does not depend on the seed");
+        assert_eq!(
+            a, b,
+            "no dropout anywhere: the step does not depend on the seed"
+        );
         let (a, b) = (adapter_b_gradients(0.5, 10), adapter_b_gradients(0.5, 11));
-        assert_ne!(a, b, "adapter dropout on: different masks, different gradients");
+        assert_ne!(
+            a, b,
+            "adapter dropout on: different masks, different gradients"
+        );
         assert_eq!(a, adapter_b_gradients(0.5, 10), "same seed, same masks");
     }
 }

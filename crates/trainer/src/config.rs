@@ -228,7 +228,8 @@ pub struct TrainConfig {
     /// Stop after this many epochs without improvement of `best_metric` (absent: never).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub early_stopping_patience: Option<usize>,
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// `cpu`, `cuda` or `cuda:N`; several (`cuda:0,cuda:1`) train data-parallel, the first
+    /// holding the model between steps.
     pub device: String,
 }
 
@@ -589,9 +590,9 @@ impl RunConfig {
             check(n >= 1, "train.early_stopping_patience", "≥ 1", &n);
         }
         check(
-            valid_device(&t.device),
+            t.device.split(',').all(valid_device),
             "train.device",
-            "cpu, cuda or cuda:N",
+            "cpu, cuda or cuda:N, or a comma-separated list such as cuda:0,cuda:1",
             &format!("{:?}", t.device),
         );
 

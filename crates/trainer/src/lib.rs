@@ -11,7 +11,8 @@
 //!
 //! - [`train`]: the training loop ([`SentimentModel`], any `dao` weighting strategy, AdamW,
 //!   checkpoints in `checkpoints/{last,best}`, bit-exact resume on CPU); [`evaluate_run`],
-//!   [`predict_file`] and [`export_run`] use a finished run.
+//!   [`predict_file`] and [`export_run`] use a finished run; [`DataParallel`] spreads the
+//!   encoder over several devices.
 
 mod config;
 mod crate_configs;
@@ -19,6 +20,7 @@ mod export;
 mod inference;
 mod metrics;
 mod model;
+mod parallel;
 mod report;
 mod run_dir;
 mod schedule;
@@ -34,6 +36,7 @@ pub use export::{export_run, HEADS_FILE};
 pub use inference::{evaluate_set, predict_file, Prediction, Predictions};
 pub use metrics::{MetricsError, ValidationAccumulator, ValidationMetrics, NUM_CLASSES};
 pub use model::{SentimentModel, MODEL_FILE};
+pub use parallel::{DataParallel, ParallelForward};
 pub use report::{compare, write_report, Comparison, ComparisonRow, ReportError, ReportFiles};
 pub use run_dir::{peak_memory_bytes, write_atomic, EpochRow, RunDir, RunDirError, StepRow};
 pub use schedule::{updates_per_run, CosineWithWarmup};

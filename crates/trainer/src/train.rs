@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Finetune, RunConfig};
 use crate::inference::evaluate_set;
 use crate::model::SentimentModel;
+use crate::parallel::DataParallel;
 use crate::weighting::RunWeighting;
 use crate::{CosineWithWarmup, EpochRow, RunDir, StepRow, ValidationMetrics};
 
@@ -269,8 +270,10 @@ pub fn train(
     options: &TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
     let run_dir = RunDir::create(run)?;
-    let base_device = encoder::parse_device(&config.train.device)?;
+    let devices = encoder::parse_devices(&config.train.device)?;
+    let base_device = devices[0].clone();
     let device = base_device.clone().autodiff();
+    let parallel = DataParallel::new(devices.into_iter().map(Device::autodiff).collect());
     let seed = config.train.seed;
 
     let last = checkpoint_dir(run, "last");
@@ -360,6 +363,18 @@ pub fn train(
     let mut stopped = false;
     let shared_parameters =
         config.dao.grad_norm_wrt == crate::config::GradNormWrt::SharedParameters;
+    if parallel.is_parallel() && (shared_parameters || grad_accum > 1) {
+        return Err(TrainError::Input(format!(
+            "train.device = {:?}: data-parallel training does not support {} yet; use one \
+             device, or a larger train.batch_size",
+            config.train.device,
+            if shared_parameters {
+                "dao.grad_norm_wrt = \"shared-parameters\""
+            } else {
+                "train.grad_accum > 1"
+            }
+        )));
+    }
 
     while !state.finished && (state.epoch as usize) < config.train.epochs {
         let epoch = state.epoch;
@@ -375,7 +390,15 @@ pub fn train(
             let lr = schedule.lr(state.updates);
             let n = batch.rows.len();
             let input = batch.input;
-            let h = model.encoder.forward(input.clone()).first_token;
+            let mut replicas = None;
+            let h = if parallel.is_parallel() {
+                let forward = parallel.forward(&model.encoder, &input, batch_seed);
+                let h = forward.first_token.clone();
+                replicas = Some(forward);
+                h
+            } else {
+                model.encoder.forward(input.clone()).first_token
+            };
             // Sampled once: every evaluation of the heads in this step uses the same masks.
             let masks = model.heads.sample_dropout_masks(n, &device);
             let heads_module = &model.heads;
@@ -434,7 +457,6 @@ pub fn train(
             };
             let grads = loss.backward();
             weighting.update(&grads)?;
-            let grads = GradientsParams::from_grads(grads, &model);
             state.batch_in_epoch += 1;
             state.global_step = step;
             let sum = f64::from_bits(state.epoch_loss_sum_bits) + f64::from(d.loss);
@@ -444,13 +466,19 @@ pub fn train(
 
             let boundary = state.batch_in_epoch.is_multiple_of(grad_accum)
                 || state.batch_in_epoch == batches_per_epoch;
-            if grad_accum > 1 {
-                accumulator.accumulate(&model, grads);
+            if let Some(forward) = replicas {
+                // Several devices (grad_accum is 1 here, checked above).
+                let grads = parallel.gradients(grads, &model, forward);
+                model = parallel.gather(optimizer.step_multi(lr, model, grads));
+                state.updates += 1;
+            } else if grad_accum > 1 {
+                accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
                 if boundary {
                     model = optimizer.step(lr, model, accumulator.grads());
                     state.updates += 1;
                 }
             } else {
+                let grads = GradientsParams::from_grads(grads, &model);
                 model = optimizer.step(lr, model, grads);
                 state.updates += 1;
             }

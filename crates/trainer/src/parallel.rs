@@ -1,0 +1,162 @@
+//! Data-parallel training over several devices (`train.device = "cuda:0,cuda:1"`).
+//!
+//! The encoder, where nearly all the work is, runs data-parallel: every device encodes its
+//! share of the batch's rows with its own copy of the encoder, forked from the model each step
+//! (burn's `Module::fork`: same parameter ids, fresh leaves on that device). The first-token
+//! states are gathered on the main (first) device, so the heads and the loss weighting see the
+//! whole batch as they would on one device: DAO's λ, class statistics and task weights are the
+//! batch's, not a shard's. The one backward reaches every copy; each copy's gradients are read
+//! off it and burn's `ModuleOptimizer::step_multi` sums them per parameter before AdamW. After
+//! the step the model is gathered back on the main device, where checkpoints and validation
+//! find it.
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, MultiGradientsParams};
+use burn::tensor::{Device, Gradients, Int, Tensor};
+use encoder::{Encoder, EncoderInput};
+
+use crate::model::SentimentModel;
+
+/// The training devices, the first one the main device (autodiff devices).
+#[derive(Debug, Clone)]
+pub struct DataParallel {
+    devices: Vec<Device>,
+}
+
+/// The gathered first-token states of one batch, and the encoder copies that made them.
+pub struct ParallelForward {
+    /// `[batch, hidden]` on the main device, rows in the batch's order.
+    pub first_token: Tensor<2>,
+    replicas: Vec<(Encoder, Device)>,
+}
+
+impl DataParallel {
+    /// `devices[0]` is the main device.
+    ///
+    /// # Panics
+    /// If `devices` is empty.
+    pub fn new(devices: Vec<Device>) -> Self {
+        assert!(!devices.is_empty(), "data-parallel training needs a device");
+        Self { devices }
+    }
+
+    /// Where the model lives between steps.
+    pub fn main(&self) -> &Device {
+        &self.devices[0]
+    }
+
+    /// Whether there is more than one device.
+    pub fn is_parallel(&self) -> bool {
+        self.devices.len() > 1
+    }
+
+    /// `(device index, first row, rows)` of each non-empty share: as even as possible, the
+    /// first devices taking one more row when the batch does not divide.
+    fn shards(&self, rows: usize) -> Vec<(usize, usize, usize)> {
+        let n = self.devices.len();
+        let mut start = 0;
+        (0..n)
+            .map(|k| {
+                let len = rows / n + usize::from(k < rows % n);
+                let shard = (k, start, len);
+                start += len;
+                shard
+            })
+            .filter(|&(_, _, len)| len > 0)
+            .collect()
+    }
+
+    /// Encodes the batch, each device its share, with device `k` seeded `seed + k` for its
+    /// dropout masks.
+    pub fn forward(&self, encoder: &Encoder, input: &EncoderInput, seed: u64) -> ParallelForward {
+        let [rows, _] = input.input_ids.dims();
+        let mut parts = Vec::new();
+        let mut replicas = Vec::new();
+        for (k, start, len) in self.shards(rows) {
+            let device = &self.devices[k];
+            let take = |t: &Tensor<2, Int>| t.clone().narrow(0, start, len).to_device(device);
+            let shard = EncoderInput {
+                input_ids: take(&input.input_ids),
+                attention_mask: take(&input.attention_mask),
+                token_type_ids: take(&input.token_type_ids),
+            };
+            device.seed(seed.wrapping_add(k as u64));
+            let replica = encoder.clone().fork(device);
+            let h = replica.forward(shard).first_token;
+            parts.push(h.to_device(self.main()));
+            replicas.push((replica, device.clone()));
+        }
+        ParallelForward {
+            first_token: Tensor::cat(parts, 0),
+            replicas,
+        }
+    }
+
+    /// The gradients of one backward, per device: the heads' (which only the main device has)
+    /// with the main device's encoder copy, then every other copy's. For `step_multi`.
+    pub fn gradients(
+        &self,
+        mut grads: Gradients,
+        model: &SentimentModel,
+        forward: ParallelForward,
+    ) -> MultiGradientsParams {
+        let mut multi = MultiGradientsParams::default();
+        let heads = GradientsParams::from_module(&mut grads, &model.heads);
+        let mut heads = Some(heads);
+        for (replica, device) in forward.replicas {
+            let mut part = GradientsParams::from_module(&mut grads, &replica);
+            if device == *self.main() {
+                if let Some(heads) = heads.take() {
+                    merge_into(&mut part, heads, &model.heads);
+                }
+            }
+            multi.grads.push((part, device));
+        }
+        if let Some(heads) = heads {
+            multi.grads.push((heads, self.main().clone()));
+        }
+        multi
+    }
+
+    /// The model with every parameter back on the main device (`step_multi` leaves each
+    /// parameter on the device that summed its gradient).
+    pub fn gather(&self, model: SentimentModel) -> SentimentModel {
+        model.fork(self.main())
+    }
+}
+
+/// Moves `from`'s gradients (of `module`'s parameters) into `into`.
+fn merge_into<M: Module>(into: &mut GradientsParams, mut from: GradientsParams, module: &M) {
+    use burn::module::{ModuleVisitor, Param};
+    struct Mover<'a> {
+        into: &'a mut GradientsParams,
+        from: &'a mut GradientsParams,
+    }
+    impl ModuleVisitor for Mover<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(grad) = self.from.remove::<D>(param.id) {
+                self.into.register(param.id, grad);
+            }
+        }
+    }
+    module.visit(&mut Mover {
+        into,
+        from: &mut from,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_the_batch_in_order() {
+        let dp = DataParallel::new(vec![Device::flex(); 3]);
+        assert_eq!(dp.shards(10), vec![(0, 0, 4), (1, 4, 3), (2, 7, 3)]);
+        assert_eq!(dp.shards(2), vec![(0, 0, 1), (1, 1, 1)]);
+        assert_eq!(dp.shards(3), vec![(0, 0, 1), (1, 1, 1), (2, 2, 1)]);
+        let one = DataParallel::new(vec![Device::flex()]);
+        assert_eq!(one.shards(5), vec![(0, 0, 5)]);
+        assert!(!one.is_parallel());
+    }
+}
