@@ -3,19 +3,21 @@
 # PyTorch's on one lent GPU, both in one call, one table at the end.
 #
 #   scripts/gpu-bench.sh build       # here: release `xtask` with CUDA → gpu-bundle/
-#   scripts/gpu-bench.sh run         # on the GPU machine, with gpu-bundle/ carried along
+#   scripts/gpu-bench.sh run         # on the GPU machine, with gpu-bundle/ carried along:
+#                                    # parity and a short training run on CUDA, then the bench
 #   scripts/gpu-bench.sh check       # here, no GPU: the run phase on the CPU with tiny sizes
 #
 # `build` runs scripts/build-cuda.sh (CARGO_TARGET_DIR defaults to target/cuda, so the CPU
 # build in target/ is left alone; the first build takes most of an hour on 2 cores), then puts
-# the stripped binary, the shared libraries it needs beyond glibc and libstdc++ (LLVM's z3,
-# zstd, xml2, … from Debian: a CUDA image need not have them) and the PyTorch script into
-# gpu-bundle/. The GPU machine has no registries and no Rust: it runs only what is bundled.
+# the stripped binaries, the shared libraries they need beyond glibc and libstdc++ (LLVM's z3,
+# zstd, xml2, … from Debian: a CUDA image need not have them), the PyTorch script and the tiny
+# RoBERTa fixture with its golden values (../shared, or DAO_SHARED_DIR) into gpu-bundle/.
+# The GPU machine has no registries and no Rust: it runs only what is bundled.
 #
 # `run` needs: nvidia-smi, python3 with torch and transformers (the GPU image has both).
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
 # BENCH_DTYPES (f32,bf16), TORCH_PRECISIONS (fp32,tf32,bf16), OUT (where the JSON goes),
-# XTASK (our binary; default the bundled one, else target/release/xtask), PYTHON (python3).
+# XTASK and CLI (our binaries; default the bundled ones, else target/release/), PYTHON.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bundle=gpu-bundle
@@ -60,16 +62,20 @@ build)
     bash scripts/build-cuda.sh
     rm -rf "$bundle"
     mkdir -p "$bundle/lib"
-    cp "$CARGO_TARGET_DIR/release/xtask" "$bundle/xtask"
-    strip "$bundle/xtask"
-    ldd "$bundle/xtask" | awk '/=> \// {print $3}' \
-        | grep -v -E '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' \
-        | xargs -r -I{} cp -L {} "$bundle/lib/"
+    for bin in xtask cli; do
+        cp "$CARGO_TARGET_DIR/release/$bin" "$bundle/$bin"
+        strip "$bundle/$bin"
+        ldd "$bundle/$bin" | awk '/=> \// {print $3}' \
+            | grep -v -E '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' \
+            | xargs -r -I{} cp -L {} "$bundle/lib/"
+        # The device tool carries at most 64 MiB in all.
+        xz -T2 -6 "$bundle/$bin"
+    done
     cp scripts/torch_step_bench.py "$bundle/"
-    # The device tool carries at most 64 MiB: compress when the binary alone is near that.
-    if [ "$(stat -c %s "$bundle/xtask")" -gt $((40 * 1024 * 1024)) ]; then
-        xz -T2 -6 "$bundle/xtask"
-    fi
+    shared="${DAO_SHARED_DIR:-../shared}"
+    mkdir -p "$bundle/tiny-roberta"
+    cp "$shared"/fixtures/tiny-roberta/{config.json,model.safetensors,tokenizer.json} "$bundle/tiny-roberta/"
+    cp "$shared/fixtures/golden.json" "$bundle/"
     du -sh "$bundle"/* "$bundle"
     ;;
 run | check)
@@ -85,19 +91,44 @@ run | check)
         device=cpu torch_device=cpu
         model=minilm shape=tiny seq=16 batch=2 dtypes=f32 precisions=fp32
     fi
-    if [ -n "${XTASK:-}" ]; then
-        ours="$XTASK"
-    elif [ -f "$bundle/xtask.xz" ]; then
-        xz -dc "$bundle/xtask.xz" >/tmp/xtask-cuda && chmod +x /tmp/xtask-cuda
-        ours=/tmp/xtask-cuda
-    elif [ -x "$bundle/xtask" ]; then
-        ours="$bundle/xtask"
-    else
-        ours=target/release/xtask
-    fi
+    unpack() { # $1: binary name → a runnable copy
+        if [ -f "$bundle/$1.xz" ]; then
+            xz -dc "$bundle/$1.xz" >"/tmp/$1-cuda" && chmod +x "/tmp/$1-cuda" && echo "/tmp/$1-cuda"
+        else
+            echo "target/release/$1"
+        fi
+    }
+    ours="${XTASK:-$(unpack xtask)}"
+    cli="${CLI:-$(unpack cli)}"
     export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    # Each side has its own time limit, so one hanging cannot take the other's result with it.
+    # Each part has its own time limit, so one hanging cannot take the others' results with it.
     set +e
+    fixtures="$bundle"
+    [ -f "$fixtures/golden.json" ] || fixtures="${DAO_SHARED_DIR:-../shared}/fixtures"
+    if [ -f "$fixtures/golden.json" ]; then
+        # Parity on the device: H of the tiny RoBERTa against transformers' (golden.json).
+        python3 -c 'import json, sys
+for text in json.load(open(sys.argv[1]))["sentences"]:
+    print(json.dumps({"text": text}))' "$fixtures/golden.json" >"$out/sentences.jsonl"
+        timeout 120 "$cli" embed --model "$fixtures/tiny-roberta" --input "$out/sentences.jsonl" \
+            --output "$out/embeddings.jsonl" --device "$device" 2>&1 | tail -n 3
+        python3 -c 'import json, sys
+golden = json.load(open(sys.argv[1]))["H"]["data"]
+try:
+    ours = [x for line in open(sys.argv[2]) for x in json.loads(line)["embedding"]]
+    flat = [x for row in golden for x in row] if isinstance(golden[0], list) else golden
+    assert len(flat) == len(ours), (len(flat), len(ours))
+    d = max(abs(a - b) for a, b in zip(flat, ours))
+    print(f"parity: H of tiny-roberta on {sys.argv[3]}, max |ours - transformers| = {d:.3g}")
+except (OSError, ValueError, KeyError, AssertionError) as e:
+    print(f"parity: no embeddings ({e})")' "$fixtures/golden.json" "$out/embeddings.jsonl" "$device"
+        # The whole trainer on the device: one epoch of DAO on the demo data, tiny RoBERTa.
+        timeout 150 "$cli" train --config configs/quickstart.toml --out "$out/tiny-run" \
+            --device "$device" --set model.path="$fixtures/tiny-roberta" --set train.epochs=1 \
+            >"$out/train.log" 2>&1
+        echo "training on $device: exit $?"
+        tail -n 4 "$out/train.log"
+    fi
     timeout "${OURS_LIMIT:-330}" "$ours" bench --device "$device" --model "$model" \
         --modes constant,dao,lora8-dao,infer --seq "$seq" --batch "$batch" --dtype "$dtypes" \
         --json >"$out/ours.json" 2>"$out/ours.log"
@@ -114,7 +145,7 @@ run | check)
     if [ -s "$out/ours.json" ]; then table "$out/ours.json" "$out/torch.json"; else table - "$out/torch.json"; fi
     ;;
 *)
-    sed -n '2,17p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac
