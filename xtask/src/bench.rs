@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use dao::{StrategyConfig, TaskOutputs};
 use encoder::{parse_device, Encoder, EncoderConfig, EncoderInput};
@@ -237,14 +237,19 @@ fn train(
     let mut slot = Some(Model { encoder, heads });
     let trainable = slot.as_ref().map_or(0, count_trainable);
     let mut weighting = StrategyConfig::from_name(strategy)?.build(&device)?;
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.01)
-        .init();
+    // The trainer's AdamW (torch's defaults: ε 1e-8, weight decay 0.01).
+    let mut optim = trainer::AdamW::new(trainer::AdamWSettings::default());
     let input = random_input(&config, setup.batch, setup.seq, &device);
     let targets = Tensor::<1>::random([setup.batch], Distribution::Uniform(-1.0, 1.0), &device);
     let labels = Tensor::<1, Int>::random([setup.batch], Distribution::Uniform(0.0, 5.0), &device);
+    // Where a CPU step's time goes (forward + weighting, backward, optimizers): the CPU backend
+    // runs eagerly, so a clock between phases measures them. Not on a GPU, whose queue a
+    // mid-step sync would drain.
+    let phases = setup.device == "cpu";
+    let mut phase_ms: [Vec<f64>; 3] = Default::default();
+    let mut step_index = 0;
     let times = timed(steps, warmup, mode, || {
+        let clock = Instant::now();
         let model = slot
             .take()
             .context("the model was lost in an earlier step")?;
@@ -261,11 +266,20 @@ fn train(
             }
         };
         let weighted = weighting.weigh(h, &mut outputs)?;
+        let forward_done = clock.elapsed().as_secs_f64();
         let grads = weighted.loss.backward();
+        let backward_done = clock.elapsed().as_secs_f64();
         weighting.update(&grads);
         let grads = GradientsParams::from_grads(grads, &model);
         slot = Some(optim.step(1e-5, model, grads));
         device.sync()?;
+        let done = clock.elapsed().as_secs_f64();
+        if phases && step_index >= warmup {
+            phase_ms[0].push(1e3 * forward_done);
+            phase_ms[1].push(1e3 * (backward_done - forward_done));
+            phase_ms[2].push(1e3 * (done - backward_done));
+        }
+        step_index += 1;
         Ok(())
     })?;
     let mut result = json!({
@@ -275,6 +289,13 @@ fn train(
         "device_mem_bytes": device_mem_bytes(&device),
         "trainable_params": trainable,
     });
+    if phases {
+        let [forward, backward, optimizer] = phase_ms.map(median);
+        merge(
+            &mut result,
+            json!({"forward_ms": forward, "backward_ms": backward, "optimizer_ms": optimizer}),
+        );
+    }
     merge(&mut result, times.fields());
     Ok(result)
 }

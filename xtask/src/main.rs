@@ -9,6 +9,12 @@ mod bench;
 mod demo_data;
 mod quickstart;
 
+/// mimalloc keeps freed pages for reuse: with glibc's allocator every step's large tensors
+/// (the 47 MB embedding gradient of MiniLM, say) were fresh mappings, page-faulted in anew
+/// (≈ 10 % of a CPU training step in `perf`; BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use encoder::{parse_device, save_burnpack, ModelFolder, BURN_WEIGHTS};
 
 #[derive(Debug, Parser)]

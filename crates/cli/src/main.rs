@@ -13,6 +13,11 @@ mod predict;
 mod report;
 mod train;
 
+/// mimalloc reuses freed pages: with glibc's allocator every training step's large tensors were
+/// fresh mappings, page-faulted in anew (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Financial sentiment fine-tuning with multi-task learning and Dynamic Adaptive Optimization.
 #[derive(Debug, Parser)]
 #[command(name = "cli", version, about, long_about = None)]

@@ -6,12 +6,11 @@
 //! states are gathered on the main (first) device, so the heads and the loss weighting see the
 //! whole batch as they would on one device: DAO's λ, class statistics and task weights are the
 //! batch's, not a shard's. The one backward reaches every copy; each copy's gradients are read
-//! off it and burn's `ModuleOptimizer::step_multi` sums them per parameter before AdamW. After
-//! the step the model is gathered back on the main device, where checkpoints and validation
-//! find it.
+//! off it and summed per parameter on the main device, where the model, AdamW's state,
+//! checkpoints and validation stay.
 
-use burn::module::Module;
-use burn::optim::{GradientsParams, MultiGradientsParams};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Gradients, Int, Tensor};
 use encoder::{Encoder, EncoderInput};
 
@@ -92,57 +91,49 @@ impl DataParallel {
         }
     }
 
-    /// The gradients of one backward, per device: the heads' (which only the main device has)
-    /// with the main device's encoder copy, then every other copy's. For `step_multi`.
+    /// The gradients of one backward as one set on the main device: each parameter's
+    /// gradient summed over the copies (the heads have theirs on the main device only).
     pub fn gradients(
         &self,
         mut grads: Gradients,
         model: &SentimentModel,
         forward: ParallelForward,
-    ) -> MultiGradientsParams {
-        let mut multi = MultiGradientsParams::default();
-        let heads = GradientsParams::from_module(&mut grads, &model.heads);
-        let mut heads = Some(heads);
-        for (replica, device) in forward.replicas {
-            let mut part = GradientsParams::from_module(&mut grads, &replica);
-            if device == *self.main() {
-                if let Some(heads) = heads.take() {
-                    merge_into(&mut part, heads, &model.heads);
-                }
-            }
-            multi.grads.push((part, device));
-        }
-        if let Some(heads) = heads {
-            multi.grads.push((heads, self.main().clone()));
-        }
-        multi
-    }
-
-    /// The model with every parameter back on the main device (`step_multi` leaves each
-    /// parameter on the device that summed its gradient).
-    pub fn gather(&self, model: SentimentModel) -> SentimentModel {
-        model.fork(self.main())
+    ) -> GradientsParams {
+        let mut total = GradientsParams::from_module(&mut grads, &model.heads);
+        let parts: Vec<GradientsParams> = forward
+            .replicas
+            .iter()
+            .map(|(replica, _)| GradientsParams::from_module(&mut grads, replica))
+            .collect();
+        model.encoder.visit(&mut Summer {
+            parts,
+            total: &mut total,
+            device: self.main(),
+        });
+        total
     }
 }
 
-/// Moves `from`'s gradients (of `module`'s parameters) into `into`.
-fn merge_into<M: Module>(into: &mut GradientsParams, mut from: GradientsParams, module: &M) {
-    use burn::module::{ModuleVisitor, Param};
-    struct Mover<'a> {
-        into: &'a mut GradientsParams,
-        from: &'a mut GradientsParams,
-    }
-    impl ModuleVisitor for Mover<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(grad) = self.from.remove::<D>(param.id) {
-                self.into.register(param.id, grad);
-            }
+/// Sums each parameter's gradient over the copies, on the main device.
+struct Summer<'a> {
+    parts: Vec<GradientsParams>,
+    total: &'a mut GradientsParams,
+    device: &'a Device,
+}
+
+impl ModuleVisitor for Summer<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let device = self.device.clone().without_autodiff();
+        let sum = self
+            .parts
+            .iter_mut()
+            .filter_map(|part| part.remove::<D>(param.id))
+            .map(|grad| grad.to_device(&device))
+            .reduce(|a, b| a + b);
+        if let Some(sum) = sum {
+            self.total.register(param.id, sum);
         }
     }
-    module.visit(&mut Mover {
-        into,
-        from: &mut from,
-    });
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use data::{BatchOptions, TokenizedSet};
 use encoder::{ModelFolder, TextTokenizer};
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Finetune, RunConfig};
 use crate::inference::evaluate_set;
 use crate::model::SentimentModel;
+use crate::optimizer::{AdamW, AdamWSettings};
 use crate::parallel::DataParallel;
 use crate::weighting::RunWeighting;
 use crate::{CosineWithWarmup, EpochRow, RunDir, StepRow, ValidationMetrics};
@@ -158,7 +159,7 @@ pub struct TrainSummary {
 }
 
 const STATE_FILE: &str = "state.json";
-const OPTIMIZER_FILE: &str = "optimizer.bpk";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// The `checkpoints/<name>` folder of a run.
 pub fn checkpoint_dir(run: &Path, name: &str) -> PathBuf {
@@ -215,7 +216,7 @@ impl RunData {
 
 struct Checkpoint<'a> {
     model: &'a SentimentModel,
-    optimizer: &'a ModuleOptimizer,
+    optimizer: &'a AdamW,
     weighting: &'a RunWeighting,
     state: &'a TrainState,
     finetune: Finetune,
@@ -325,18 +326,18 @@ pub fn train(
         data.valid.len(),
         weighting.strategy().name()
     );
-    // torch.optim.AdamW: β (0.9, 0.999), decoupled decay `θ ← θ(1 − lr·wd) − lr·m̂/(√v̂ + ε)`,
-    // which is burn's AdamW update (checked in its source, 0.22.1).
-    let mut optimizer = AdamWConfig::new()
-        .with_epsilon(config.train.eps as f32)
-        .with_weight_decay(config.train.weight_decay as f32)
-        .init();
+    // torch.optim.AdamW (β 0.9, 0.999), fused on the CPU (optimizer.rs).
+    let mut optimizer = AdamW::new(AdamWSettings {
+        eps: config.train.eps,
+        weight_decay: config.train.weight_decay,
+        ..AdamWSettings::default()
+    });
     let mut state = TrainState::new();
     if let Some(saved) = resume_state {
         model.load(&last, config.train.finetune)?;
         let path = last.join(OPTIMIZER_FILE);
-        optimizer = optimizer
-            .load(&path)
+        optimizer
+            .load(&path, &device)
             .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         weighting.load(&last)?;
         run_dir.truncate_to(saved.global_step, saved.epoch)?;
@@ -469,7 +470,7 @@ pub fn train(
             if let Some(forward) = replicas {
                 // Several devices (grad_accum is 1 here, checked above).
                 let grads = parallel.gradients(grads, &model, forward);
-                model = parallel.gather(optimizer.step_multi(lr, model, grads));
+                model = optimizer.step(lr, model, grads);
                 state.updates += 1;
             } else if grad_accum > 1 {
                 accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));

@@ -3,12 +3,12 @@
 //!
 //! burn's CPU backend has one device, so the "two devices" here are that device twice: each
 //! share still runs on its own forked copy of the encoder, and the gradients still come back
-//! per copy and are summed by `ModuleOptimizer::step_multi`, which is the arithmetic at stake.
+//! per copy and are summed, which is the arithmetic at stake.
 
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use encoder::{Encoder, EncoderConfig, EncoderInput};
 use heads::HeadsConfig;
@@ -74,22 +74,24 @@ fn loss(
     mse + ce.mul_scalar(0.3)
 }
 
-fn parameters(model: &SentimentModel) -> BTreeMap<String, Vec<f32>> {
-    struct Collect(BTreeMap<String, Vec<f32>>);
-    impl ModuleVisitor for Collect {
+/// Every parameter's gradient in `grads`, by parameter id.
+fn gradients(model: &SentimentModel, grads: &GradientsParams) -> BTreeMap<String, Vec<f32>> {
+    struct Collect<'a>(&'a GradientsParams, BTreeMap<String, Vec<f32>>);
+    impl ModuleVisitor for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let values = param
-                .val()
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .unwrap();
-            self.0.insert(param.id.to_string(), values);
+            if let Some(grad) = self.0.get::<D>(param.id) {
+                let values = grad
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                self.1.insert(param.id.to_string(), values);
+            }
         }
     }
-    let mut collect = Collect(BTreeMap::new());
+    let mut collect = Collect(grads, BTreeMap::new());
     model.visit(&mut collect);
-    collect.0
+    collect.1
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -107,16 +109,13 @@ fn two_copies_give_the_whole_batch_states_and_gradients() {
     let (input, scores, classes) = batch(&device);
     // Fix the lazily initialised parameters before anything is forked.
     let _ = model.encoder.forward(input.clone());
-    let before = parameters(&model);
 
-    // One device, the whole batch; plain SGD with lr 1 makes the update the gradient itself.
+    // One device, the whole batch.
     let h_one = model.encoder.forward(input.clone()).first_token;
     let grads = loss(&model, h_one.clone(), &scores, &classes).backward();
-    let grads = GradientsParams::from_grads(grads, &model);
-    let mut sgd = SgdConfig::new().init();
-    let one = parameters(&sgd.step(1.0, model.clone(), grads));
+    let one = gradients(&model, &GradientsParams::from_grads(grads, &model));
 
-    // Two copies (rows 0–2 and 3–4), gathered, gradients summed by step_multi.
+    // Two copies (rows 0–2 and 3–4), gathered; their gradients summed.
     let parallel = DataParallel::new(vec![device.clone(), device.clone()]);
     assert!(parallel.is_parallel());
     let forward = parallel.forward(&model.encoder, &input, 11);
@@ -127,28 +126,21 @@ fn two_copies_give_the_whole_batch_states_and_gradients() {
     );
     assert!(h_diff <= 1e-6, "gathered H differs by {h_diff}");
     let grads = loss(&model, h_two, &scores, &classes).backward();
-    let grads = parallel.gradients(grads, &model, forward);
-    assert_eq!(grads.grads.len(), 2, "one set of gradients per copy");
-    let mut sgd = SgdConfig::new().init();
-    let two = parameters(&parallel.gather(sgd.step_multi(1.0, model.clone(), grads)));
+    let two = gradients(&model, &parallel.gradients(grads, &model, forward));
 
-    assert_eq!(one.len(), two.len());
-    let mut moved = 0;
-    for (id, value) in &one {
-        let d = max_abs_diff(value, &two[id]);
-        assert!(
-            d <= 1e-6,
-            "parameter {id}: data-parallel update differs by {d}"
-        );
-        if max_abs_diff(value, &before[id]) > 0.0 {
-            moved += 1;
-        }
-    }
-    // Every parameter has a gradient except the padding row of the position table etc.;
-    // most must have moved, or the comparison above proves nothing.
-    assert!(
-        moved * 10 >= one.len() * 9,
-        "{moved} of {} parameters moved",
-        one.len()
+    // Every parameter but the unused rows' embeddings has a gradient; the token-type and
+    // position tables do too, so all 40-odd tensors are compared.
+    assert!(one.len() >= 40, "only {} gradients", one.len());
+    assert_eq!(
+        one.keys().collect::<Vec<_>>(),
+        two.keys().collect::<Vec<_>>()
     );
+    for (id, grad) in &one {
+        let d = max_abs_diff(grad, &two[id]);
+        let scale = grad.iter().fold(0f32, |m, g| m.max(g.abs()));
+        assert!(
+            d <= 1e-6 + 1e-5 * scale,
+            "parameter {id}: summed gradient differs by {d}"
+        );
+    }
 }

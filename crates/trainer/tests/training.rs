@@ -94,7 +94,7 @@ fn check_run_folder(run: &Path, epochs: usize, steps: usize) {
         "steps.csv",
         "report.md",
         "checkpoints/last/model.bpk",
-        "checkpoints/last/optimizer.bpk",
+        "checkpoints/last/optimizer.safetensors",
         "checkpoints/last/state.json",
         "checkpoints/best/model.bpk",
         "checkpoints/best/state.json",
