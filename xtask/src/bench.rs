@@ -4,7 +4,9 @@
 //! - Training step = encoder forward, the heads through a loss weighting (`constant` or `dao`),
 //!   `backward`, the weighting's own update and AdamW (lr 1e-5, eps 1e-8, weight decay 0.01) on
 //!   encoder + heads. Batch 10, length 128, no padding, dropout on. `lora8-dao` adds LoRA r = 8
-//!   (α 8, dropout 0.05, all six projections) with everything else of the encoder frozen.
+//!   (α 8, dropout 0.05, all six projections) with everything else of the encoder frozen; any
+//!   rank works (`lora64-dao`, `lora512-dao`, α = r). `dao-shared` is DAO with the gradient
+//!   norms taken over the encoder's parameters (`grad_norm_wrt = "shared-parameters"`).
 //! - Inference = encoder + both heads on a plain (non-autodiff) device, batch 32, length 128.
 //! - Each (model, mode) runs in a fresh child process (the xtask binary re-executed with the
 //!   hidden `--one MODEL:MODE`), so its peak memory (`VmHWM`) is its own.
@@ -23,9 +25,23 @@ use serde_json::{json, Value};
 /// Every mode, in the order they run.
 pub const MODES: [&str; 4] = ["constant", "dao", "lora8-dao", "infer"];
 
-/// Modes for profiling only, not run by default: `lora8-dao-p0` is `lora8-dao` with the
-/// adapters' dropout off, to price that dropout (BENCHMARKS.md).
-pub const DIAGNOSTIC_MODES: [&str; 1] = ["lora8-dao-p0"];
+/// Modes not run by default: other LoRA ranks (`lora{r}-dao`), DAO over the shared parameters
+/// (`dao-shared`), and `lora8-dao-p0` (`lora8-dao` with the adapters' dropout off, to price
+/// that dropout).
+///
+/// `lora{r}-dao[-p0]` → (rank, dropout).
+fn lora_mode(mode: &str) -> Option<(usize, f64)> {
+    let rest = mode.strip_prefix("lora")?;
+    let (rank, dropout) = match rest.strip_suffix("-dao-p0") {
+        Some(rank) => (rank, 0.0),
+        None => (rest.strip_suffix("-dao")?, lora::LoraConfig::default().dropout),
+    };
+    Some((rank.parse().ok().filter(|&r| r > 0)?, dropout))
+}
+
+fn known_mode(mode: &str) -> bool {
+    MODES.contains(&mode) || mode == "dao-shared" || lora_mode(mode).is_some()
+}
 
 const INFER_BATCH: usize = 32;
 
@@ -213,21 +229,22 @@ fn train(
     steps: usize,
     warmup: usize,
 ) -> Result<Value> {
-    let (strategy, lora_dropout) = match mode {
+    let (strategy, lora) = match mode {
         "constant" => ("constant", None),
-        "dao" => ("dao", None),
-        "lora8-dao" => ("dao", Some(lora::LoraConfig::default().dropout)),
-        "lora8-dao-p0" => ("dao", Some(0.0)),
-        other => bail!("unknown mode `{other}` ({})", MODES.join(", ")),
+        "dao" | "dao-shared" => ("dao", None),
+        other => match lora_mode(other) {
+            Some(lora) => ("dao", Some(lora)),
+            None => bail!("unknown mode `{other}` ({})", MODES.join(", ")),
+        },
     };
     let config = shape(model_name)?;
     let device = setup.device()?.autodiff();
     device.seed(42);
     let mut encoder = Encoder::new(&config, &device);
-    if let Some(dropout) = lora_dropout {
+    if let Some((rank, dropout)) = lora {
         let config = lora::LoraConfig {
             dropout,
-            ..lora::LoraConfig::with_rank(8)
+            ..lora::LoraConfig::with_rank(rank)
         };
         encoder = encoder.apply_lora(&config)?;
     }
@@ -236,7 +253,14 @@ fn train(
     // share the parameters and force copies instead of in-place updates).
     let mut slot = Some(Model { encoder, heads });
     let trainable = slot.as_ref().map_or(0, count_trainable);
-    let mut weighting = StrategyConfig::from_name(strategy)?.build(&device)?;
+    let mut strategy = StrategyConfig::from_name(strategy)?;
+    let shared = mode == "dao-shared";
+    if let StrategyConfig::Dao(dao) = &mut strategy {
+        if shared {
+            dao.grad_norm_wrt = dao::GradNormWrt::SharedParameters;
+        }
+    }
+    let mut weighting = strategy.build(&device)?;
     // The trainer's AdamW (torch's defaults: ε 1e-8, weight decay 0.01).
     let mut optim = trainer::AdamW::new(trainer::AdamWSettings::default());
     let input = random_input(&config, setup.batch, setup.seq, &device);
@@ -253,6 +277,9 @@ fn train(
         let model = slot
             .take()
             .context("the model was lost in an earlier step")?;
+        // Seeded per step, so dao-shared's extra forwards can replay this one's dropout masks.
+        let step_seed = 1000 + step_index as u64;
+        device.seed(step_seed);
         let h = model.encoder.forward(input.clone()).first_token;
         let masks = model.heads.sample_dropout_masks(setup.batch, &device);
         let heads = &model.heads;
@@ -265,7 +292,20 @@ fn train(
                 labels: labels.clone(),
             }
         };
-        let weighted = weighting.weigh(h, &mut outputs)?;
+        // dao-shared: each task's gradient over the encoder needs its own forward, with the
+        // loss's dropout masks (as the trainer does).
+        let mut trunk = dao::SharedModule {
+            module: &model.encoder,
+            forward: |encoder: &Encoder| {
+                device.seed(step_seed);
+                encoder.forward(input.clone()).first_token
+            },
+        };
+        let weighted = weighting.weigh_step(dao::StepInput {
+            representation: h,
+            heads: &mut outputs,
+            shared: shared.then_some(&mut trunk as &mut dyn dao::SharedParameters),
+        })?;
         let forward_done = clock.elapsed().as_secs_f64();
         let grads = weighted.loss.backward();
         let backward_done = clock.elapsed().as_secs_f64();
@@ -394,7 +434,7 @@ pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool
         shape(model)?;
     }
     for mode in &modes {
-        if !MODES.contains(mode) && !DIAGNOSTIC_MODES.contains(mode) {
+        if !known_mode(mode) {
             bail!("unknown mode `{mode}` ({})", MODES.join(", "));
         }
     }
