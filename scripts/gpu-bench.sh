@@ -16,18 +16,27 @@
 #
 # `run` needs: nvidia-smi, python3 with torch and transformers (the GPU image has both).
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
-# BENCH_DTYPES (f32,bf16), TORCH_PRECISIONS (fp32,tf32,bf16), OUT (where the JSON goes),
+# BENCH_RUNS ("f32:constant f32:dao … bf16:infer"), TORCH_PRECISIONS (fp32,tf32,bf16),
+# OURS_LIMIT (270 s for all of ours), TORCH_LIMIT (110 s), OUT (where the JSON goes),
 # XTASK and CLI (our binaries; default the bundled ones, else target/release/), PYTHON.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bundle=gpu-bundle
 
 table() {
-    # ours.json (xtask bench --json) + torch.json (torch_step_bench.py --json) → one table.
+    # ours.jsonl (one `xtask bench --json` object per line) + torch.json → one table.
     python3 - "$1" "$2" <<'EOF'
 import json, sys
 
-ours = json.load(open(sys.argv[1])) if sys.argv[1] != "-" else {"device": "?", "results": []}
+ours = {"device": "?", "results": []}
+try:
+    for line in open(sys.argv[1]):
+        if line.startswith("{"):
+            one = json.loads(line)
+            ours["device"] = one["device"]
+            ours["results"] += one["results"]
+except OSError:
+    pass
 try:
     torch = json.load(open(sys.argv[2]))
 except (OSError, ValueError):
@@ -85,11 +94,13 @@ run | check)
         device=cuda:0 torch_device=cuda
         model="${BENCH_MODEL:-roberta-large}" shape="$model"
         seq="${BENCH_SEQ:-512}" batch="${BENCH_BATCH:-10}"
-        dtypes="${BENCH_DTYPES:-f32,bf16}" precisions="${TORCH_PRECISIONS:-fp32,tf32,bf16}"
+        runs="${BENCH_RUNS:-f32:constant f32:dao f32:lora8-dao bf16:constant f32:infer bf16:infer}"
+        precisions="${TORCH_PRECISIONS:-fp32,tf32,bf16}"
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     else
         device=cpu torch_device=cpu
-        model=minilm shape=tiny seq=16 batch=2 dtypes=f32 precisions=fp32
+        model=minilm shape=tiny seq=16 batch=2 precisions=fp32
+        runs="f32:constant f32:dao f32:lora8-dao f32:infer"
     fi
     unpack() { # $1: binary name → a runnable copy
         if [ -f "$bundle/$1.xz" ]; then
@@ -123,26 +134,38 @@ try:
 except (OSError, ValueError, KeyError, AssertionError) as e:
     print(f"parity: no embeddings ({e})")' "$fixtures/golden.json" "$out/embeddings.jsonl" "$device"
         # The whole trainer on the device: one epoch of DAO on the demo data, tiny RoBERTa.
-        timeout 150 "$cli" train --config configs/quickstart.toml --out "$out/tiny-run" \
+        timeout 150 "$cli" train --config configs/quickstart.toml --out /tmp/gpu-bench-tiny-run \
             --device "$device" --set model.path="$fixtures/tiny-roberta" --set train.epochs=1 \
             >"$out/train.log" 2>&1
         echo "training on $device: exit $?"
         tail -n 4 "$out/train.log"
     fi
-    timeout "${OURS_LIMIT:-330}" "$ours" bench --device "$device" --model "$model" \
-        --modes constant,dao,lora8-dao,infer --seq "$seq" --batch "$batch" --dtype "$dtypes" \
-        --json >"$out/ours.json" 2>"$out/ours.log"
-    echo "ours: exit $?"
-    tail -n 5 "$out/ours.log"
     torch_script="$bundle/torch_step_bench.py"
     [ -f "$torch_script" ] || torch_script=scripts/torch_step_bench.py
-    timeout "${TORCH_LIMIT:-120}" "${PYTHON:-python3}" "$torch_script" --shape "$shape" \
+    timeout "${TORCH_LIMIT:-110}" "${PYTHON:-python3}" "$torch_script" --shape "$shape" \
         --batch "$batch" --seq "$seq" --device "$torch_device" --precision "$precisions" \
         --json "$out/torch.json" >"$out/torch.log" 2>&1
     echo "pytorch: exit $?"
     tail -n 5 "$out/torch.log"
+    # Ours, one (dtype, mode) per process, most wanted first; each result line is kept as it
+    # comes, so a time limit loses only what had not run yet.
+    : >"$out/ours.jsonl"
+    deadline=$((SECONDS + ${OURS_LIMIT:-270}))
+    for run in $runs; do
+        dtype=${run%%:*} mode=${run#*:}
+        left=$((deadline - SECONDS))
+        if [ "$left" -lt 15 ]; then
+            echo "ours $dtype $mode: skipped (time limit)"
+            continue
+        fi
+        timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
+            --seq "$seq" --batch "$batch" --dtype "$dtype" --json \
+            >>"$out/ours.jsonl" 2>>"$out/ours.log"
+        echo "ours $dtype $mode: exit $? ($((SECONDS)) s into the script)"
+    done
+    tail -n 3 "$out/ours.log"
     set -e
-    if [ -s "$out/ours.json" ]; then table "$out/ours.json" "$out/torch.json"; else table - "$out/torch.json"; fi
+    table "$out/ours.jsonl" "$out/torch.json"
     ;;
 *)
     sed -n '2,20p' "$0"
