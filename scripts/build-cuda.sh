@@ -25,7 +25,9 @@ mkdir -p "$bundle"
 for part in bin lib include; do
   ln -sfn "$llvm/$part" "$bundle/$part"
 done
-touch "$bundle/.tracel-llvm-installed"
+# Created once: the bundler's build script reruns (and the whole cubecl stack rebuilds) whenever
+# this file is newer than its last run.
+[ -e "$bundle/.tracel-llvm-installed" ] || touch -d 2000-01-01 "$bundle/.tracel-llvm-installed"
 
 libdir=/usr/lib/x86_64-linux-gnu
 if [ ! -e "$libdir/liblibz3.so" ]; then
@@ -34,5 +36,7 @@ if [ ! -e "$libdir/liblibz3.so" ]; then
   ln -sf "$z3" "$libdir/liblibz3.so"
 fi
 
-cargo build --release -p cli -p xtask --features cli/cuda,xtask/cuda "$@"
+# Without mimalloc: its build would change `cc`'s features and rebuild the whole cubecl stack,
+# and a GPU run's host allocations are small.
+cargo build --release -p cli -p xtask --no-default-features --features cli/cuda,xtask/cuda "$@"
 echo "built ${CARGO_TARGET_DIR:-target}/release/cli and xtask with CUDA support"

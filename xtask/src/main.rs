@@ -12,6 +12,7 @@ mod quickstart;
 /// mimalloc keeps freed pages for reuse: with glibc's allocator every step's large tensors
 /// (the 47 MB embedding gradient of MiniLM, say) were fresh mappings, page-faulted in anew
 /// (≈ 10 % of a CPU training step in `perf`; BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

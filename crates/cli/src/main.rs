@@ -15,6 +15,7 @@ mod train;
 
 /// mimalloc reuses freed pages: with glibc's allocator every training step's large tensors were
 /// fresh mappings, page-faulted in anew (BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
