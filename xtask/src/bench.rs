@@ -34,7 +34,10 @@ fn lora_mode(mode: &str) -> Option<(usize, f64)> {
     let rest = mode.strip_prefix("lora")?;
     let (rank, dropout) = match rest.strip_suffix("-dao-p0") {
         Some(rank) => (rank, 0.0),
-        None => (rest.strip_suffix("-dao")?, lora::LoraConfig::default().dropout),
+        None => (
+            rest.strip_suffix("-dao")?,
+            lora::LoraConfig::default().dropout,
+        ),
     };
     Some((rank.parse().ok().filter(|&r| r > 0)?, dropout))
 }

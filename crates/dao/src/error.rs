@@ -48,6 +48,14 @@ pub enum DaoError {
          shared trunk and its parameters); none was given"
     )]
     MissingSharedParameters,
+    /// A saved state that cannot be written or read back.
+    #[error("weighting state {path}: {reason}")]
+    State {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A tensor could not be read back to the host.
     #[error("cannot read {what} back from the device: {reason}")]
     Readback {

@@ -29,6 +29,7 @@
 //! // ... then the model's optimizer: GradientsParams::from_grads(grads, &model), optim.step(..)
 //! println!("w_c = {:?}, λ_c = {:?}", step.diagnostics.w_c, step.diagnostics.lambda_c);
 //! // after each epoch: weighting.end_epoch();
+//! // checkpoints: weighting.save(dir)? / weighting.load(dir)? (parameters, Adam, history)
 //! # Ok::<(), dao::DaoError>(())
 //! ```
 //!
@@ -49,6 +50,7 @@ mod imbalance;
 mod network;
 mod own_optimizer;
 mod readback;
+mod state;
 mod strategies;
 mod targets;
 mod weighting;

@@ -22,6 +22,25 @@ impl OwnAdam {
         }
     }
 
+    /// Writes the Adam moments into `dir` ([`crate::state`]).
+    pub(crate) fn save(&self, dir: &std::path::Path) -> Result<(), crate::DaoError> {
+        let path = dir.join(crate::state::OPTIMIZER_FILE);
+        self.optimizer
+            .save(&path)
+            .map_err(|e| crate::state::state_error(&path, e))
+    }
+
+    /// Reads back what [`save`](Self::save) wrote.
+    pub(crate) fn load(&mut self, dir: &std::path::Path) -> Result<(), crate::DaoError> {
+        let path = dir.join(crate::state::OPTIMIZER_FILE);
+        self.optimizer = self
+            .optimizer
+            .clone()
+            .load(&path)
+            .map_err(|e| crate::state::state_error(&path, e))?;
+        Ok(())
+    }
+
     /// One Adam step of `module` from its gradients in `grads` (a module without any gradient
     /// there is returned unchanged, and its Adam state does not advance).
     pub(crate) fn step<M: Module>(&mut self, module: M, grads: &Gradients) -> M {

@@ -119,4 +119,19 @@ pub trait LossWeighting {
 
     /// Marks the end of an epoch (strategies that track per-epoch loss history use it).
     fn end_epoch(&mut self) {}
+
+    /// Writes the strategy's state into the folder `dir` (its parameters, their Adam moments,
+    /// its loss history; files named `weighting*`), so that [`load`](Self::load) continues
+    /// exactly where it stopped. Stateless strategies write nothing.
+    fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
+        let _ = dir;
+        Ok(())
+    }
+
+    /// Restores what [`save`](Self::save) wrote, into a strategy built from the same
+    /// configuration.
+    fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
+        let _ = dir;
+        Ok(())
+    }
 }

@@ -231,6 +231,17 @@ fn resumed_run_equals_uninterrupted_run() {
             "lora",
             vec!["train.finetune=lora", "lora.rank=4", "train.epochs=2"],
         ),
+        // The baselines with state of their own: a learned parameter and its Adam, a loss
+        // history (DWA's weights change from epoch 3 on), GradNorm's weights.
+        (
+            "uncertainty",
+            vec!["weighting.strategy=uncertainty", "train.epochs=2"],
+        ),
+        ("dwa", vec!["weighting.strategy=dwa", "train.epochs=3"]),
+        (
+            "gradnorm",
+            vec!["weighting.strategy=gradnorm", "train.epochs=2"],
+        ),
     ] {
         let config = config(&f, &extra);
         let whole = f.root.join(format!("whole-{name}"));
@@ -260,7 +271,7 @@ fn resumed_run_equals_uninterrupted_run() {
             "{name}: steps.csv"
         );
         let (ea, eb) = (a.read_epochs().unwrap(), b.read_epochs().unwrap());
-        assert_eq!(ea.len(), 2);
+        assert_eq!(ea.len(), config.train.epochs);
         for (x, y) in ea.iter().zip(&eb) {
             // Bit-identical metrics; only the wall time and memory may differ.
             let strip = |r: &trainer::EpochRow| trainer::EpochRow {

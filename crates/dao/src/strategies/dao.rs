@@ -213,6 +213,16 @@ impl LossWeighting for Dao {
         self.weigh_targets(outputs, &targets, norms)
     }
 
+    fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
+        crate::state::save_module(&self.module, dir)?;
+        self.adam.save(dir)
+    }
+
+    fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
+        self.module = crate::state::load_module(self.module.clone(), dir)?;
+        self.adam.load(dir)
+    }
+
     fn update(&mut self, grads: &Gradients) {
         self.module = self.adam.step(self.module.clone(), grads);
     }
@@ -332,5 +342,15 @@ impl LossWeighting for ImbalanceOnly {
 
     fn update(&mut self, grads: &Gradients) {
         self.alpha_beta = self.adam.step(self.alpha_beta.clone(), grads);
+    }
+
+    fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
+        crate::state::save_module(&self.alpha_beta, dir)?;
+        self.adam.save(dir)
+    }
+
+    fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
+        self.alpha_beta = crate::state::load_module(self.alpha_beta.clone(), dir)?;
+        self.adam.load(dir)
     }
 }

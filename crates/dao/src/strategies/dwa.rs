@@ -86,6 +86,26 @@ impl LossWeighting for DynamicWeightAverage {
         })
     }
 
+    fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
+        let ([sum_r, sum_c], steps) = self.running;
+        crate::state::save_numbers(
+            dir,
+            &[
+                ("history", self.history.iter().flatten().copied().collect()),
+                ("running", vec![sum_r, sum_c, steps as f64]),
+            ],
+        )
+    }
+
+    fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
+        let numbers = crate::state::load_numbers(dir)?;
+        let history = numbers.list("history");
+        let running = numbers.get("running", 3)?;
+        self.history = history.chunks_exact(2).map(|p| [p[0], p[1]]).collect();
+        self.running = ([running[0], running[1]], running[2] as usize);
+        Ok(())
+    }
+
     fn end_epoch(&mut self) {
         let ([sum_r, sum_c], steps) = self.running;
         if steps > 0 {

@@ -114,6 +114,30 @@ impl LossWeighting for GradNorm {
         })
     }
 
+    fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
+        let as_f64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        crate::state::save_numbers(
+            dir,
+            &[
+                ("weights", as_f64(&self.weights)),
+                (
+                    "initial_losses",
+                    self.initial_losses.map_or(Vec::new(), |l| as_f64(&l)),
+                ),
+            ],
+        )
+    }
+
+    fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
+        let numbers = crate::state::load_numbers(dir)?;
+        let w = numbers.get("weights", 2)?;
+        self.weights = [w[0] as f32, w[1] as f32];
+        let initial = numbers.list("initial_losses");
+        self.initial_losses = (initial.len() == 2).then(|| [initial[0] as f32, initial[1] as f32]);
+        self.pending_gradient = None;
+        Ok(())
+    }
+
     fn update(&mut self, _grads: &Gradients) {
         let Some(gradient) = self.pending_gradient.take() else {
             return;

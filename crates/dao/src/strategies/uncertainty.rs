@@ -73,6 +73,16 @@ impl LossWeighting for Uncertainty {
         })
     }
 
+    fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
+        crate::state::save_module(&self.log_variances, dir)?;
+        self.adam.save(dir)
+    }
+
+    fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
+        self.log_variances = crate::state::load_module(self.log_variances.clone(), dir)?;
+        self.adam.load(dir)
+    }
+
     fn update(&mut self, grads: &Gradients) {
         self.log_variances = self.adam.step(self.log_variances.clone(), grads);
     }
