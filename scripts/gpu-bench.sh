@@ -134,6 +134,7 @@ try:
 except (OSError, ValueError, KeyError, AssertionError) as e:
     print(f"parity: no embeddings ({e})")' "$fixtures/golden.json" "$out/embeddings.jsonl" "$device"
         # The whole trainer on the device: one epoch of DAO on the demo data, tiny RoBERTa.
+        rm -rf /tmp/gpu-bench-tiny-run
         timeout 150 "$cli" train --config configs/quickstart.toml --out /tmp/gpu-bench-tiny-run \
             --device "$device" --set model.path="$fixtures/tiny-roberta" --set train.epochs=1 \
             >"$out/train.log" 2>&1

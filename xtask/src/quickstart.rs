@@ -104,13 +104,30 @@ pub fn run(out: &Path) -> Result<()> {
         crate::demo_data::generate(Path::new(DEMO_DATA), 1000, 42)?;
         eprintln!("generated synthetic demo data in {DEMO_DATA}");
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // The same (dev, dependencies optimised) profile as xtask itself: one build, not two.
-    run_command(
-        Command::new(cargo)
-            .args([
-                "run", "--quiet", "-p", "cli", "--", "train", "--config", CONFIG, "--out",
-            ])
-            .arg(out),
-    )
+    // In this process (xtask links the trainer): no second cargo build of the workspace.
+    let config = trainer::RunConfig::load(Some(Path::new(CONFIG)), &[])?;
+    let options = trainer::TrainOptions {
+        resume: false,
+        progress: true,
+        stop_after_steps: None,
+    };
+    // A second quickstart goes into a new folder rather than mixing with the first run.
+    let mut out = out.to_path_buf();
+    let base = out.clone();
+    let mut n = 1;
+    while trainer::holds_run(&out) {
+        n += 1;
+        out = PathBuf::from(format!("{}-{n}", base.display()));
+    }
+    let summary = trainer::train(&config, &out, &options)?;
+    println!("{}", trainer::metrics_table(&summary.epochs));
+    if let Some(best) = summary.best_epoch {
+        println!("best epoch by {}: {best}", config.train.best_metric);
+    }
+    println!("run folder: {}", out.display());
+    if let Some(report) = summary.report {
+        println!("report: {}", report.display());
+    }
+    println!("next: cargo run --release -p cli -- train --config configs/finsent-minilm-dao.toml");
+    Ok(())
 }

@@ -43,7 +43,7 @@ pub use report::{compare, write_report, Comparison, ComparisonRow, ReportError, 
 pub use run_dir::{peak_memory_bytes, write_atomic, EpochRow, RunDir, RunDirError, StepRow};
 pub use schedule::{updates_per_run, CosineWithWarmup};
 pub use train::{
-    checkpoint_dir, epoch_line, evaluate_run, metrics_table, read_state, train, RunData,
+    checkpoint_dir, epoch_line, evaluate_run, holds_run, metrics_table, read_state, train, RunData,
     TrainError, TrainOptions, TrainState, TrainSummary,
 };
 pub use weighting::RunWeighting;

@@ -257,6 +257,13 @@ impl Checkpoint<'_> {
     }
 }
 
+/// Whether `run` already has a run's files (a fresh run there would mix with them).
+pub fn holds_run(run: &Path) -> bool {
+    [RunDir::METRICS, RunDir::STEPS, "checkpoints"]
+        .iter()
+        .any(|name| run.join(name).exists())
+}
+
 /// Reads `state.json` of a checkpoint folder.
 pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
     let path = dir.join(STATE_FILE);
@@ -270,6 +277,13 @@ pub fn train(
     run: &Path,
     options: &TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
+    if !options.resume && holds_run(run) {
+        return Err(TrainError::Input(format!(
+            "{} already holds a run: pass --resume to continue it, or choose another --out \
+             (nothing was changed)",
+            run.display()
+        )));
+    }
     let run_dir = RunDir::create(run)?;
     let devices = encoder::parse_devices(&config.train.device)?;
     let base_device = devices[0].clone();

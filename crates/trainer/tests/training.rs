@@ -333,6 +333,14 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
             resume: true,
             ..Default::default()
         };
+        // A fresh run into the same folder would mix with this one: refused, nothing touched.
+        let steps = std::fs::read(out.join("steps.csv")).unwrap();
+        let text = trainer::train(&good, &out, &TrainOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("already holds a run"), "{text}");
+        assert_eq!(std::fs::read(out.join("steps.csv")).unwrap(), steps);
+
         let text = trainer::train(&bad, &out, &options)
             .unwrap_err()
             .to_string();
