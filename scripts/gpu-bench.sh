@@ -121,7 +121,7 @@ run | check)
         python3 -c 'import json, sys
 for text in json.load(open(sys.argv[1]))["sentences"]:
     print(json.dumps({"text": text}))' "$fixtures/golden.json" >"$out/sentences.jsonl"
-        timeout 120 "$cli" embed --model "$fixtures/tiny-roberta" --input "$out/sentences.jsonl" \
+        timeout 60 "$cli" embed --model "$fixtures/tiny-roberta" --input "$out/sentences.jsonl" \
             --output "$out/embeddings.jsonl" --device "$device" 2>&1 | tail -n 3
         python3 -c 'import json, sys
 golden = json.load(open(sys.argv[1]))["H"]["data"]
@@ -135,7 +135,7 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
     print(f"parity: no embeddings ({e})")' "$fixtures/golden.json" "$out/embeddings.jsonl" "$device"
         # The whole trainer on the device: one epoch of DAO on the demo data, tiny RoBERTa.
         rm -rf /tmp/gpu-bench-tiny-run
-        timeout 150 "$cli" train --config configs/quickstart.toml --out /tmp/gpu-bench-tiny-run \
+        timeout 120 "$cli" train --config configs/quickstart.toml --out /tmp/gpu-bench-tiny-run \
             --device "$device" --set model.path="$fixtures/tiny-roberta" --set train.epochs=1 \
             >"$out/train.log" 2>&1
         echo "training on $device: exit $?"
