@@ -18,6 +18,7 @@
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
 # BENCH_RUNS ("f32:constant f32:dao … bf16:infer"), TORCH_PRECISIONS (fp32,tf32,bf16),
 # OURS_LIMIT (270 s for all of ours), TORCH_LIMIT (110 s), OUT (where the JSON goes),
+# PARTS (checks,torch,ours: which parts run),
 # XTASK and CLI (our binaries; default the bundled ones, else target/release/), PYTHON.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -116,7 +117,8 @@ run | check)
     set +e
     fixtures="$bundle"
     [ -f "$fixtures/golden.json" ] || fixtures="${DAO_SHARED_DIR:-../shared}/fixtures"
-    if [ -f "$fixtures/golden.json" ]; then
+    parts="${PARTS:-checks,torch,ours}"
+    if [[ ",$parts," == *,checks,* ]] && [ -f "$fixtures/golden.json" ]; then
         # Parity on the device: H of the tiny RoBERTa against transformers' (golden.json).
         python3 -c 'import json, sys
 for text in json.load(open(sys.argv[1]))["sentences"]:
@@ -143,7 +145,9 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
     fi
     torch_script="$bundle/torch_step_bench.py"
     [ -f "$torch_script" ] || torch_script=scripts/torch_step_bench.py
-    timeout "${TORCH_LIMIT:-110}" "${PYTHON:-python3}" "$torch_script" --shape "$shape" \
+    [[ ",$parts," == *,torch,* ]] || precisions=""
+    [[ ",$parts," == *,ours,* ]] || runs=""
+    [ -n "$precisions" ] && timeout "${TORCH_LIMIT:-110}" "${PYTHON:-python3}" "$torch_script" --shape "$shape" \
         --batch "$batch" --seq "$seq" --device "$torch_device" --precision "$precisions" \
         --json "$out/torch.json" >"$out/torch.log" 2>&1
     echo "pytorch: exit $?"
