@@ -11,6 +11,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use lora::LoraLinear;
+use rayon::prelude::*;
 
 use crate::config::{EncoderConfig, HiddenAct, ModelFamily};
 
@@ -356,13 +357,21 @@ impl DropoutMasks {
         self.counter += n.div_ceil(2) as u64;
         let mut mask = vec![0f32; n];
         let draw = |r: u64| if r < threshold { scale } else { 0.0 };
-        for (i, pair) in mask.chunks_mut(2).enumerate() {
-            let r = splitmix64(seed.wrapping_add((base + i as u64).wrapping_mul(GOLDEN_GAMMA)));
-            pair[0] = draw(r & 0xffff_ffff);
-            if let Some(second) = pair.get_mut(1) {
-                *second = draw(r >> 32);
-            }
-        }
+        // Element pair i always takes hash (base + i): the same mask on any number of threads.
+        const CHUNK: usize = 1 << 15; // elements, even
+        mask.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let first_pair = base + (c * CHUNK / 2) as u64;
+                for (i, pair) in chunk.chunks_mut(2).enumerate() {
+                    let counter = first_pair + i as u64;
+                    let r = splitmix64(seed.wrapping_add(counter.wrapping_mul(GOLDEN_GAMMA)));
+                    pair[0] = draw(r & 0xffff_ffff);
+                    if let Some(second) = pair.get_mut(1) {
+                        *second = draw(r >> 32);
+                    }
+                }
+            });
         let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
         x * mask
     }
@@ -372,7 +381,6 @@ impl DropoutMasks {
 /// `erff` as burn's CPU backend (bit-identical results), but over both cores. burn's runs on
 /// one thread, and was 12 % of a MiniLM inference batch's CPU time (BENCHMARKS.md).
 fn gelu_parallel(x: Tensor<3>) -> Tensor<3> {
-    use rayon::prelude::*;
     let device = x.device();
     let shape = x.shape();
     let mut values = x
@@ -482,6 +490,21 @@ mod tests {
         let first = values(masks.apply(&dropout, ones()));
         let second = values(masks.apply(&dropout, ones()));
         let scale = 1.0 / 0.9f32;
+        // Made in parallel chunks, equal to the serial definition: pair i takes hash i.
+        let seed = masks.seed.unwrap();
+        let threshold = (0.9f64 * 4_294_967_296.0) as u64;
+        let serial: Vec<f32> = (0..n)
+            .map(|j| {
+                let r = splitmix64(seed.wrapping_add((j as u64 / 2).wrapping_mul(GOLDEN_GAMMA)));
+                let half = if j % 2 == 0 { r & 0xffff_ffff } else { r >> 32 };
+                if half < threshold {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(first, serial);
         assert!(first.iter().all(|&v| v == 0.0 || v == scale));
         let kept = first.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
         // Binomial standard deviation √(0.9·0.1/n) ≈ 6.7e-4: 0.005 is > 7 of them.
