@@ -25,10 +25,10 @@ use serde_json::{json, Value};
 /// Every mode, in the order they run.
 pub const MODES: [&str; 4] = ["constant", "dao", "lora8-dao", "infer"];
 
-/// Modes not run by default: other LoRA ranks (`lora{r}-dao`), DAO over the shared parameters
-/// (`dao-shared`), and `lora8-dao-p0` (`lora8-dao` with the adapters' dropout off, to price
-/// that dropout).
-///
+// Modes not run by default: other LoRA ranks (`lora{r}-dao`), DAO over the shared parameters
+// (`dao-shared`), and `lora8-dao-p0` (`lora8-dao` with the adapters' dropout off, to price
+// that dropout).
+
 /// `lora{r}-dao[-p0]` → (rank, dropout).
 fn lora_mode(mode: &str) -> Option<(usize, f64)> {
     let rest = mode.strip_prefix("lora")?;

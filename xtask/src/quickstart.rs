@@ -120,14 +120,7 @@ pub fn run(out: &Path) -> Result<()> {
         out = PathBuf::from(format!("{}-{n}", base.display()));
     }
     let summary = trainer::train(&config, &out, &options)?;
-    println!("{}", trainer::metrics_table(&summary.epochs));
-    if let Some(best) = summary.best_epoch {
-        println!("best epoch by {}: {best}", config.train.best_metric);
-    }
-    println!("run folder: {}", out.display());
-    if let Some(report) = summary.report {
-        println!("report: {}", report.display());
-    }
+    println!("{}", summary.text(config.train.best_metric));
     println!("next: cargo run --release -p cli -- train --config configs/finsent-minilm-dao.toml");
     Ok(())
 }

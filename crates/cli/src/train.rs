@@ -53,13 +53,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop_after_steps: None,
     };
     let summary = trainer::train(&config, &out, &options)?;
-    println!("{}", trainer::metrics_table(&summary.epochs));
-    if let Some(best) = summary.best_epoch {
-        println!("best epoch by {}: {best}", config.train.best_metric);
-    }
-    println!("run folder: {}", out.display());
-    if let Some(report) = summary.report {
-        println!("report: {}", report.display());
-    }
+    println!("{}", summary.text(config.train.best_metric));
     Ok(())
 }

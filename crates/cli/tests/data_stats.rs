@@ -2,22 +2,9 @@
 //! malformed file that ends with an error naming the line (exit code 1, no panic), and
 //! `--on-bad-row skip` keeping the rejected line in a side file.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cli"))
-        .args(args)
-        .output()
-        .expect("cli runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cli-data-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{cli, scratch};
 
 /// The value after `label` on the line that starts with it.
 fn field<'a>(stdout: &'a str, label: &str) -> &'a str {
@@ -30,7 +17,7 @@ fn field<'a>(stdout: &'a str, label: &str) -> &'a str {
 
 #[test]
 fn stats_of_a_small_file() {
-    let dir = scratch("stats");
+    let dir = scratch("data-stats");
     let file = dir.join("small.jsonl");
     let rows = [
         ("profits soar", 0.8),
@@ -71,7 +58,7 @@ fn stats_of_a_small_file() {
 
 #[test]
 fn a_bad_row_names_its_line_or_is_set_aside() {
-    let dir = scratch("bad");
+    let dir = scratch("data-bad");
     let file = dir.join("bad.jsonl");
     let bad_line = "{\"text\": \"too happy\", \"score\": 1.5}";
     std::fs::write(

@@ -1,24 +1,13 @@
 //! `cli embed` as a user runs it: output order and values against transformers' H, and bad
 //! input that must end with an error (exit code 1), never a panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::{cli, scratch};
 use testkit::{max_abs_diff, read_json, shared_file, tensor_f32};
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cli"))
-        .args(args)
-        .output()
-        .expect("cli runs")
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cli-embed-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn assert_clean_failure(output: &Output, expected: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -50,7 +39,7 @@ fn embed_writes_h_in_input_order() {
     };
     let golden = read_json(&golden_path);
     let model = golden_path.parent().unwrap().join("tiny-roberta");
-    let dir = scratch("order");
+    let dir = scratch("embed-order");
     let input = write_inputs(&dir, &golden);
     let output = dir.join("out.jsonl");
     // Batch size 3 with 4 rows: two batches padded differently, order kept.
@@ -96,7 +85,7 @@ fn embed_reports_bad_input_lines() {
         return;
     };
     let model = golden_path.parent().unwrap().join("tiny-roberta");
-    let dir = scratch("bad");
+    let dir = scratch("embed-bad");
     let output = dir.join("out.jsonl");
     for (content, expected) in [
         ("{\"text\": \"fine\"}\n{not json\n", "line 2: not JSON"),
@@ -130,7 +119,7 @@ fn embed_reports_broken_model_folders() {
     ) else {
         return;
     };
-    let dir = scratch("folder");
+    let dir = scratch("embed-folder");
     let input = dir.join("in.jsonl");
     std::fs::write(&input, "{\"text\": \"Revenue was flat.\"}\n").unwrap();
     let output = dir.join("out.jsonl");

@@ -22,23 +22,35 @@ impl OwnAdam {
         }
     }
 
-    /// Writes the Adam moments into `dir` ([`crate::state`]).
-    pub(crate) fn save(&self, dir: &std::path::Path) -> Result<(), crate::DaoError> {
+    /// Writes `module` (the one this Adam steps) and the Adam moments into `dir`
+    /// ([`crate::state`]): a strategy's whole state when these are all it has.
+    pub(crate) fn save_with<M: Module>(
+        &self,
+        module: &M,
+        dir: &std::path::Path,
+    ) -> Result<(), crate::DaoError> {
+        crate::state::save_module(module, dir)?;
         let path = dir.join(crate::state::OPTIMIZER_FILE);
         self.optimizer
             .save(&path)
             .map_err(|e| crate::state::state_error(&path, e))
     }
 
-    /// Reads back what [`save`](Self::save) wrote.
-    pub(crate) fn load(&mut self, dir: &std::path::Path) -> Result<(), crate::DaoError> {
+    /// Reads back what [`save_with`](Self::save_with) wrote: `module` with its saved values,
+    /// and the moments into this Adam.
+    pub(crate) fn load_with<M: Module>(
+        &mut self,
+        module: M,
+        dir: &std::path::Path,
+    ) -> Result<M, crate::DaoError> {
+        let module = crate::state::load_module(module, dir)?;
         let path = dir.join(crate::state::OPTIMIZER_FILE);
         self.optimizer = self
             .optimizer
             .clone()
             .load(&path)
             .map_err(|e| crate::state::state_error(&path, e))?;
-        Ok(())
+        Ok(module)
     }
 
     /// One Adam step of `module` from its gradients in `grads` (a module without any gradient

@@ -158,6 +158,22 @@ pub struct TrainSummary {
     pub report: Option<PathBuf>,
 }
 
+impl TrainSummary {
+    /// What a command prints at the end of a run: the metric table, the best epoch by
+    /// `best_metric`, the run folder and the report.
+    pub fn text(&self, best_metric: crate::Metric) -> String {
+        let mut text = metrics_table(&self.epochs);
+        if let Some(best) = self.best_epoch {
+            text.push_str(&format!("\nbest epoch by {best_metric}: {best}"));
+        }
+        text.push_str(&format!("\nrun folder: {}", self.run_dir.display()));
+        if let Some(report) = &self.report {
+            text.push_str(&format!("\nreport: {}", report.display()));
+        }
+        text
+    }
+}
+
 const STATE_FILE: &str = "state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
@@ -471,7 +487,7 @@ pub fn train(
                 weighted.loss
             };
             let grads = loss.backward();
-            weighting.update(&grads)?;
+            weighting.update(&grads);
             state.batch_in_epoch += 1;
             state.global_step = step;
             let sum = f64::from_bits(state.epoch_loss_sum_bits) + f64::from(d.loss);

@@ -29,9 +29,8 @@ impl RunWeighting {
     }
 
     /// Steps the strategy's own parameters from the step's gradients (left in `grads`).
-    pub fn update(&mut self, grads: &Gradients) -> Result<(), TrainError> {
+    pub fn update(&mut self, grads: &Gradients) {
         self.strategy.update(grads);
-        Ok(())
     }
 
     pub fn end_epoch(&mut self) {

@@ -214,13 +214,12 @@ impl LossWeighting for Dao {
     }
 
     fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
-        crate::state::save_module(&self.module, dir)?;
-        self.adam.save(dir)
+        self.adam.save_with(&self.module, dir)
     }
 
     fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
-        self.module = crate::state::load_module(self.module.clone(), dir)?;
-        self.adam.load(dir)
+        self.module = self.adam.load_with(self.module.clone(), dir)?;
+        Ok(())
     }
 
     fn update(&mut self, grads: &Gradients) {
@@ -345,12 +344,11 @@ impl LossWeighting for ImbalanceOnly {
     }
 
     fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
-        crate::state::save_module(&self.alpha_beta, dir)?;
-        self.adam.save(dir)
+        self.adam.save_with(&self.alpha_beta, dir)
     }
 
     fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
-        self.alpha_beta = crate::state::load_module(self.alpha_beta.clone(), dir)?;
-        self.adam.load(dir)
+        self.alpha_beta = self.adam.load_with(self.alpha_beta.clone(), dir)?;
+        Ok(())
     }
 }

@@ -74,13 +74,12 @@ impl LossWeighting for Uncertainty {
     }
 
     fn save(&self, dir: &std::path::Path) -> Result<(), DaoError> {
-        crate::state::save_module(&self.log_variances, dir)?;
-        self.adam.save(dir)
+        self.adam.save_with(&self.log_variances, dir)
     }
 
     fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
-        self.log_variances = crate::state::load_module(self.log_variances.clone(), dir)?;
-        self.adam.load(dir)
+        self.log_variances = self.adam.load_with(self.log_variances.clone(), dir)?;
+        Ok(())
     }
 
     fn update(&mut self, grads: &Gradients) {
