@@ -17,8 +17,10 @@
 
 mod adapters;
 mod config;
+mod cpu_inference;
 mod device;
 mod error;
+mod fastmath;
 mod loader;
 mod model;
 mod tokenize;
