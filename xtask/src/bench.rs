@@ -283,7 +283,18 @@ fn train(
         // Seeded per step, so dao-shared's extra forwards can replay this one's dropout masks.
         let step_seed = 1000 + step_index as u64;
         device.seed(step_seed);
-        let h = model.encoder.forward(input.clone()).first_token;
+        // The encoder's hand-written CPU training path (dao-shared needs burn's graph of the
+        // encoder for its per-task gradients).
+        let fused = if shared {
+            None
+        } else {
+            model.encoder.forward_train(input.clone())
+        };
+        let (h, tape) = match fused {
+            Some((h, tape)) => (h, Some(tape)),
+            None => (model.encoder.forward(input.clone()).first_token, None),
+        };
+        let h_leaf = h.clone();
         let masks = model.heads.sample_dropout_masks(setup.batch, &device);
         let heads = &model.heads;
         let mut outputs = |h: Tensor<2>| {
@@ -311,9 +322,13 @@ fn train(
         })?;
         let forward_done = clock.elapsed().as_secs_f64();
         let grads = weighted.loss.backward();
-        let backward_done = clock.elapsed().as_secs_f64();
         weighting.update(&grads);
-        let grads = GradientsParams::from_grads(grads, &model);
+        let grad_h = tape.as_ref().and_then(|_| h_leaf.grad(&grads));
+        let mut grads = GradientsParams::from_grads(grads, &model);
+        if let Some(tape) = tape {
+            tape.backward(grad_h, &mut grads);
+        }
+        let backward_done = clock.elapsed().as_secs_f64();
         slot = Some(optim.step(1e-5, model, grads));
         device.sync()?;
         let done = clock.elapsed().as_secs_f64();

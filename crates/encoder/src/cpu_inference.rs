@@ -32,7 +32,7 @@ struct HostLinear {
     adapter: Option<(Vec<f32>, Vec<f32>, usize, f32)>,
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
@@ -41,18 +41,14 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 fn host_linear(layer: &LoraLinear) -> HostLinear {
     let (d_in, d_out) = layer.dims();
-    let adapter = layer
-        .adapter
-        .as_ref()
-        .filter(|a| !a.is_merged())
-        .map(|a| {
-            (
-                host(a.lora_a.weight.val()),
-                host(a.lora_b.weight.val()),
-                a.rank(),
-                a.scaling() as f32,
-            )
-        });
+    let adapter = layer.adapter.as_ref().filter(|a| !a.is_merged()).map(|a| {
+        (
+            host(a.lora_a.weight.val()),
+            host(a.lora_b.weight.val()),
+            a.rank(),
+            a.scaling() as f32,
+        )
+    });
     let Linear { weight, bias } = &layer.base;
     HostLinear {
         weight: host(weight.val()),
@@ -79,14 +75,18 @@ fn host_layer_norm(norm: &LayerNorm, epsilon: f64) -> HostLayerNorm {
 
 /// A pointer that several threads write through at disjoint positions.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(*mut f32);
 // SAFETY: every user writes a region no other thread touches (documented at each use).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    pub(crate) fn new(buffer: &mut [f32]) -> Self {
+        Self(buffer.as_mut_ptr())
+    }
+
     /// Through a method, so closures capture the (Sync) wrapper rather than its raw field.
-    fn ptr(&self) -> *mut f32 {
+    pub(crate) fn ptr(&self) -> *mut f32 {
         self.0
     }
 }
@@ -186,33 +186,27 @@ fn linear_into(
 /// `x = LayerNorm(x + residual)` row by row (HF's `LayerNorm(dropout(dense(h)) + input)`).
 fn add_and_norm(x: &mut [f32], residual: &[f32], norm: &HostLayerNorm) {
     let d = norm.gamma.len();
+    let zeros;
+    let beta = match &norm.beta {
+        Some(beta) => beta,
+        None => {
+            zeros = vec![0.0; d];
+            &zeros
+        }
+    };
     x.par_chunks_mut(d)
         .zip(residual.par_chunks(d))
         .for_each(|(row, res)| {
-            let mut mean = 0.0f32;
-            for (v, r) in row.iter_mut().zip(res) {
-                *v += r;
-                mean += *v;
-            }
-            mean /= d as f32;
-            let mut var = 0.0f32;
-            for v in row.iter() {
-                let c = v - mean;
-                var += c * c;
-            }
-            let inv = 1.0 / (var / d as f32 + norm.epsilon).sqrt();
-            match &norm.beta {
-                Some(beta) => {
-                    for ((v, g), b) in row.iter_mut().zip(&norm.gamma).zip(beta) {
-                        *v = (*v - mean) * inv * g + b;
-                    }
-                }
-                None => {
-                    for (v, g) in row.iter_mut().zip(&norm.gamma) {
-                        *v = (*v - mean) * inv * g;
-                    }
-                }
-            }
+            let mut inv = 0.0;
+            fastmath::add_and_normalize(
+                row,
+                res,
+                &norm.gamma,
+                beta,
+                norm.epsilon,
+                &mut [],
+                &mut inv,
+            )
         });
 }
 
@@ -232,7 +226,7 @@ fn attention(
     let stride = 3 * hidden;
     let scale = 1.0 / (head_dim as f32).sqrt();
     assert!(qkv.len() == batch * seq * stride && context.len() == batch * seq * hidden);
-    let out = SharedOut(context.as_mut_ptr());
+    let out = SharedOut::new(context);
     (0..batch * heads).into_par_iter().for_each_init(
         || vec![0f32; seq * seq],
         |scores, pair| {
@@ -399,7 +393,11 @@ fn layer_forward(
 
 /// [`Encoder::forward`] on the CPU without autodiff: embeddings through burn (a gather and one
 /// LayerNorm), every layer through this module.
-pub(crate) fn forward(encoder: &Encoder, input: EncoderInput, embedded: Tensor<3>) -> EncoderOutput {
+pub(crate) fn forward(
+    encoder: &Encoder,
+    input: EncoderInput,
+    embedded: Tensor<3>,
+) -> EncoderOutput {
     let [batch, seq, hidden] = embedded.dims();
     let device = embedded.device();
     let keep: Vec<bool> = input
@@ -423,7 +421,8 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput, embedded: Tensor<3
     for layer in &encoder.encoder.layer {
         layer_forward(layer, &mut x, &mut scratch, &keep, (batch, seq), encoder);
     }
-    let last_hidden_state = Tensor::<3>::from_data(TensorData::new(x, [batch, seq, hidden]), &device);
+    let last_hidden_state =
+        Tensor::<3>::from_data(TensorData::new(x, [batch, seq, hidden]), &device);
     let first_token = last_hidden_state
         .clone()
         .narrow(1, 0, 1)

@@ -61,8 +61,7 @@ fn lower_tail_and_gaussian(x: f32) -> (f32, f32) {
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
                             + t * (-1.135_204
-                                + t * (1.488_515_9
-                                    + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
     let high = f32::from_bits(a.to_bits() & 0xffff_f000);
     let low = a - high;
     let coarse = exp(-0.5 * high * high);
@@ -201,7 +200,10 @@ fn max_of(row: &[f32]) -> f32 {
         }
     }
     let rest = chunks.remainder().iter();
-    lanes.into_iter().chain(rest.copied()).fold(f32::NEG_INFINITY, f32::max)
+    lanes
+        .into_iter()
+        .chain(rest.copied())
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// `row[i] = exp(row[i] − max)`, returning the sum.
@@ -245,6 +247,130 @@ multiversion! {
         let inv = 1.0 / exp_shifted_sum(row, max);
         for v in row.iter_mut() {
             *v *= inv;
+        }
+    }
+}
+
+multiversion! {
+    /// `x[i] *= scale` where `keep[i]` is 1, `x[i] *= 0` elsewhere (a dropout mask).
+    fn mask_scale(x: &mut [f32], keep: &[u8], scale: f32) {
+        for (v, &k) in x.iter_mut().zip(keep) {
+            *v *= if k != 0 { scale } else { 0.0 };
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[i] += src[i] · (scale where keep[i] is 1, else 0)`.
+    fn mask_scale_add(dst: &mut [f32], src: &[f32], keep: &[u8], scale: f32) {
+        for ((d, s), &k) in dst.iter_mut().zip(src).zip(keep) {
+            *d += s * if k != 0 { scale } else { 0.0 };
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[i] *= src[i]`.
+    fn multiply(dst: &mut [f32], src: &[f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d *= s;
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[i] += src[i]`.
+    fn add(dst: &mut [f32], src: &[f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax's backward over one row: `d ← p ⊙ (d − Σ d ⊙ p)`.
+    fn softmax_backward(d: &mut [f32], p: &[f32]) {
+        let mut lanes = [0f32; LANES];
+        let mut dot = 0f32;
+        let mut chunks = d.chunks_exact(LANES).zip(p.chunks_exact(LANES));
+        for (d, p) in &mut chunks {
+            for ((l, d), p) in lanes.iter_mut().zip(d).zip(p) {
+                *l += d * p;
+            }
+        }
+        let tail = d.len() - d.len() % LANES;
+        for (d, p) in d[tail..].iter().zip(&p[tail..]) {
+            dot += d * p;
+        }
+        dot += lanes.iter().sum::<f32>();
+        for (d, p) in d.iter_mut().zip(p) {
+            *d = p * (*d - dot);
+        }
+    }
+}
+
+/// `Σ values`, in `LANES` interleaved partial sums.
+#[inline(always)]
+fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for (i, v) in values.enumerate() {
+        lanes[i % LANES] += v;
+    }
+    lanes.iter().sum()
+}
+
+multiversion! {
+    /// One row of `LayerNorm(row + residual)` in place (`γ`, `β` of the row's length), writing
+    /// the normalised values to `normalized` when it has the row's length (for the backward)
+    /// and `1/σ` to `inv_std`.
+    fn add_and_normalize(
+        row: &mut [f32],
+        residual: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        epsilon: f32,
+        normalized: &mut [f32],
+        inv_std: &mut f32
+    ) {
+        let d = row.len();
+        for (v, r) in row.iter_mut().zip(residual) {
+            *v += r;
+        }
+        let mean = lane_sum(row.iter().copied()) / d as f32;
+        let var = lane_sum(row.iter().map(|v| (v - mean) * (v - mean))) / d as f32;
+        let inv = 1.0 / (var + epsilon).sqrt();
+        *inv_std = inv;
+        if normalized.len() == d {
+            for (((v, h), g), b) in row.iter_mut().zip(normalized.iter_mut()).zip(gamma).zip(beta) {
+                *h = (*v - mean) * inv;
+                *v = *h * g + b;
+            }
+        } else {
+            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// LayerNorm's backward over one row, in place: `g ← (1/σ)·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂))`
+    /// with `ĝ = g ⊙ γ`.
+    fn normalize_backward(g: &mut [f32], normalized: &[f32], gamma: &[f32], inv_std: f32) {
+        let d = g.len() as f32;
+        let mean_g = lane_sum(g.iter().zip(gamma).map(|(g, w)| g * w)) / d;
+        let mean_gh = lane_sum(g.iter().zip(gamma).zip(normalized).map(|((g, w), h)| g * w * h)) / d;
+        for ((g, w), h) in g.iter_mut().zip(gamma).zip(normalized) {
+            *g = inv_std * (*g * w - mean_g - h * mean_gh);
+        }
+    }
+}
+
+multiversion! {
+    /// `acc[i] += a[i] · b[i]`.
+    fn multiply_add(acc: &mut [f32], a: &[f32], b: &[f32]) {
+        for ((c, a), b) in acc.iter_mut().zip(a).zip(b) {
+            *c += a * b;
         }
     }
 }
@@ -329,7 +455,9 @@ mod tests {
             let x64 = x as f64;
             let tanh_form = 0.5
                 * x64
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3))).tanh());
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3)))
+                        .tanh());
             assert!((gelu_tanh(x) as f64 - tanh_form).abs() <= 1e-6 * x64.abs().max(1.0));
             let silu64 = x64 / (1.0 + (-x64).exp());
             assert!((silu(x) as f64 - silu64).abs() <= 1e-6 * x64.abs().max(1.0));
@@ -339,7 +467,9 @@ mod tests {
 
     #[test]
     fn softmax_matches_f64_and_masks_keys() {
-        let row: Vec<f32> = (0..37).map(|i| ((i * 7919) % 23) as f32 * 0.7 - 8.0).collect();
+        let row: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919) % 23) as f32 * 0.7 - 8.0)
+            .collect();
         let keep: Vec<bool> = (0..37).map(|i| i % 5 != 3).collect();
         let mut ours = row.clone();
         softmax_masked(&mut ours, &keep);
@@ -356,7 +486,11 @@ mod tests {
             .map(|(v, _)| (*v as f64 - max).exp())
             .sum();
         for ((v, k), o) in row.iter().zip(&keep).zip(&ours) {
-            let expected = if *k { (*v as f64 - max).exp() / sum } else { 0.0 };
+            let expected = if *k {
+                (*v as f64 - max).exp() / sum
+            } else {
+                0.0
+            };
             assert!((*o as f64 - expected).abs() <= 1e-7, "{o} vs {expected}");
         }
         let mut plain = row.clone();

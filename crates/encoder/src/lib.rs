@@ -3,6 +3,18 @@
 //! PyTorch pickle, read by burn-store, or burn's own format after `cargo xtask import-weights`)
 //! and its `tokenizer.json`.
 //!
+//! On the CPU, inference and the training step run the layers through hand-fused kernels
+//! rather than burn's per-operation ones (same function and dropout masks, tested against
+//! burn's path and its autodiff gradients). A training step:
+//!
+//! ```ignore
+//! let (h, tape) = encoder.forward_train(input).expect("CPU autodiff device");
+//! let grads = loss_of(h.clone()).backward();           // heads, loss weighting: burn autodiff
+//! let grad_h = h.grad(&grads);
+//! let mut params = GradientsParams::from_grads(grads, &model);
+//! tape.backward(grad_h, &mut params);                  // the encoder's parameter gradients
+//! ```
+//!
 //! ```no_run
 //! use encoder::{ModelFolder, TextTokenizer, pad_batch, parse_device};
 //! # fn main() -> Result<(), encoder::EncoderError> {
@@ -18,6 +30,7 @@
 mod adapters;
 mod config;
 mod cpu_inference;
+mod cpu_training;
 mod device;
 mod error;
 mod fastmath;
@@ -27,6 +40,7 @@ mod tokenize;
 
 pub use adapters::{TrainableParameters, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_TARGETS};
 pub use config::{EncoderConfig, HiddenAct, ModelFamily};
+pub use cpu_training::TrainTape;
 pub use device::{parse_device, parse_devices};
 pub use error::EncoderError;
 pub use loader::{

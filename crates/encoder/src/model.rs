@@ -116,7 +116,7 @@ pub struct SelfAttention {
     pub query: LoraLinear,
     pub key: LoraLinear,
     pub value: LoraLinear,
-    dropout: Dropout,
+    pub(crate) dropout: Dropout,
     #[module(skip)]
     heads: usize,
 }
@@ -174,7 +174,7 @@ impl SelfAttention {
 pub struct ResidualOutput {
     pub dense: LoraLinear,
     pub layer_norm: LayerNorm,
-    dropout: Dropout,
+    pub(crate) dropout: Dropout,
 }
 
 impl ResidualOutput {
@@ -298,17 +298,17 @@ pub struct Encoder {
 /// Only on the CPU (flex) device: on a GPU, host-made masks would cross the bus every step (the
 /// attention-probability masks alone are `batch·heads·seq²` values per layer), so there burn's
 /// `Dropout` samples them on the device itself.
-struct DropoutMasks {
+pub(crate) struct DropoutMasks {
     /// `None` off the autodiff device (inference): no dropout, no seed drawn.
-    seed: Option<u64>,
+    pub(crate) seed: Option<u64>,
     /// Hashes used so far this forward: each mask reads a fresh range of the stream.
     counter: u64,
     /// Masks are drawn by burn on the device (any device but the CPU).
-    on_device: bool,
+    pub(crate) on_device: bool,
 }
 
 impl DropoutMasks {
-    fn new(device: &Device) -> Self {
+    pub(crate) fn new(device: &Device) -> Self {
         let on_device = device.clone().without_autodiff() != Device::flex();
         if on_device {
             return Self {
@@ -335,29 +335,56 @@ impl DropoutMasks {
     }
 
     /// Whether `dropout` changes anything in this forward.
-    fn active(&self, dropout: &Dropout) -> bool {
+    pub(crate) fn active(&self, dropout: &Dropout) -> bool {
         self.seed.is_some() && dropout.training.is_enabled() && dropout.prob > 0.0
     }
 
     /// `dropout(x)` with `dropout`'s probability, when it is active (training flag on, autodiff
     /// device, `p > 0`), else `x` unchanged.
-    fn apply<const D: usize>(&mut self, dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
-        let Some(seed) = self.seed.filter(|_| self.active(dropout)) else {
-            return x;
-        };
+    pub(crate) fn apply<const D: usize>(&mut self, dropout: &Dropout, x: Tensor<D>) -> Tensor<D> {
         if self.on_device {
-            return dropout.forward(x);
+            return if self.active(dropout) {
+                dropout.forward(x)
+            } else {
+                x
+            };
         }
+        let shape = x.shape();
+        match self.host_mask(dropout, shape.num_elements()) {
+            Some(mask) => {
+                let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
+                x * mask
+            }
+            None => x,
+        }
+    }
+
+    /// The next `n` values of the mask stream for `dropout` (each `0` or `1/keep`), when it is
+    /// active on the CPU.
+    fn host_mask(&mut self, dropout: &Dropout, n: usize) -> Option<Vec<f32>> {
+        let (keep, scale) = self.host_keep(dropout, n)?;
+        Some(
+            keep.iter()
+                .map(|&k| if k != 0 { scale } else { 0.0 })
+                .collect(),
+        )
+    }
+
+    /// [`host_mask`](Self::host_mask) as one byte per element (1: kept) and the scale `1/keep`:
+    /// the fused training path stores its masks this way (a quarter of the memory) and draws
+    /// them here, in the burn path's order, so both paths see the same masks.
+    pub(crate) fn host_keep(&mut self, dropout: &Dropout, n: usize) -> Option<(Vec<u8>, f32)> {
+        let seed = self
+            .seed
+            .filter(|_| self.active(dropout) && !self.on_device)?;
         let keep = 1.0 - dropout.prob;
         let scale = (1.0 / keep) as f32;
         // Keep iff a uniform 32-bit draw is below keep · 2³².
         let threshold = (keep * 4_294_967_296.0) as u64;
-        let shape = x.shape();
-        let n = shape.num_elements();
         let base = self.counter;
         self.counter += n.div_ceil(2) as u64;
-        let mut mask = vec![0f32; n];
-        let draw = |r: u64| if r < threshold { scale } else { 0.0 };
+        let mut mask = vec![0u8; n];
+        let draw = |r: u64| u8::from(r < threshold);
         // Element pair i always takes hash (base + i): the same mask on any number of threads.
         const CHUNK: usize = 1 << 15; // elements, even
         mask.par_chunks_mut(CHUNK)
@@ -373,8 +400,7 @@ impl DropoutMasks {
                     }
                 }
             });
-        let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
-        x * mask
+        Some((mask, scale))
     }
 }
 
@@ -438,6 +464,25 @@ impl Encoder {
     /// The configuration this encoder was built from.
     pub fn config(&self) -> &EncoderConfig {
         &self.config
+    }
+
+    /// The embeddings' output (the layers' input), drawing their dropout mask from `masks`.
+    pub(crate) fn embeddings_forward(
+        &self,
+        input: EncoderInput,
+        masks: &mut DropoutMasks,
+    ) -> Tensor<3> {
+        self.embeddings
+            .forward(input.input_ids, input.token_type_ids, masks)
+    }
+
+    /// For a training step on the CPU: the layers' forward by hand (`cpu_training.rs`), `H` as
+    /// a fresh autodiff leaf, and the tape whose [`backward`](crate::TrainTape::backward) turns
+    /// `∂L/∂H` into the encoder's parameter gradients. Same function, masks and gradients as
+    /// [`forward`](Self::forward) through burn's autodiff, about twice as fast (BENCHMARKS.md).
+    /// `None` off the CPU's autodiff device or for activations other than GELU: use `forward`.
+    pub fn forward_train(&self, input: EncoderInput) -> Option<(Tensor<2>, crate::TrainTape)> {
+        crate::cpu_training::forward(self, input)
     }
 
     /// Runs the encoder. Dropout is active only on a training (autodiff) copy.
@@ -638,7 +683,12 @@ mod tests {
         };
         let (ours, burns) = (run(true), run(false));
         // burn's scalar erff and our vectorised Φ differ by float rounding only.
-        for (a, b) in ours.0.iter().zip(&burns.0).chain(ours.1.iter().zip(&burns.1)) {
+        for (a, b) in ours
+            .0
+            .iter()
+            .zip(&burns.0)
+            .chain(ours.1.iter().zip(&burns.1))
+        {
             assert!((a - b).abs() <= 4e-7 * a.abs().max(1.0), "{a} vs {b}");
         }
         assert!(ours.1.iter().any(|&g| g != 0.0));
@@ -648,6 +698,8 @@ mod tests {
     /// activation, padded keys, and an unmerged adapter with a non-zero `B`.
     #[test]
     fn fused_inference_equals_the_burn_path() {
+        // Initialising parameters draws from the process's RNG, which other tests seed.
+        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
         let device = Device::flex();
         for (family, act) in [
             ("roberta", "gelu"),
@@ -680,7 +732,8 @@ mod tests {
             ];
             let mask: Vec<i64> = ids.iter().map(|&t| i64::from(t != 1)).collect();
             let types: Vec<i64> = (0..21).map(|i| i64::from(i % 7 == 3)).collect();
-            let int = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [3, 7]), &device);
+            let int =
+                |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [3, 7]), &device);
             let input = EncoderInput {
                 input_ids: int(ids),
                 attention_mask: int(mask),
@@ -692,10 +745,164 @@ mod tests {
                 values_of(fused.last_hidden_state),
                 values_of(reference.last_hidden_state),
             );
-            let delta = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            let delta = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
             assert!(delta <= 2e-5, "{family}/{act}: max |Δ| {delta}");
             assert!(a.iter().all(|v| v.is_finite()));
         }
+    }
+
+    /// Every parameter gradient of `encoder` in `grads`, by parameter path order.
+    fn gradients(
+        encoder: &Encoder,
+        grads: &burn::optim::GradientsParams,
+    ) -> Vec<(String, Vec<f32>)> {
+        struct Collect<'a> {
+            grads: &'a burn::optim::GradientsParams,
+            out: Vec<(String, Vec<f32>)>,
+        }
+        impl burn::module::ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                if let Some(g) = self.grads.get::<D>(param.id) {
+                    let values = g
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .unwrap();
+                    self.out.push((format!("{:?}", param.id), values));
+                }
+            }
+        }
+        let mut visitor = Collect {
+            grads,
+            out: Vec::new(),
+        };
+        encoder.visit(&mut visitor);
+        visitor.out
+    }
+
+    /// The hand-written training forward and backward against burn's autodiff of the same
+    /// encoder: same `H`, same gradient for every parameter, with dropout everywhere (the same
+    /// masks: same stream, same order), padded keys, full fine-tuning and LoRA.
+    #[test]
+    fn fused_training_matches_burn_autodiff() {
+        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let config: EncoderConfig = serde_json::from_str(
+            r#"{"model_type": "roberta", "vocab_size": 50, "hidden_size": 24,
+                "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 40,
+                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+                "max_position_embeddings": 40, "type_vocab_size": 1, "pad_token_id": 1,
+                "layer_norm_eps": 1e-5}"#,
+        )
+        .unwrap();
+        let device = Device::flex().autodiff();
+        for lora_rank in [None, Some(4)] {
+            device.seed(3);
+            let mut encoder = Encoder::new(&config, &device);
+            if let Some(rank) = lora_rank {
+                let lora = lora::LoraConfig {
+                    dropout: 0.2,
+                    ..lora::LoraConfig::with_rank(rank)
+                };
+                encoder = encoder.apply_lora(&lora).unwrap();
+                // Non-zero B everywhere, so every adapter path carries gradient.
+                encoder = perturb_adapters(encoder);
+            }
+            let ids: Vec<i64> = vec![
+                0, 7, 9, 11, 2, 1, 1, 0, 5, 6, 8, 13, 17, 2, 0, 4, 2, 1, 1, 1, 1,
+            ];
+            let mask: Vec<i64> = ids.iter().map(|&t| i64::from(t != 1)).collect();
+            let int =
+                |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [3, 7]), &device);
+            let input = EncoderInput {
+                input_ids: int(ids.clone()),
+                attention_mask: int(mask),
+                token_type_ids: int(vec![0; 21]),
+            };
+            let weights: Vec<f32> = (0..3 * 24)
+                .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+                .collect();
+            let weights = Tensor::<2>::from_data(TensorData::new(weights, [3, 24]), &device);
+            // burn parameters initialise lazily from the RNG: one forward fixes them first.
+            let _ = encoder.forward(input.clone());
+
+            device.seed(11);
+            let h_burn = encoder.forward(input.clone()).first_token;
+            let grads = (h_burn.clone() * weights.clone()).sum().backward();
+            let burn_grads = burn::optim::GradientsParams::from_grads(grads, &encoder);
+
+            device.seed(11);
+            let (h, tape) = encoder
+                .forward_train(input)
+                .expect("the CPU training path applies");
+            let grads = (h.clone() * weights.clone()).sum().backward();
+            let mut ours = burn::optim::GradientsParams::new();
+            tape.backward(h.grad(&grads), &mut ours);
+
+            let (a, b) = (values(h.inner()), values(h_burn.inner()));
+            let delta = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(delta <= 1e-5, "H: max |Δ| {delta}");
+            let (ours, reference) = (gradients(&encoder, &ours), gradients(&encoder, &burn_grads));
+            let expected = if lora_rank.is_some() {
+                2 * 6 * 2
+            } else {
+                16 * 2 + 5
+            };
+            assert_eq!(
+                reference.len(),
+                expected,
+                "parameters with a gradient (burn)"
+            );
+            assert_eq!(
+                ours.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                reference.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                "the same parameters get a gradient"
+            );
+            for ((id, g), (_, r)) in ours.iter().zip(&reference) {
+                // Relative to the tensor's largest value (the key biases' gradients are 0 in
+                // exact arithmetic, rounding noise of ~1e-8 here).
+                let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let delta = g
+                    .iter()
+                    .zip(r)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    delta <= 2e-6 * scale + 1e-7,
+                    "{id} (LoRA {lora_rank:?}): max |Δ| {delta} of {scale}"
+                );
+            }
+        }
+    }
+
+    /// Sets every adapter's `B` to small random values (a fresh `B` is 0).
+    fn perturb_adapters(mut encoder: Encoder) -> Encoder {
+        for layer in &mut encoder.encoder.layer {
+            let a = &mut layer.attention;
+            for linear in [
+                &mut a.self_attention.query,
+                &mut a.self_attention.key,
+                &mut a.self_attention.value,
+                &mut a.output.dense,
+                &mut layer.intermediate.dense,
+                &mut layer.output.dense,
+            ] {
+                let adapter = linear.adapter.as_mut().unwrap();
+                adapter.lora_b.weight = adapter.lora_b.weight.clone().map(|w| {
+                    w.random_like(Distribution::Normal(0.0, 0.3))
+                        .detach()
+                        .require_grad()
+                });
+            }
+        }
+        encoder
     }
 
     fn values_of(t: Tensor<3>) -> Vec<f32> {

@@ -422,14 +422,24 @@ pub fn train(
             let n = batch.rows.len();
             let input = batch.input;
             let mut replicas = None;
+            // On the CPU the encoder's layers run through their hand-written forward and
+            // backward (`encoder::TrainTape`); shared-parameters DAO needs burn's graph of them.
+            let mut tape = None;
             let h = if parallel.is_parallel() {
                 let forward = parallel.forward(&model.encoder, &input, batch_seed);
                 let h = forward.first_token.clone();
                 replicas = Some(forward);
                 h
+            } else if let Some((h, encoder_tape)) = (!shared_parameters)
+                .then(|| model.encoder.forward_train(input.clone()))
+                .flatten()
+            {
+                tape = Some(encoder_tape);
+                h
             } else {
                 model.encoder.forward(input.clone()).first_token
             };
+            let h_leaf = h.clone();
             // Sampled once: every evaluation of the heads in this step uses the same masks.
             let masks = model.heads.sample_dropout_masks(n, &device);
             let heads_module = &model.heads;
@@ -488,6 +498,14 @@ pub fn train(
             };
             let grads = loss.backward();
             weighting.update(&grads);
+            let grad_h = tape.as_ref().and_then(|_| h_leaf.grad(&grads));
+            let params = |grads| {
+                let mut params = GradientsParams::from_grads(grads, &model);
+                if let Some(tape) = tape {
+                    tape.backward(grad_h, &mut params);
+                }
+                params
+            };
             state.batch_in_epoch += 1;
             state.global_step = step;
             let sum = f64::from_bits(state.epoch_loss_sum_bits) + f64::from(d.loss);
@@ -503,13 +521,14 @@ pub fn train(
                 model = optimizer.step(lr, model, grads);
                 state.updates += 1;
             } else if grad_accum > 1 {
-                accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+                let grads = params(grads);
+                accumulator.accumulate(&model, grads);
                 if boundary {
                     model = optimizer.step(lr, model, accumulator.grads());
                     state.updates += 1;
                 }
             } else {
-                let grads = GradientsParams::from_grads(grads, &model);
+                let grads = params(grads);
                 model = optimizer.step(lr, model, grads);
                 state.updates += 1;
             }

@@ -522,9 +522,15 @@ fn shared_parameter_gradient_norms() {
         run_to_end(&cfg, &out);
         first.push(RunDir::open(&out).unwrap().read_steps().unwrap()[0].clone());
     }
-    // Same seed, same batch, same dropout: the same losses at step 1 …
-    assert_eq!(first[0].loss_reg, first[1].loss_reg);
-    assert_eq!(first[0].loss_cls, first[1].loss_cls);
+    // Same seed, same batch, same dropout: the same losses at step 1 (to float rounding: the
+    // representation run's encoder goes through the fused CPU path, the shared-parameters run
+    // through burn's graph) …
+    let close = |a: Option<f64>, b: Option<f64>| {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "{a} vs {b}");
+    };
+    close(first[0].loss_reg, first[1].loss_reg);
+    close(first[0].loss_cls, first[1].loss_cls);
     // … but λ from gradients over the encoder's parameters instead of over H.
     let (a, b) = (first[0].lambda_reg.unwrap(), first[1].lambda_reg.unwrap());
     assert!((a - b).abs() > 1e-4, "λ_r {a} vs {b}");

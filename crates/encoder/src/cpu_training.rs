@@ -1,0 +1,999 @@
+//! The encoder's training forward and backward on the CPU, by hand over flat buffers.
+//!
+//! burn's autodiff runs the transformer layers as dozens of separate operations per layer, each
+//! allocating, most on one thread, and keeps several `[batch, heads, seq, seq]` tensors per layer
+//! (BENCHMARKS.md: the cores were busy 60–70 % of a training step). Here a layer's forward saves
+//! only what its backward reads, and the backward is written out (LayerNorm, GELU, softmax,
+//! dropout, the projections and their LoRA adapters), every product through `gemm` on every
+//! core. The embeddings stay on burn's autodiff (a gather and one LayerNorm), and so do the
+//! heads and the loss weighting: the encoder hands them `H` as a fresh leaf, and
+//! [`TrainTape::backward`] takes `∂L/∂H` back.
+//!
+//! Same masks as the burn path (drawn from the same stream, in the same order), same function:
+//! the gradients agree with burn's autodiff to float rounding (tested).
+
+use burn::module::{Param, ParamId};
+use burn::nn::{LayerNorm, Linear};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use lora::LoraLinear;
+use rayon::prelude::*;
+
+use crate::config::HiddenAct;
+use crate::cpu_inference::{host, SharedOut};
+use crate::fastmath;
+use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer};
+
+/// `dst (m × n) = alpha · lhs (m × k) · rhs (k × n)` (`+ dst` when `accumulate`), each matrix
+/// given by its first element and its row and column strides.
+///
+/// # Safety
+/// Every element the strides address must lie inside the caller's buffers, and `dst` must not
+/// overlap `lhs` or `rhs` or be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    alpha: f32,
+    parallel: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        if parallel {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        },
+    );
+}
+
+/// `out (rows × n, row stride out_rs) (+)= x (rows × k) · w (k × n)`, row-major.
+fn forward_product(
+    x: &[f32],
+    w: &[f32],
+    (rows, k, n): (usize, usize, usize),
+    out: &mut [f32],
+    out_rs: usize,
+    accumulate: bool,
+    alpha: f32,
+) {
+    assert!(x.len() >= rows * k && w.len() >= k * n && out.len() >= (rows - 1) * out_rs + n);
+    // SAFETY: bounds checked above; out is a distinct buffer.
+    unsafe {
+        product(
+            (rows, n, k),
+            out.as_mut_ptr(),
+            (out_rs, 1),
+            accumulate,
+            x.as_ptr(),
+            (k, 1),
+            w.as_ptr(),
+            (n, 1),
+            alpha,
+            true,
+        )
+    }
+}
+
+/// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`.
+fn input_gradient(
+    dy: &[f32],
+    dy_rs: usize,
+    w: &[f32],
+    (rows, k, n): (usize, usize, usize),
+    dx: &mut [f32],
+    accumulate: bool,
+    alpha: f32,
+) {
+    assert!(dy.len() >= (rows - 1) * dy_rs + n && w.len() >= k * n && dx.len() >= rows * k);
+    // SAFETY: bounds checked above; dx is a distinct buffer.
+    unsafe {
+        product(
+            (rows, k, n),
+            dx.as_mut_ptr(),
+            (k, 1),
+            accumulate,
+            dy.as_ptr(),
+            (dy_rs, 1),
+            w.as_ptr(),
+            (1, n),
+            alpha,
+            true,
+        )
+    }
+}
+
+/// `dw (k × n) = alpha · xᵀ · dy` for `x (rows × k)`, `dy (rows × n, row stride dy_rs)`.
+fn weight_gradient(
+    x: &[f32],
+    dy: &[f32],
+    dy_rs: usize,
+    (rows, k, n): (usize, usize, usize),
+    alpha: f32,
+) -> Vec<f32> {
+    assert!(x.len() >= rows * k && dy.len() >= (rows - 1) * dy_rs + n);
+    let mut dw = vec![0f32; k * n];
+    // SAFETY: bounds checked above; dw is fresh.
+    unsafe {
+        product(
+            (k, n, rows),
+            dw.as_mut_ptr(),
+            (n, 1),
+            false,
+            x.as_ptr(),
+            (1, k),
+            dy.as_ptr(),
+            (dy_rs, 1),
+            alpha,
+            true,
+        )
+    }
+    dw
+}
+
+/// Column sums of `dy (rows × n, row stride dy_rs)`: a bias gradient.
+fn column_sums(dy: &[f32], dy_rs: usize, rows: usize, n: usize) -> Vec<f32> {
+    let chunk = 64;
+    (0..rows.div_ceil(chunk))
+        .into_par_iter()
+        .map(|c| {
+            let mut sums = vec![0f32; n];
+            for r in c * chunk..((c + 1) * chunk).min(rows) {
+                fastmath::add(&mut sums, &dy[r * dy_rs..r * dy_rs + n]);
+            }
+            sums
+        })
+        .reduce(
+            || vec![0f32; n],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        )
+}
+
+/// A dropout mask: element `i` is multiplied by `scale` where `keep[i]` is 1, by 0 elsewhere
+/// (the same products as the burn path's `x * mask`).
+struct Mask {
+    keep: Vec<u8>,
+    scale: f32,
+}
+
+impl Mask {
+    fn draw(masks: &mut DropoutMasks, dropout: &burn::nn::Dropout, n: usize) -> Option<Self> {
+        masks
+            .host_keep(dropout, n)
+            .map(|(keep, scale)| Mask { keep, scale })
+    }
+
+    /// `x[i] *= mask[offset + i]`.
+    fn apply_at(&self, x: &mut [f32], offset: usize) {
+        let scale = self.scale;
+        let keep = &self.keep[offset..offset + x.len()];
+        if x.len() <= 1 << 14 {
+            return fastmath::mask_scale(x, keep, scale);
+        }
+        x.par_chunks_mut(1 << 14)
+            .zip(keep.par_chunks(1 << 14))
+            .for_each(|(x, keep)| fastmath::mask_scale(x, keep, scale));
+    }
+
+    /// `dst[i] += src[i] · mask[i]`.
+    fn add_applied(&self, dst: &mut [f32], src: &[f32]) {
+        let scale = self.scale;
+        dst.par_chunks_mut(1 << 14)
+            .zip(src.par_chunks(1 << 14).zip(self.keep.par_chunks(1 << 14)))
+            .for_each(|(dst, (src, keep))| fastmath::mask_scale_add(dst, src, keep, scale));
+    }
+
+    /// `x ⊙ mask` as a new buffer.
+    fn applied(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = x[..self.keep.len()].to_vec();
+        self.apply_at(&mut out, 0);
+        out
+    }
+}
+
+fn apply_mask(x: &mut [f32], mask: &Option<Mask>) {
+    if let Some(mask) = mask {
+        mask.apply_at(x, 0);
+    }
+}
+
+/// One gradient to hand to the optimizer.
+struct Grad {
+    id: ParamId,
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+fn trains<const D: usize>(param: &Param<Tensor<D>>) -> bool {
+    param.val().is_require_grad()
+}
+
+/// A projection's host weights and what its backward needs.
+struct LinearTape {
+    /// The weight (burn's tensor, shared with the module: no copy is kept).
+    weight: Tensor<2>,
+    d_in: usize,
+    d_out: usize,
+    weight_id: Option<ParamId>,
+    bias_id: Option<ParamId>,
+    adapter: Option<AdapterTape>,
+}
+
+struct AdapterTape {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    rank: usize,
+    scaling: f32,
+    a_id: Option<ParamId>,
+    b_id: Option<ParamId>,
+    /// The adapter's dropout mask on the input (`None`: no dropout).
+    mask: Option<Mask>,
+    /// `dropout(x) · A`, `[rows, rank]`.
+    low: Vec<f32>,
+}
+
+impl LinearTape {
+    /// `out[.., col0..] = x W + b (+ scaling · dropout(x) A B)`, drawing the adapter's mask.
+    fn forward(
+        layer: &LoraLinear,
+        x: &[f32],
+        rows: usize,
+        out: &mut [f32],
+        out_rs: usize,
+        col0: usize,
+        masks: &mut DropoutMasks,
+    ) -> Self {
+        let (d_in, d_out) = layer.dims();
+        let Linear { weight, bias } = &layer.base;
+        let weight_tensor = weight.val();
+        let w = host(weight_tensor.clone());
+        let out = &mut out[col0..];
+        if let Some(bias) = bias {
+            let bias = host(bias.val());
+            out.par_chunks_mut(out_rs)
+                .take(rows)
+                .for_each(|row| row[..d_out].copy_from_slice(&bias));
+        }
+        forward_product(x, &w, (rows, d_in, d_out), out, out_rs, bias.is_some(), 1.0);
+        let adapter = layer
+            .adapter
+            .as_ref()
+            .filter(|a| !a.is_merged())
+            .map(|adapter| {
+                let a = host(adapter.lora_a.weight.val());
+                let b = host(adapter.lora_b.weight.val());
+                let rank = adapter.rank();
+                let scaling = adapter.scaling() as f32;
+                let mask = Mask::draw(masks, &adapter.dropout, rows * d_in);
+                let dropped;
+                let input = match &mask {
+                    Some(mask) => {
+                        dropped = mask.applied(x);
+                        &dropped[..]
+                    }
+                    None => x,
+                };
+                let mut low = vec![0f32; rows * rank];
+                forward_product(input, &a, (rows, d_in, rank), &mut low, rank, false, 1.0);
+                forward_product(&low, &b, (rows, rank, d_out), out, out_rs, true, scaling);
+                AdapterTape {
+                    a,
+                    b,
+                    rank,
+                    scaling,
+                    a_id: trains(&adapter.lora_a.weight).then_some(adapter.lora_a.weight.id),
+                    b_id: trains(&adapter.lora_b.weight).then_some(adapter.lora_b.weight.id),
+                    mask,
+                    low,
+                }
+            });
+        LinearTape {
+            weight: weight_tensor,
+            d_in,
+            d_out,
+            weight_id: trains(weight).then_some(weight.id),
+            bias_id: bias.as_ref().filter(|b| trains(b)).map(|b| b.id),
+            adapter,
+        }
+    }
+
+    /// Gradients of the weights into `grads`, and `dx (+)= dy · ∂out/∂x`. `dy` is the
+    /// `[rows, d_out]` block at row stride `dy_rs`; `x` the forward's input.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dy_rs: usize,
+        rows: usize,
+        dx: &mut [f32],
+        accumulate: bool,
+        grads: &mut Vec<Grad>,
+    ) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        if let Some(id) = self.weight_id {
+            grads.push(Grad {
+                id,
+                shape: vec![d_in, d_out],
+                values: weight_gradient(x, dy, dy_rs, (rows, d_in, d_out), 1.0),
+            });
+        }
+        if let Some(id) = self.bias_id {
+            grads.push(Grad {
+                id,
+                shape: vec![d_out],
+                values: column_sums(dy, dy_rs, rows, d_out),
+            });
+        }
+        let weight = host(self.weight.clone());
+        input_gradient(dy, dy_rs, &weight, (rows, d_in, d_out), dx, accumulate, 1.0);
+        if let Some(adapter) = &self.adapter {
+            let rank = adapter.rank;
+            if let Some(id) = adapter.b_id {
+                grads.push(Grad {
+                    id,
+                    shape: vec![rank, d_out],
+                    values: weight_gradient(
+                        &adapter.low,
+                        dy,
+                        dy_rs,
+                        (rows, rank, d_out),
+                        adapter.scaling,
+                    ),
+                });
+            }
+            // ∂L/∂low = scaling · dy · Bᵀ
+            let mut d_low = vec![0f32; rows * rank];
+            input_gradient(
+                dy,
+                dy_rs,
+                &adapter.b,
+                (rows, rank, d_out),
+                &mut d_low,
+                false,
+                adapter.scaling,
+            );
+            if let Some(id) = adapter.a_id {
+                let dropped: Vec<f32>;
+                let input = match &adapter.mask {
+                    Some(mask) => {
+                        dropped = mask.applied(x);
+                        &dropped[..]
+                    }
+                    None => x,
+                };
+                grads.push(Grad {
+                    id,
+                    shape: vec![d_in, rank],
+                    values: weight_gradient(input, &d_low, rank, (rows, d_in, rank), 1.0),
+                });
+            }
+            match &adapter.mask {
+                None => input_gradient(&d_low, rank, &adapter.a, (rows, d_in, rank), dx, true, 1.0),
+                Some(mask) => {
+                    let mut d_dropped = vec![0f32; rows * d_in];
+                    input_gradient(
+                        &d_low,
+                        rank,
+                        &adapter.a,
+                        (rows, d_in, rank),
+                        &mut d_dropped,
+                        false,
+                        1.0,
+                    );
+                    mask.add_applied(dx, &d_dropped);
+                }
+            }
+        }
+    }
+}
+
+/// A LayerNorm's parameters and, after its forward, the normalised rows and `1/σ`.
+struct NormTape {
+    gamma: Vec<f32>,
+    gamma_id: Option<ParamId>,
+    beta_id: Option<ParamId>,
+    normalized: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+impl NormTape {
+    /// `x = LayerNorm(x + residual)` in place, saving what the backward needs.
+    fn forward(norm: &LayerNorm, epsilon: f64, x: &mut [f32], residual: &[f32]) -> Self {
+        let gamma = host(norm.gamma.val());
+        let beta = norm.beta.as_ref().map(|b| host(b.val()));
+        let d = gamma.len();
+        let rows = x.len() / d;
+        let mut normalized = vec![0f32; x.len()];
+        let mut inv_std = vec![0f32; rows];
+        let eps = epsilon as f32;
+        let beta_or_zero = beta.clone().unwrap_or_else(|| vec![0.0; d]);
+        x.par_chunks_mut(d)
+            .zip(residual.par_chunks(d))
+            .zip(normalized.par_chunks_mut(d).zip(inv_std.par_iter_mut()))
+            .for_each(|((row, res), (hat, inv))| {
+                fastmath::add_and_normalize(row, res, &gamma, &beta_or_zero, eps, hat, inv)
+            });
+        NormTape {
+            gamma_id: trains(&norm.gamma).then_some(norm.gamma.id),
+            beta_id: norm.beta.as_ref().filter(|b| trains(b)).map(|b| b.id),
+            gamma,
+            normalized,
+            inv_std,
+        }
+    }
+
+    /// `∂L/∂(input)` from `∂L/∂(output)` (in place), with γ's and β's gradients.
+    fn backward(&self, dy: &mut [f32], grads: &mut Vec<Grad>) {
+        let d = self.gamma.len();
+        if let Some(id) = self.gamma_id {
+            let mut dg = vec![0f32; d];
+            let partial: Vec<Vec<f32>> = dy
+                .par_chunks(d * 64)
+                .zip(self.normalized.par_chunks(d * 64))
+                .map(|(g, h)| {
+                    let mut acc = vec![0f32; d];
+                    for (g, h) in g.chunks(d).zip(h.chunks(d)) {
+                        fastmath::multiply_add(&mut acc, g, h);
+                    }
+                    acc
+                })
+                .collect();
+            for p in partial {
+                for (a, b) in dg.iter_mut().zip(p) {
+                    *a += b;
+                }
+            }
+            grads.push(Grad {
+                id,
+                shape: vec![d],
+                values: dg,
+            });
+        }
+        if let Some(id) = self.beta_id {
+            grads.push(Grad {
+                id,
+                shape: vec![d],
+                values: column_sums(dy, d, dy.len() / d, d),
+            });
+        }
+        dy.par_chunks_mut(d)
+            .zip(self.normalized.par_chunks(d).zip(self.inv_std.par_iter()))
+            .for_each(|(g, (h, inv))| fastmath::normalize_backward(g, h, &self.gamma, *inv));
+    }
+}
+
+/// What one layer's backward reads.
+struct LayerTape {
+    input: Vec<f32>,
+    qkv: Vec<f32>,
+    /// Query, key, value.
+    projections: Vec<LinearTape>,
+    /// Softmax outputs, `[batch·heads, seq, seq]`, before dropout.
+    probs: Vec<f32>,
+    probs_mask: Option<Mask>,
+    context: Vec<f32>,
+    attention_output: LinearTape,
+    attention_mask: Option<Mask>,
+    norm1: NormTape,
+    attended: Vec<f32>,
+    intermediate: LinearTape,
+    /// GELU's input, `[rows, intermediate]` (its value and derivative are recomputed in the
+    /// backward: one pass, where keeping both would cost two buffers of this size per layer).
+    pre_activation: Vec<f32>,
+    output: LinearTape,
+    output_mask: Option<Mask>,
+    norm2: NormTape,
+}
+
+/// The shapes of one batch.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    seq: usize,
+    hidden: usize,
+    heads: usize,
+    intermediate: usize,
+}
+
+impl Dims {
+    fn rows(&self) -> usize {
+        self.batch * self.seq
+    }
+    fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+}
+
+fn layer_forward(
+    layer: &Layer,
+    x: &mut [f32],
+    keep: &[bool],
+    dims: Dims,
+    epsilon: f64,
+    masks: &mut DropoutMasks,
+) -> LayerTape {
+    let Dims {
+        batch,
+        seq,
+        hidden,
+        heads,
+        intermediate,
+    } = dims;
+    let rows = dims.rows();
+    let head_dim = dims.head_dim();
+    let input = x.to_vec();
+    let attention = &layer.attention.self_attention;
+    let mut qkv = vec![0f32; rows * 3 * hidden];
+    let mut projections = Vec::with_capacity(3);
+    for (i, projection) in [&attention.query, &attention.key, &attention.value]
+        .into_iter()
+        .enumerate()
+    {
+        projections.push(LinearTape::forward(
+            projection,
+            &input,
+            rows,
+            &mut qkv,
+            3 * hidden,
+            i * hidden,
+            masks,
+        ));
+    }
+
+    // Attention per (sequence, head): softmax(scale · q kᵀ) (padded keys excluded), dropout, · v.
+    let probs_mask = Mask::draw(masks, &attention.dropout, batch * heads * seq * seq);
+    let mut probs = vec![0f32; batch * heads * seq * seq];
+    let mut context = vec![0f32; rows * hidden];
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let stride = 3 * hidden;
+    let out = SharedOut::new(&mut context);
+    probs
+        .par_chunks_mut(seq * seq)
+        .enumerate()
+        .for_each(|(pair, p)| {
+            let (b, h) = (pair / heads, pair % heads);
+            let first = b * seq * stride + h * head_dim;
+            let keep = &keep[b * seq..(b + 1) * seq];
+            // SAFETY: q and k rows of this (b, h) lie inside qkv; p is this pair's own block.
+            unsafe {
+                product(
+                    (seq, seq, head_dim),
+                    p.as_mut_ptr(),
+                    (seq, 1),
+                    false,
+                    qkv.as_ptr().add(first),
+                    (stride, 1),
+                    qkv.as_ptr().add(first + hidden),
+                    (1, stride),
+                    scale,
+                    false,
+                );
+            }
+            let all_kept = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
+            for row in p.chunks_mut(seq) {
+                if all_kept {
+                    fastmath::softmax(row);
+                } else {
+                    fastmath::softmax_masked(row, keep);
+                }
+            }
+            let mut dropped: Vec<f32>;
+            let weights = match &probs_mask {
+                Some(mask) => {
+                    dropped = p.to_vec();
+                    mask.apply_at(&mut dropped, pair * seq * seq);
+                    &dropped[..]
+                }
+                None => &p[..],
+            };
+            // SAFETY: v rows lie inside qkv; the context block (rows of b, columns of h) is
+            // written by this pair only.
+            unsafe {
+                product(
+                    (seq, head_dim, seq),
+                    out.ptr().add(b * seq * hidden + h * head_dim),
+                    (hidden, 1),
+                    false,
+                    weights.as_ptr(),
+                    (seq, 1),
+                    qkv.as_ptr().add(first + 2 * hidden),
+                    (stride, 1),
+                    1.0,
+                    false,
+                );
+            }
+        });
+
+    let mut attended = vec![0f32; rows * hidden];
+    let attention_output = LinearTape::forward(
+        &layer.attention.output.dense,
+        &context,
+        rows,
+        &mut attended,
+        hidden,
+        0,
+        masks,
+    );
+    let attention_mask = Mask::draw(masks, &layer.attention.output.dropout, rows * hidden);
+    apply_mask(&mut attended, &attention_mask);
+    let norm1 = NormTape::forward(
+        &layer.attention.output.layer_norm,
+        epsilon,
+        &mut attended,
+        &input,
+    );
+
+    let mut pre_activation = vec![0f32; rows * intermediate];
+    let intermediate_tape = LinearTape::forward(
+        &layer.intermediate.dense,
+        &attended,
+        rows,
+        &mut pre_activation,
+        intermediate,
+        0,
+        masks,
+    );
+    let mut expanded = pre_activation.clone();
+    fastmath::map_parallel(&mut expanded, fastmath::gelu_slice);
+
+    let output = LinearTape::forward(&layer.output.dense, &expanded, rows, x, hidden, 0, masks);
+    let output_mask = Mask::draw(masks, &layer.output.dropout, rows * hidden);
+    apply_mask(x, &output_mask);
+    let norm2 = NormTape::forward(&layer.output.layer_norm, epsilon, x, &attended);
+    LayerTape {
+        input,
+        qkv,
+        projections,
+        probs,
+        probs_mask,
+        context,
+        attention_output,
+        attention_mask,
+        norm1,
+        attended,
+        intermediate: intermediate_tape,
+        pre_activation,
+        output,
+        output_mask,
+        norm2,
+    }
+}
+
+/// `dy` (the gradient of the layer's output) becomes the gradient of its input.
+fn layer_backward(tape: &LayerTape, dy: &mut Vec<f32>, dims: Dims, grads: &mut Vec<Grad>) {
+    let Dims {
+        batch,
+        seq,
+        hidden,
+        heads,
+        intermediate,
+    } = dims;
+    let rows = dims.rows();
+    let head_dim = dims.head_dim();
+    // Output block: LN2(dropout(expanded W_o + b_o) + attended).
+    tape.norm2.backward(dy, grads);
+    let mut d_attended = dy.clone(); // the residual path
+    apply_mask(dy, &tape.output_mask);
+    let mut expanded = tape.pre_activation.clone();
+    let mut gelu_derivative = vec![0f32; expanded.len()];
+    expanded
+        .par_chunks_mut(1 << 14)
+        .zip(gelu_derivative.par_chunks_mut(1 << 14))
+        .for_each(|(v, d)| fastmath::gelu_with_derivative_slice(v, d));
+    let mut d_expanded = vec![0f32; rows * intermediate];
+    tape.output
+        .backward(&expanded, dy, hidden, rows, &mut d_expanded, false, grads);
+    drop(expanded);
+    d_expanded
+        .par_chunks_mut(1 << 14)
+        .zip(gelu_derivative.par_chunks(1 << 14))
+        .for_each(|(g, d)| fastmath::multiply(g, d));
+    tape.intermediate.backward(
+        &tape.attended,
+        &d_expanded,
+        intermediate,
+        rows,
+        &mut d_attended,
+        true,
+        grads,
+    );
+
+    // Attention output block: LN1(dropout(context W_ao + b_ao) + input).
+    tape.norm1.backward(&mut d_attended, grads);
+    let mut d_input = d_attended.clone(); // the residual path
+    apply_mask(&mut d_attended, &tape.attention_mask);
+    let mut d_context = vec![0f32; rows * hidden];
+    tape.attention_output.backward(
+        &tape.context,
+        &d_attended,
+        hidden,
+        rows,
+        &mut d_context,
+        false,
+        grads,
+    );
+
+    // Attention core, per (sequence, head).
+    let stride = 3 * hidden;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut d_qkv = vec![0f32; rows * stride];
+    let out = SharedOut::new(&mut d_qkv);
+    let qkv = &tape.qkv;
+    (0..batch * heads).into_par_iter().for_each_init(
+        || (vec![0f32; seq * seq], vec![0f32; seq * seq]),
+        |(d_probs, dropped), pair| {
+            let (b, h) = (pair / heads, pair % heads);
+            let first = b * seq * stride + h * head_dim;
+            let context_first = b * seq * hidden + h * head_dim;
+            let p = &tape.probs[pair * seq * seq..(pair + 1) * seq * seq];
+            let offset = pair * seq * seq;
+            let weights: &[f32] = match &tape.probs_mask {
+                Some(mask) => {
+                    dropped.copy_from_slice(p);
+                    mask.apply_at(dropped, offset);
+                    dropped
+                }
+                None => p,
+            };
+            // SAFETY: every block read lies inside qkv / d_context; the d_qkv blocks written
+            // (rows of b, this head's q, k and v columns) belong to this pair only.
+            unsafe {
+                // dV = P̃ᵀ · dC
+                product(
+                    (seq, head_dim, seq),
+                    out.ptr().add(first + 2 * hidden),
+                    (stride, 1),
+                    false,
+                    weights.as_ptr(),
+                    (1, seq),
+                    d_context.as_ptr().add(context_first),
+                    (hidden, 1),
+                    1.0,
+                    false,
+                );
+                // dP̃ = dC · Vᵀ
+                product(
+                    (seq, seq, head_dim),
+                    d_probs.as_mut_ptr(),
+                    (seq, 1),
+                    false,
+                    d_context.as_ptr().add(context_first),
+                    (hidden, 1),
+                    qkv.as_ptr().add(first + 2 * hidden),
+                    (1, stride),
+                    1.0,
+                    false,
+                );
+            }
+            if let Some(mask) = &tape.probs_mask {
+                mask.apply_at(d_probs, offset);
+            }
+            // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
+            for (d, p) in d_probs.chunks_mut(seq).zip(p.chunks(seq)) {
+                fastmath::softmax_backward(d, p);
+            }
+            // SAFETY: as above.
+            unsafe {
+                // dQ = scale · dS · K
+                product(
+                    (seq, head_dim, seq),
+                    out.ptr().add(first),
+                    (stride, 1),
+                    false,
+                    d_probs.as_ptr(),
+                    (seq, 1),
+                    qkv.as_ptr().add(first + hidden),
+                    (stride, 1),
+                    scale,
+                    false,
+                );
+                // dK = scale · dSᵀ · Q
+                product(
+                    (seq, head_dim, seq),
+                    out.ptr().add(first + hidden),
+                    (stride, 1),
+                    false,
+                    d_probs.as_ptr(),
+                    (1, seq),
+                    qkv.as_ptr().add(first),
+                    (stride, 1),
+                    scale,
+                    false,
+                );
+            }
+        },
+    );
+    for (i, projection) in tape.projections.iter().enumerate() {
+        projection.backward(
+            &tape.input,
+            &d_qkv[i * hidden..],
+            stride,
+            rows,
+            &mut d_input,
+            true,
+            grads,
+        );
+    }
+    *dy = d_input;
+}
+
+/// A training forward's saved state, for [`TrainTape::backward`].
+pub struct TrainTape {
+    device: Device,
+    dims: Dims,
+    /// The embeddings' output on burn's autodiff graph, when they train.
+    embedded: Option<Tensor<3>>,
+    /// The embeddings' tables and LayerNorm parameters (their graph's leaves).
+    embedding_tables: Vec<(ParamId, Tensor<2>)>,
+    embedding_norm: Vec<(ParamId, Tensor<1>)>,
+    layers: Vec<LayerTape>,
+}
+
+impl TrainTape {
+    /// The encoder's parameter gradients from `∂L/∂H` (`grad_h`, `[batch, hidden]`; `None`
+    /// when no gradient reached `H`, which leaves the encoder without one), registered in
+    /// `grads` (parameters that do not train are skipped, as burn's autodiff would).
+    pub fn backward(self, grad_h: Option<Tensor<2>>, grads: &mut GradientsParams) {
+        let Some(grad_h) = grad_h else {
+            return;
+        };
+        let dims = self.dims;
+        let (rows, hidden) = (dims.rows(), dims.hidden);
+        let grad_h = host(grad_h);
+        let mut dy = vec![0f32; rows * hidden];
+        for b in 0..dims.batch {
+            dy[b * dims.seq * hidden..b * dims.seq * hidden + hidden]
+                .copy_from_slice(&grad_h[b * hidden..(b + 1) * hidden]);
+        }
+        let mut collected = Vec::new();
+        for layer in self.layers.iter().rev() {
+            layer_backward(layer, &mut dy, dims, &mut collected);
+        }
+        let inner = self.device.clone().without_autodiff();
+        for grad in collected {
+            match grad.shape.len() {
+                1 => grads.register(
+                    grad.id,
+                    Tensor::<1>::from_data(TensorData::new(grad.values, grad.shape), &inner),
+                ),
+                _ => grads.register(
+                    grad.id,
+                    Tensor::<2>::from_data(TensorData::new(grad.values, grad.shape), &inner),
+                ),
+            }
+        }
+        if let Some(embedded) = self.embedded {
+            // The embeddings' own graph: ∂/∂θ Σ (embedded ⊙ dy) = (∂embedded/∂θ)ᵀ dy.
+            let dy = Tensor::<3>::from_data(
+                TensorData::new(dy, [dims.batch, dims.seq, hidden]),
+                &self.device,
+            );
+            let embedding_grads = (embedded * dy).sum().backward();
+            for (id, table) in self.embedding_tables {
+                if let Some(grad) = table.grad(&embedding_grads) {
+                    grads.register(id, grad);
+                }
+            }
+            for (id, vector) in self.embedding_norm {
+                if let Some(grad) = vector.grad(&embedding_grads) {
+                    grads.register(id, grad);
+                }
+            }
+        }
+    }
+}
+
+/// The training forward by hand: `None` where it does not apply (not the CPU, not GELU, not
+/// training), else `H` as a fresh autodiff leaf and the tape for its backward.
+pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<2>, TrainTape)> {
+    let device = input.input_ids.device();
+    let config = encoder.config();
+    // Decided before the masks' seed is drawn, so a caller that falls back to `forward`
+    // finds the device's random stream untouched.
+    if !device.is_autodiff()
+        || device.clone().without_autodiff() != Device::flex()
+        || config.hidden_act != HiddenAct::Gelu
+    {
+        return None;
+    }
+    let mut masks = DropoutMasks::new(&device);
+    let [batch, seq] = input.input_ids.dims();
+    let keep: Vec<bool> = host_ints(input.attention_mask.clone())
+        .into_iter()
+        .map(|m| m != 0)
+        .collect();
+    let embedded = encoder.embeddings_forward(input, &mut masks);
+    let mut x = host(embedded.clone().detach());
+    let dims = Dims {
+        batch,
+        seq,
+        hidden: config.hidden_size,
+        heads: config.num_attention_heads,
+        intermediate: config.intermediate_size,
+    };
+    let layers = encoder
+        .encoder
+        .layer
+        .iter()
+        .map(|layer| {
+            layer_forward(
+                layer,
+                &mut x,
+                &keep,
+                dims,
+                config.layer_norm_eps,
+                &mut masks,
+            )
+        })
+        .collect();
+    let hidden = dims.hidden;
+    let mut h = vec![0f32; batch * hidden];
+    for b in 0..batch {
+        h[b * hidden..(b + 1) * hidden]
+            .copy_from_slice(&x[b * seq * hidden..b * seq * hidden + hidden]);
+    }
+    let h = Tensor::<2>::from_data(TensorData::new(h, [batch, hidden]), &device).require_grad();
+    let e = &encoder.embeddings;
+    let embedding_tables: Vec<_> = [
+        &e.word_embeddings.weight,
+        &e.position_embeddings.weight,
+        &e.token_type_embeddings.weight,
+    ]
+    .into_iter()
+    .filter(|p| trains(p))
+    .map(|p| (p.id, p.val()))
+    .collect();
+    let embedding_norm: Vec<_> = std::iter::once(&e.layer_norm.gamma)
+        .chain(e.layer_norm.beta.as_ref())
+        .filter(|p| trains(p))
+        .map(|p| (p.id, p.val()))
+        .collect();
+    let embeddings_train = !(embedding_tables.is_empty() && embedding_norm.is_empty());
+    Some((
+        h,
+        TrainTape {
+            device,
+            dims,
+            embedded: embeddings_train.then_some(embedded),
+            embedding_tables,
+            embedding_norm,
+            layers,
+        },
+    ))
+}
+
+fn host_ints(t: Tensor<2, burn::tensor::Int>) -> Vec<i64> {
+    t.into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("converted to i64")
+}
