@@ -375,6 +375,39 @@ multiversion! {
     }
 }
 
+/// SplitMix64's increment (2⁶⁴ / φ).
+pub(crate) const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's finaliser: a bijective mix of a counter into 64 well-spread random bits.
+#[inline(always)]
+pub(crate) fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GOLDEN_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+multiversion! {
+    /// Dropout keep flags: element pair `i` of `keep` takes hash `first_pair + i` of the stream
+    /// `seed`, its low and high 32 bits deciding the two elements (kept when below
+    /// `threshold = keep · 2³²`). Vectorised (AVX-512's 64-bit multiplies), same values as one
+    /// element at a time.
+    fn dropout_keep(keep: &mut [u8], seed: u64, first_pair: u64, threshold: u64) {
+        let mut pairs = keep.chunks_exact_mut(2);
+        let mut counter = first_pair;
+        for pair in &mut pairs {
+            let r = splitmix64(seed.wrapping_add(counter.wrapping_mul(GOLDEN_GAMMA)));
+            pair[0] = u8::from((r & 0xffff_ffff) < threshold);
+            pair[1] = u8::from((r >> 32) < threshold);
+            counter += 1;
+        }
+        if let [last] = pairs.into_remainder() {
+            let r = splitmix64(seed.wrapping_add(counter.wrapping_mul(GOLDEN_GAMMA)));
+            *last = u8::from((r & 0xffff_ffff) < threshold);
+        }
+    }
+}
+
 /// Runs `kernel` over chunks of `values` on every core.
 pub(crate) fn map_parallel(values: &mut [f32], kernel: fn(&mut [f32])) {
     values.par_chunks_mut(1 << 14).for_each(kernel);

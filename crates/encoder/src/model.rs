@@ -384,21 +384,13 @@ impl DropoutMasks {
         let base = self.counter;
         self.counter += n.div_ceil(2) as u64;
         let mut mask = vec![0u8; n];
-        let draw = |r: u64| u8::from(r < threshold);
         // Element pair i always takes hash (base + i): the same mask on any number of threads.
         const CHUNK: usize = 1 << 15; // elements, even
         mask.par_chunks_mut(CHUNK)
             .enumerate()
             .for_each(|(c, chunk)| {
                 let first_pair = base + (c * CHUNK / 2) as u64;
-                for (i, pair) in chunk.chunks_mut(2).enumerate() {
-                    let counter = first_pair + i as u64;
-                    let r = splitmix64(seed.wrapping_add(counter.wrapping_mul(GOLDEN_GAMMA)));
-                    pair[0] = draw(r & 0xffff_ffff);
-                    if let Some(second) = pair.get_mut(1) {
-                        *second = draw(r >> 32);
-                    }
-                }
+                fastmath::dropout_keep(chunk, seed, first_pair, threshold);
             });
         Some((mask, scale))
     }
@@ -427,17 +419,6 @@ fn gelu_parallel_train(x: Tensor<3>) -> Tensor<3> {
     let value = Tensor::<3>::from_data(TensorData::new(values, shape.clone()), &device);
     let derivative = Tensor::<3>::from_data(TensorData::new(derivative, shape), &device);
     value + (x.clone() - x.detach()) * derivative
-}
-
-/// SplitMix64's increment (2⁶⁴ / φ).
-const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// SplitMix64's finaliser: a bijective mix of a counter into 64 well-spread random bits.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(GOLDEN_GAMMA);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Added to the attention scores of padded keys; exp() of it underflows to exactly 0.
@@ -543,6 +524,7 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fastmath::{splitmix64, GOLDEN_GAMMA};
 
     /// The device RNG is one per process: tests that seed it take turns.
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
