@@ -290,33 +290,48 @@ multiversion! {
 multiversion! {
     /// Softmax's backward over one row: `d ← p ⊙ (d − Σ d ⊙ p)`.
     fn softmax_backward(d: &mut [f32], p: &[f32]) {
-        let mut lanes = [0f32; LANES];
-        let mut dot = 0f32;
-        let mut chunks = d.chunks_exact(LANES).zip(p.chunks_exact(LANES));
-        for (d, p) in &mut chunks {
-            for ((l, d), p) in lanes.iter_mut().zip(d).zip(p) {
-                *l += d * p;
-            }
-        }
-        let tail = d.len() - d.len() % LANES;
-        for (d, p) in d[tail..].iter().zip(&p[tail..]) {
-            dot += d * p;
-        }
-        dot += lanes.iter().sum::<f32>();
+        let dot = lane_sum(d, p, |d, p| d * p);
         for (d, p) in d.iter_mut().zip(p) {
             *d = p * (*d - dot);
         }
     }
 }
 
-/// `Σ values`, in `LANES` interleaved partial sums.
+/// `Σ f(a_i, b_i, c_i)` over three equally long slices, as [`lane_sum`].
 #[inline(always)]
-fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
+fn lane_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let mut lanes = [0f32; LANES];
-    for (i, v) in values.enumerate() {
-        lanes[i % LANES] += v;
+    let mut chunks = a
+        .chunks_exact(LANES)
+        .zip(b.chunks_exact(LANES).zip(c.chunks_exact(LANES)));
+    for (a, (b, c)) in &mut chunks {
+        for (((l, &a), &b), &c) in lanes.iter_mut().zip(a).zip(b).zip(c) {
+            *l += f(a, b, c);
+        }
     }
-    lanes.iter().sum()
+    let tail = a.len() - a.len() % LANES;
+    let rest: f32 = (tail..a.len()).map(|i| f(a[i], b[i], c[i])).sum();
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// `Σ f(a_i, b_i)` over two equally long slices, in `LANES` interleaved partial sums (a
+/// single running sum would be added in order, one value at a time).
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let mut chunks = a.chunks_exact(LANES).zip(b.chunks_exact(LANES));
+    for (a, b) in &mut chunks {
+        for ((l, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *l += f(a, b);
+        }
+    }
+    let tail = a.len() - a.len() % LANES;
+    let rest: f32 = a[tail..]
+        .iter()
+        .zip(&b[tail..])
+        .map(|(&a, &b)| f(a, b))
+        .sum();
+    lanes.iter().sum::<f32>() + rest
 }
 
 multiversion! {
@@ -336,8 +351,8 @@ multiversion! {
         for (v, r) in row.iter_mut().zip(residual) {
             *v += r;
         }
-        let mean = lane_sum(row.iter().copied()) / d as f32;
-        let var = lane_sum(row.iter().map(|v| (v - mean) * (v - mean))) / d as f32;
+        let mean = lane_sum(row, row, |v, _| v) / d as f32;
+        let var = lane_sum(row, row, |v, _| (v - mean) * (v - mean)) / d as f32;
         let inv = 1.0 / (var + epsilon).sqrt();
         *inv_std = inv;
         if normalized.len() == d {
@@ -358,8 +373,8 @@ multiversion! {
     /// with `ĝ = g ⊙ γ`.
     fn normalize_backward(g: &mut [f32], normalized: &[f32], gamma: &[f32], inv_std: f32) {
         let d = g.len() as f32;
-        let mean_g = lane_sum(g.iter().zip(gamma).map(|(g, w)| g * w)) / d;
-        let mean_gh = lane_sum(g.iter().zip(gamma).zip(normalized).map(|((g, w), h)| g * w * h)) / d;
+        let mean_g = lane_sum(g, gamma, |g, w| g * w) / d;
+        let mean_gh = lane_sum3(g, gamma, normalized, |g, w, h| g * w * h) / d;
         for ((g, w), h) in g.iter_mut().zip(gamma).zip(normalized) {
             *g = inv_std * (*g * w - mean_g - h * mean_gh);
         }
