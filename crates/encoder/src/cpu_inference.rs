@@ -14,7 +14,7 @@
 //! them (BENCHMARKS.md).
 
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::config::HiddenAct;
@@ -91,96 +91,179 @@ impl SharedOut {
     }
 }
 
-/// `out[rows, col0 .. col0 + d_out]` (row stride `out_stride`) `= x[rows, d_in] · W + b`, plus
-/// the adapter's `scaling · (x A) B` when it has one.
+/// `dst (m × n) = alpha · lhs (m × k) · rhs (k × n)` (`+ dst` when `accumulate`), each matrix
+/// given by its first element and its row and column strides.
+///
+/// # Safety
+/// Every element the strides address must lie inside the caller's buffers, and `dst` must not
+/// overlap `lhs` or `rhs` or be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    alpha: f32,
+    parallel: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_cs as isize,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        if parallel {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        },
+    );
+}
+
+/// `out (rows × n, row stride out_rs) (+)= x (rows × k) · w (k × n)`, row-major.
+pub(crate) fn forward_product(
+    x: &[f32],
+    w: &[f32],
+    (rows, k, n): (usize, usize, usize),
+    out: &mut [f32],
+    out_rs: usize,
+    accumulate: bool,
+    alpha: f32,
+) {
+    assert!(x.len() >= rows * k && w.len() >= k * n && out.len() >= (rows - 1) * out_rs + n);
+    // SAFETY: bounds checked above; out is a distinct buffer.
+    unsafe {
+        product(
+            (rows, n, k),
+            out.as_mut_ptr(),
+            (out_rs, 1),
+            accumulate,
+            x.as_ptr(),
+            (k, 1),
+            w.as_ptr(),
+            (n, 1),
+            alpha,
+            true,
+        )
+    }
+}
+
+/// A projection's weight (`[d_in, d_out]`, burn's layout) and bias, on the host.
+pub(crate) struct Dense<'a> {
+    pub weight: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+/// A LoRA adapter's factors (`A [d_in, rank]`, `B [rank, d_out]`) and the input it sees (`x`,
+/// or `x` after the adapter's dropout).
+pub(crate) struct LowRank<'a> {
+    pub input: &'a [f32],
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub rank: usize,
+    pub scaling: f32,
+}
+
+/// `out[rows, col0 .. col0 + d_out]` (row stride `out_rs`) `= x · W + b`, plus the adapter's
+/// `scaling · (input A) B` when it has one; returns `input · A` (`[rows, rank]`, what the
+/// adapter's backward reads). The bias is the product's starting value, not an extra pass.
+pub(crate) fn project(
+    dense: Dense<'_>,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    out_rs: usize,
+    col0: usize,
+    adapter: Option<LowRank<'_>>,
+) -> Option<Vec<f32>> {
+    let Dense {
+        weight,
+        bias,
+        d_in,
+        d_out,
+    } = dense;
+    let out = &mut out[col0..];
+    if let Some(bias) = bias {
+        out.par_chunks_mut(out_rs)
+            .take(rows)
+            .for_each(|row| row[..d_out].copy_from_slice(bias));
+    }
+    forward_product(
+        x,
+        weight,
+        (rows, d_in, d_out),
+        out,
+        out_rs,
+        bias.is_some(),
+        1.0,
+    );
+    adapter.map(|adapter| {
+        let mut low = vec![0f32; rows * adapter.rank];
+        let rank = adapter.rank;
+        forward_product(
+            adapter.input,
+            adapter.a,
+            (rows, d_in, rank),
+            &mut low,
+            rank,
+            false,
+            1.0,
+        );
+        forward_product(
+            &low,
+            adapter.b,
+            (rows, rank, d_out),
+            out,
+            out_rs,
+            true,
+            adapter.scaling,
+        );
+        low
+    })
+}
+
+/// [`project`] with host copies of a layer's weights (inference: no dropout on the adapter).
 fn linear_into(
     layer: &HostLinear,
     x: &[f32],
     rows: usize,
     out: &mut [f32],
-    out_stride: usize,
+    out_rs: usize,
     col0: usize,
 ) {
-    let (d_in, d_out) = (layer.d_in, layer.d_out);
-    assert!(x.len() >= rows * d_in && out.len() >= (rows - 1) * out_stride + col0 + d_out);
-    if let Some(bias) = &layer.bias {
-        out.par_chunks_mut(out_stride)
-            .take(rows)
-            .for_each(|row| row[col0..col0 + d_out].copy_from_slice(bias));
-    }
-    // SAFETY: the bounds were checked above; gemm reads `x` and `W` in their row-major
-    // layouts and writes only the `rows × d_out` block of `out` starting at `col0`.
-    unsafe {
-        gemm::gemm(
-            rows,
-            d_out,
-            d_in,
-            out.as_mut_ptr().add(col0),
-            1,
-            out_stride as isize,
-            layer.bias.is_some(),
-            x.as_ptr(),
-            1,
-            d_in as isize,
-            layer.weight.as_ptr(),
-            1,
-            d_out as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
-    if let Some((a, b, rank, scaling)) = &layer.adapter {
-        let mut low = vec![0f32; rows * rank];
-        // SAFETY: `low` is `rows × rank`, `a` is `d_in × rank`, `b` is `rank × d_out`.
-        unsafe {
-            gemm::gemm(
-                rows,
-                *rank,
-                d_in,
-                low.as_mut_ptr(),
-                1,
-                *rank as isize,
-                false,
-                x.as_ptr(),
-                1,
-                d_in as isize,
-                a.as_ptr(),
-                1,
-                *rank as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-            gemm::gemm(
-                rows,
-                d_out,
-                *rank,
-                out.as_mut_ptr().add(col0),
-                1,
-                out_stride as isize,
-                true,
-                low.as_ptr(),
-                1,
-                *rank as isize,
-                b.as_ptr(),
-                1,
-                d_out as isize,
-                1.0,
-                *scaling,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
-    }
+    let dense = Dense {
+        weight: &layer.weight,
+        bias: layer.bias.as_deref(),
+        d_in: layer.d_in,
+        d_out: layer.d_out,
+    };
+    let adapter = layer.adapter.as_ref().map(|(a, b, rank, scaling)| LowRank {
+        input: x,
+        a,
+        b,
+        rank: *rank,
+        scaling: *scaling,
+    });
+    project(dense, x, rows, out, out_rs, col0, adapter);
 }
 
 /// `x = LayerNorm(x + residual)` row by row (HF's `LayerNorm(dropout(dense(h)) + input)`).
@@ -210,95 +293,104 @@ fn add_and_norm(x: &mut [f32], residual: &[f32], norm: &HostLayerNorm) {
         });
 }
 
-/// Multi-head attention over `qkv` (`[batch·seq, 3·hidden]`: Q, K, V side by side) into
-/// `context` (`[batch·seq, hidden]`). `keep[b·seq + j]`: key `j` of sequence `b` is a real token.
-#[allow(clippy::too_many_arguments)]
+/// One (sequence `b`, head `h`) pair of multi-head attention over `qkv` (`[batch·seq, 3·hidden]`:
+/// Q, K, V side by side): `probs` (`[seq, seq]`) ← softmax(q kᵀ/√head_dim) over the sequence's
+/// real keys (`keep`, its `seq` flags; all keys when none is real), then the pair's block of
+/// `context` (`[batch·seq, hidden]`) ← `dropout(probs) · v`, `dropout` being this pair's mask
+/// bytes and scale when there is one.
+///
+/// # Safety
+/// `context` must point to a `[batch·seq, hidden]` buffer whose block (rows of sequence `b`,
+/// columns of head `h`) no other thread reads or writes meanwhile.
+pub(crate) unsafe fn attend_pair(
+    qkv: &[f32],
+    keep: &[bool],
+    (seq, hidden, heads): (usize, usize, usize),
+    (b, h): (usize, usize),
+    probs: &mut [f32],
+    dropout: Option<(&[u8], f32)>,
+    context: SharedOut,
+) {
+    let head_dim = hidden / heads;
+    let stride = 3 * hidden;
+    let first = b * seq * stride + h * head_dim;
+    assert!(qkv.len() >= (b + 1) * seq * stride && probs.len() == seq * seq);
+    // q, k and v rows of this pair lie inside the sequence's block of qkv (asserted above).
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    product(
+        (seq, seq, head_dim),
+        probs.as_mut_ptr(),
+        (seq, 1),
+        false,
+        qkv.as_ptr().add(first),
+        (stride, 1),
+        qkv.as_ptr().add(first + hidden),
+        (1, stride),
+        scale,
+        false,
+    );
+    let all_kept = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
+    for row in probs.chunks_mut(seq) {
+        if all_kept {
+            fastmath::softmax(row);
+        } else {
+            fastmath::softmax_masked(row, keep);
+        }
+    }
+    let dropped: Vec<f32>;
+    let weights = match dropout {
+        Some((mask, scale)) => {
+            let mut masked = probs.to_vec();
+            fastmath::mask_scale(&mut masked, mask, scale);
+            dropped = masked;
+            &dropped[..]
+        }
+        None => &probs[..],
+    };
+    product(
+        (seq, head_dim, seq),
+        context.ptr().add(b * seq * hidden + h * head_dim),
+        (hidden, 1),
+        false,
+        weights.as_ptr(),
+        (seq, 1),
+        qkv.as_ptr().add(first + 2 * hidden),
+        (stride, 1),
+        1.0,
+        false,
+    );
+}
+
+/// Multi-head attention over `qkv` into `context` (no dropout), every pair on its own core.
 fn attention(
     qkv: &[f32],
     context: &mut [f32],
     keep: &[bool],
-    batch: usize,
-    seq: usize,
-    hidden: usize,
-    heads: usize,
+    (batch, seq, hidden, heads): (usize, usize, usize, usize),
 ) {
-    let head_dim = hidden / heads;
-    let stride = 3 * hidden;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    assert!(qkv.len() == batch * seq * stride && context.len() == batch * seq * hidden);
+    assert!(qkv.len() == batch * seq * 3 * hidden && context.len() == batch * seq * hidden);
     let out = SharedOut::new(context);
     (0..batch * heads).into_par_iter().for_each_init(
         || vec![0f32; seq * seq],
-        |scores, pair| {
+        |probs, pair| {
             let (b, h) = (pair / heads, pair % heads);
-            let first = b * seq * stride + h * head_dim;
-            let (q, k, v) = (
-                &qkv[first..],
-                &qkv[first + hidden..],
-                &qkv[first + 2 * hidden..],
-            );
             let keep = &keep[b * seq..(b + 1) * seq];
-            // SAFETY: q, k and v start inside `qkv` and gemm reads `seq` rows of `head_dim`
-            // values at row stride `3·hidden` from each (within the sequence's block). The
-            // context block (rows of sequence b, columns of head h) is written by this
-            // (b, h) pair only.
-            unsafe {
-                // scores[i, j] = scale · q_i · k_j
-                gemm::gemm(
-                    seq,
-                    seq,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    seq as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    stride as isize,
-                    k.as_ptr(),
-                    stride as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                let all_kept = keep.iter().all(|&k| k);
-                let any_kept = keep.iter().any(|&k| k);
-                for row in scores.chunks_mut(seq) {
-                    if all_kept || !any_kept {
-                        fastmath::softmax(row);
-                    } else {
-                        fastmath::softmax_masked(row, keep);
-                    }
-                }
-                // context[b·seq + i, h·head_dim + c] = Σ_j p_ij v_jc
-                gemm::gemm(
-                    seq,
-                    head_dim,
-                    seq,
-                    out.ptr().add(b * seq * hidden + h * head_dim),
-                    1,
-                    hidden as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    seq as isize,
-                    v.as_ptr(),
-                    1,
-                    stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            // SAFETY: the context block of (b, h) is written by this pair only.
+            unsafe { attend_pair(qkv, keep, (seq, hidden, heads), (b, h), probs, None, out) };
         },
     );
+}
+
+/// Whether each position of `attention_mask` (`[batch, seq]`) is a real token.
+pub(crate) fn real_tokens(attention_mask: Tensor<2, Int>) -> Vec<bool> {
+    attention_mask
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("converted to i64")
+        .into_iter()
+        .map(|m| m != 0)
+        .collect()
 }
 
 fn activation(values: &mut [f32], act: HiddenAct) {
@@ -346,10 +438,7 @@ fn layer_forward(
         &scratch.qkv,
         &mut scratch.context,
         keep,
-        batch,
-        seq,
-        hidden,
-        config.num_attention_heads,
+        (batch, seq, hidden, config.num_attention_heads),
     );
     let eps = config.layer_norm_eps;
     let output = &attention_block.output;
@@ -400,15 +489,7 @@ pub(crate) fn forward(
 ) -> EncoderOutput {
     let [batch, seq, hidden] = embedded.dims();
     let device = embedded.device();
-    let keep: Vec<bool> = input
-        .attention_mask
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .expect("converted to i64")
-        .into_iter()
-        .map(|m| m != 0)
-        .collect();
+    let keep = real_tokens(input.attention_mask);
     let mut x = host(embedded);
     let config = encoder.config();
     let rows = batch * seq;

@@ -20,83 +20,11 @@ use lora::LoraLinear;
 use rayon::prelude::*;
 
 use crate::config::HiddenAct;
-use crate::cpu_inference::{host, SharedOut};
+use crate::cpu_inference::{
+    attend_pair, host, product, project, real_tokens, Dense, LowRank, SharedOut,
+};
 use crate::fastmath;
 use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer};
-
-/// `dst (m × n) = alpha · lhs (m × k) · rhs (k × n)` (`+ dst` when `accumulate`), each matrix
-/// given by its first element and its row and column strides.
-///
-/// # Safety
-/// Every element the strides address must lie inside the caller's buffers, and `dst` must not
-/// overlap `lhs` or `rhs` or be written by another thread meanwhile.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (dst_rs, dst_cs): (usize, usize),
-    accumulate: bool,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    alpha: f32,
-    parallel: bool,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_cs as isize,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0,
-        alpha,
-        false,
-        false,
-        false,
-        if parallel {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        },
-    );
-}
-
-/// `out (rows × n, row stride out_rs) (+)= x (rows × k) · w (k × n)`, row-major.
-fn forward_product(
-    x: &[f32],
-    w: &[f32],
-    (rows, k, n): (usize, usize, usize),
-    out: &mut [f32],
-    out_rs: usize,
-    accumulate: bool,
-    alpha: f32,
-) {
-    assert!(x.len() >= rows * k && w.len() >= k * n && out.len() >= (rows - 1) * out_rs + n);
-    // SAFETY: bounds checked above; out is a distinct buffer.
-    unsafe {
-        product(
-            (rows, n, k),
-            out.as_mut_ptr(),
-            (out_rs, 1),
-            accumulate,
-            x.as_ptr(),
-            (k, 1),
-            w.as_ptr(),
-            (n, 1),
-            alpha,
-            true,
-        )
-    }
-}
 
 /// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`.
 fn input_gradient(
@@ -275,46 +203,48 @@ impl LinearTape {
         let Linear { weight, bias } = &layer.base;
         let weight_tensor = weight.val();
         let w = host(weight_tensor.clone());
-        let out = &mut out[col0..];
-        if let Some(bias) = bias {
-            let bias = host(bias.val());
-            out.par_chunks_mut(out_rs)
-                .take(rows)
-                .for_each(|row| row[..d_out].copy_from_slice(&bias));
-        }
-        forward_product(x, &w, (rows, d_in, d_out), out, out_rs, bias.is_some(), 1.0);
-        let adapter = layer
-            .adapter
-            .as_ref()
-            .filter(|a| !a.is_merged())
-            .map(|adapter| {
-                let a = host(adapter.lora_a.weight.val());
-                let b = host(adapter.lora_b.weight.val());
-                let rank = adapter.rank();
-                let scaling = adapter.scaling() as f32;
-                let mask = Mask::draw(masks, &adapter.dropout, rows * d_in);
-                let dropped;
-                let input = match &mask {
-                    Some(mask) => {
-                        dropped = mask.applied(x);
-                        &dropped[..]
-                    }
-                    None => x,
-                };
-                let mut low = vec![0f32; rows * rank];
-                forward_product(input, &a, (rows, d_in, rank), &mut low, rank, false, 1.0);
-                forward_product(&low, &b, (rows, rank, d_out), out, out_rs, true, scaling);
-                AdapterTape {
-                    a,
-                    b,
-                    rank,
-                    scaling,
-                    a_id: trains(&adapter.lora_a.weight).then_some(adapter.lora_a.weight.id),
-                    b_id: trains(&adapter.lora_b.weight).then_some(adapter.lora_b.weight.id),
-                    mask,
-                    low,
-                }
-            });
+        let bias_values = bias.as_ref().map(|b| host(b.val()));
+        let dense = Dense {
+            weight: &w,
+            bias: bias_values.as_deref(),
+            d_in,
+            d_out,
+        };
+        let Some(adapter) = layer.adapter.as_ref().filter(|a| !a.is_merged()) else {
+            project(dense, x, rows, out, out_rs, col0, None);
+            return LinearTape {
+                weight: weight_tensor,
+                d_in,
+                d_out,
+                weight_id: trains(weight).then_some(weight.id),
+                bias_id: bias.as_ref().filter(|b| trains(b)).map(|b| b.id),
+                adapter: None,
+            };
+        };
+        let a = host(adapter.lora_a.weight.val());
+        let b = host(adapter.lora_b.weight.val());
+        let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
+        let mask = Mask::draw(masks, &adapter.dropout, rows * d_in);
+        let dropped = mask.as_ref().map(|mask| mask.applied(x));
+        let low_rank = LowRank {
+            input: dropped.as_deref().unwrap_or(x),
+            a: &a,
+            b: &b,
+            rank,
+            scaling,
+        };
+        let low = project(dense, x, rows, out, out_rs, col0, Some(low_rank))
+            .expect("an adapter returns its low-rank input");
+        let adapter = Some(AdapterTape {
+            a_id: trains(&adapter.lora_a.weight).then_some(adapter.lora_a.weight.id),
+            b_id: trains(&adapter.lora_b.weight).then_some(adapter.lora_b.weight.id),
+            a,
+            b,
+            rank,
+            scaling,
+            mask,
+            low,
+        });
         LinearTape {
             weight: weight_tensor,
             d_in,
@@ -549,7 +479,6 @@ fn layer_forward(
         intermediate,
     } = dims;
     let rows = dims.rows();
-    let head_dim = dims.head_dim();
     let input = x.to_vec();
     let attention = &layer.attention.self_attention;
     let mut qkv = vec![0f32; rows * 3 * hidden];
@@ -573,64 +502,21 @@ fn layer_forward(
     let probs_mask = Mask::draw(masks, &attention.dropout, batch * heads * seq * seq);
     let mut probs = vec![0f32; batch * heads * seq * seq];
     let mut context = vec![0f32; rows * hidden];
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let stride = 3 * hidden;
     let out = SharedOut::new(&mut context);
     probs
         .par_chunks_mut(seq * seq)
         .enumerate()
         .for_each(|(pair, p)| {
             let (b, h) = (pair / heads, pair % heads);
-            let first = b * seq * stride + h * head_dim;
             let keep = &keep[b * seq..(b + 1) * seq];
-            // SAFETY: q and k rows of this (b, h) lie inside qkv; p is this pair's own block.
-            unsafe {
-                product(
-                    (seq, seq, head_dim),
-                    p.as_mut_ptr(),
-                    (seq, 1),
-                    false,
-                    qkv.as_ptr().add(first),
-                    (stride, 1),
-                    qkv.as_ptr().add(first + hidden),
-                    (1, stride),
-                    scale,
-                    false,
-                );
-            }
-            let all_kept = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
-            for row in p.chunks_mut(seq) {
-                if all_kept {
-                    fastmath::softmax(row);
-                } else {
-                    fastmath::softmax_masked(row, keep);
-                }
-            }
-            let mut dropped: Vec<f32>;
-            let weights = match &probs_mask {
-                Some(mask) => {
-                    dropped = p.to_vec();
-                    mask.apply_at(&mut dropped, pair * seq * seq);
-                    &dropped[..]
-                }
-                None => &p[..],
-            };
-            // SAFETY: v rows lie inside qkv; the context block (rows of b, columns of h) is
-            // written by this pair only.
-            unsafe {
-                product(
-                    (seq, head_dim, seq),
-                    out.ptr().add(b * seq * hidden + h * head_dim),
-                    (hidden, 1),
-                    false,
-                    weights.as_ptr(),
-                    (seq, 1),
-                    qkv.as_ptr().add(first + 2 * hidden),
-                    (stride, 1),
-                    1.0,
-                    false,
-                );
-            }
+            let dropout = probs_mask.as_ref().map(|mask| {
+                (
+                    &mask.keep[pair * seq * seq..(pair + 1) * seq * seq],
+                    mask.scale,
+                )
+            });
+            // SAFETY: the context block of (b, h) is written by this pair only.
+            unsafe { attend_pair(&qkv, keep, (seq, hidden, heads), (b, h), p, dropout, out) };
         });
 
     let mut attended = vec![0f32; rows * hidden];
@@ -927,10 +813,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
     }
     let mut masks = DropoutMasks::new(&device);
     let [batch, seq] = input.input_ids.dims();
-    let keep: Vec<bool> = host_ints(input.attention_mask.clone())
-        .into_iter()
-        .map(|m| m != 0)
-        .collect();
+    let keep = real_tokens(input.attention_mask.clone());
     let embedded = encoder.embeddings_forward(input, &mut masks);
     let mut x = host(embedded.clone().detach());
     let dims = Dims {
@@ -989,11 +872,4 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
             layers,
         },
     ))
-}
-
-fn host_ints(t: Tensor<2, burn::tensor::Int>) -> Vec<i64> {
-    t.into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .expect("converted to i64")
 }
