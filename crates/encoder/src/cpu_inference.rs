@@ -13,6 +13,9 @@
 //! In a MiniLM inference batch the burn path spent more time around its matrix products than in
 //! them (BENCHMARKS.md).
 
+use std::ops::Deref;
+
+use burn::backend::{flex::FlexTensor, Flex};
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
@@ -24,12 +27,12 @@ use lora::LoraLinear;
 
 /// A layer's parameters as host vectors, burn's layouts (`W: [in, out]`).
 struct HostLinear {
-    weight: Vec<f32>,
-    bias: Option<Vec<f32>>,
+    weight: HostTensor,
+    bias: Option<HostTensor>,
     d_in: usize,
     d_out: usize,
     /// An unmerged adapter: `A [in, r]`, `B [r, out]`, scaling.
-    adapter: Option<(Vec<f32>, Vec<f32>, usize, f32)>,
+    adapter: Option<(HostTensor, HostTensor, usize, f32)>,
 }
 
 pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -39,20 +42,49 @@ pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("converted to f32")
 }
 
+/// A tensor's f32 values on the host, read in place from burn's CPU storage when the tensor
+/// lives there contiguously (parameters do: no copy, the storage is shared and immutable while
+/// held), copied otherwise (another backend or element type, a strided view).
+pub(crate) enum HostTensor {
+    Shared(FlexTensor),
+    Owned(Vec<f32>),
+}
+
+impl Deref for HostTensor {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            // Checked contiguous f32 when made (`host_view`); a FlexTensor never changes layout.
+            HostTensor::Shared(tensor) => tensor.as_slice::<f32>().unwrap_or(&[]),
+            HostTensor::Owned(values) => values,
+        }
+    }
+}
+
+/// [`HostTensor`] of `t` (its autodiff wrapper, if any, set aside: values only).
+pub(crate) fn host_view<const D: usize>(t: Tensor<D>) -> HostTensor {
+    let t = t.inner();
+    match t.clone().try_into_primitive::<Flex>() {
+        Ok(primitive) if primitive.as_slice::<f32>().is_some() => HostTensor::Shared(primitive),
+        _ => HostTensor::Owned(host(t)),
+    }
+}
+
 fn host_linear(layer: &LoraLinear) -> HostLinear {
     let (d_in, d_out) = layer.dims();
     let adapter = layer.adapter.as_ref().filter(|a| !a.is_merged()).map(|a| {
         (
-            host(a.lora_a.weight.val()),
-            host(a.lora_b.weight.val()),
+            host_view(a.lora_a.weight.val()),
+            host_view(a.lora_b.weight.val()),
             a.rank(),
             a.scaling() as f32,
         )
     });
     let Linear { weight, bias } = &layer.base;
     HostLinear {
-        weight: host(weight.val()),
-        bias: bias.as_ref().map(|b| host(b.val())),
+        weight: host_view(weight.val()),
+        bias: bias.as_ref().map(|b| host_view(b.val())),
         d_in,
         d_out,
         adapter,
@@ -60,15 +92,15 @@ fn host_linear(layer: &LoraLinear) -> HostLinear {
 }
 
 struct HostLayerNorm {
-    gamma: Vec<f32>,
-    beta: Option<Vec<f32>>,
+    gamma: HostTensor,
+    beta: Option<HostTensor>,
     epsilon: f32,
 }
 
 fn host_layer_norm(norm: &LayerNorm, epsilon: f64) -> HostLayerNorm {
     HostLayerNorm {
-        gamma: host(norm.gamma.val()),
-        beta: norm.beta.as_ref().map(|b| host(b.val())),
+        gamma: host_view(norm.gamma.val()),
+        beta: norm.beta.as_ref().map(|b| host_view(b.val())),
         epsilon: epsilon as f32,
     }
 }
@@ -270,7 +302,7 @@ fn linear_into(
 fn add_and_norm(x: &mut [f32], residual: &[f32], norm: &HostLayerNorm) {
     let d = norm.gamma.len();
     let zeros;
-    let beta = match &norm.beta {
+    let beta: &[f32] = match &norm.beta {
         Some(beta) => beta,
         None => {
             zeros = vec![0.0; d];

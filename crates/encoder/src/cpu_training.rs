@@ -21,9 +21,11 @@ use rayon::prelude::*;
 
 use crate::config::HiddenAct;
 use crate::cpu_inference::{
-    attend_pair, host, product, project, real_tokens, Dense, LowRank, SharedOut,
+    attend_pair, host, host_view, product, project, real_tokens, Dense, HostTensor, LowRank,
+    SharedOut,
 };
 use crate::fastmath;
+use crate::low_rank;
 use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer};
 
 /// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`.
@@ -176,8 +178,11 @@ struct LinearTape {
 }
 
 struct AdapterTape {
-    a: Vec<f32>,
-    b: Vec<f32>,
+    a: HostTensor,
+    /// The factors laid out for the small-rank kernels ([`low_rank`]) where they run this
+    /// adapter (then `low` is `[rows, padded rank]`).
+    factors: Option<low_rank::Factors>,
+    b: HostTensor,
     rank: usize,
     scaling: f32,
     a_id: Option<ParamId>,
@@ -202,8 +207,8 @@ impl LinearTape {
         let (d_in, d_out) = layer.dims();
         let Linear { weight, bias } = &layer.base;
         let weight_tensor = weight.val();
-        let w = host(weight_tensor.clone());
-        let bias_values = bias.as_ref().map(|b| host(b.val()));
+        let w = host_view(weight_tensor.clone());
+        let bias_values = bias.as_ref().map(|b| host_view(b.val()));
         let dense = Dense {
             weight: &w,
             bias: bias_values.as_deref(),
@@ -221,24 +226,35 @@ impl LinearTape {
                 adapter: None,
             };
         };
-        let a = host(adapter.lora_a.weight.val());
-        let b = host(adapter.lora_b.weight.val());
+        let a = host_view(adapter.lora_a.weight.val());
+        let b = host_view(adapter.lora_b.weight.val());
         let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
         let mask = Mask::draw(masks, &adapter.dropout, rows * d_in);
-        let dropped = mask.as_ref().map(|mask| mask.applied(x));
-        let low_rank = LowRank {
-            input: dropped.as_deref().unwrap_or(x),
-            a: &a,
-            b: &b,
-            rank,
-            scaling,
+        let x = &x[..rows * d_in];
+        let (low, factors) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
+            project(dense, x, rows, out, out_rs, col0, None);
+            let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
+            let dropout = mask.as_ref().map(|m| (&m.keep[..], m.scale));
+            let low = low_rank::forward(&factors, dropout, x, &mut out[col0..], out_rs);
+            (low, Some(factors))
+        } else {
+            let dropped = mask.as_ref().map(|mask| mask.applied(x));
+            let low_rank = LowRank {
+                input: dropped.as_deref().unwrap_or(x),
+                a: &a,
+                b: &b,
+                rank,
+                scaling,
+            };
+            let low = project(dense, x, rows, out, out_rs, col0, Some(low_rank))
+                .expect("an adapter returns its low-rank input");
+            (low, None)
         };
-        let low = project(dense, x, rows, out, out_rs, col0, Some(low_rank))
-            .expect("an adapter returns its low-rank input");
         let adapter = Some(AdapterTape {
             a_id: trains(&adapter.lora_a.weight).then_some(adapter.lora_a.weight.id),
             b_id: trains(&adapter.lora_b.weight).then_some(adapter.lora_b.weight.id),
             a,
+            factors,
             b,
             rank,
             scaling,
@@ -283,10 +299,37 @@ impl LinearTape {
                 values: column_sums(dy, dy_rs, rows, d_out),
             });
         }
-        let weight = host(self.weight.clone());
+        let weight = host_view(self.weight.clone());
         input_gradient(dy, dy_rs, &weight, (rows, d_in, d_out), dx, accumulate, 1.0);
         if let Some(adapter) = &self.adapter {
             let rank = adapter.rank;
+            if let Some(factors) = &adapter.factors {
+                let dropout = adapter.mask.as_ref().map(|m| (&m.keep[..], m.scale));
+                let (d_a, d_b) = low_rank::backward(
+                    factors,
+                    dropout,
+                    &x[..rows * d_in],
+                    &adapter.low,
+                    dy,
+                    dy_rs,
+                    dx,
+                );
+                if let Some(id) = adapter.a_id {
+                    grads.push(Grad {
+                        id,
+                        shape: vec![d_in, rank],
+                        values: d_a,
+                    });
+                }
+                if let Some(id) = adapter.b_id {
+                    grads.push(Grad {
+                        id,
+                        shape: vec![rank, d_out],
+                        values: d_b,
+                    });
+                }
+                return;
+            }
             if let Some(id) = adapter.b_id {
                 grads.push(Grad {
                     id,
@@ -348,7 +391,7 @@ impl LinearTape {
 
 /// A LayerNorm's parameters and, after its forward, the normalised rows and `1/σ`.
 struct NormTape {
-    gamma: Vec<f32>,
+    gamma: HostTensor,
     gamma_id: Option<ParamId>,
     beta_id: Option<ParamId>,
     normalized: Vec<f32>,
@@ -358,19 +401,26 @@ struct NormTape {
 impl NormTape {
     /// `x = LayerNorm(x + residual)` in place, saving what the backward needs.
     fn forward(norm: &LayerNorm, epsilon: f64, x: &mut [f32], residual: &[f32]) -> Self {
-        let gamma = host(norm.gamma.val());
-        let beta = norm.beta.as_ref().map(|b| host(b.val()));
+        let gamma = host_view(norm.gamma.val());
+        let beta = norm.beta.as_ref().map(|b| host_view(b.val()));
         let d = gamma.len();
         let rows = x.len() / d;
         let mut normalized = vec![0f32; x.len()];
         let mut inv_std = vec![0f32; rows];
         let eps = epsilon as f32;
-        let beta_or_zero = beta.clone().unwrap_or_else(|| vec![0.0; d]);
+        let zeros;
+        let beta_or_zero: &[f32] = match &beta {
+            Some(beta) => beta,
+            None => {
+                zeros = vec![0.0; d];
+                &zeros
+            }
+        };
         x.par_chunks_mut(d)
             .zip(residual.par_chunks(d))
             .zip(normalized.par_chunks_mut(d).zip(inv_std.par_iter_mut()))
             .for_each(|((row, res), (hat, inv))| {
-                fastmath::add_and_normalize(row, res, &gamma, &beta_or_zero, eps, hat, inv)
+                fastmath::add_and_normalize(row, res, &gamma, beta_or_zero, eps, hat, inv)
             });
         NormTape {
             gamma_id: trains(&norm.gamma).then_some(norm.gamma.id),
@@ -761,8 +811,10 @@ impl TrainTape {
                 .copy_from_slice(&grad_h[b * hidden..(b + 1) * hidden]);
         }
         let mut collected = Vec::new();
-        for layer in self.layers.iter().rev() {
-            layer_backward(layer, &mut dy, dims, &mut collected);
+        // Each layer's tape is freed once its backward is done: the gradients grow while the
+        // tape shrinks, so the peak holds about one of the two, not both.
+        for layer in self.layers.into_iter().rev() {
+            layer_backward(&layer, &mut dy, dims, &mut collected);
         }
         let inner = self.device.clone().without_autodiff();
         for grad in collected {

@@ -144,6 +144,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 multiversion! {
     /// `values[i] = gelu(values[i])` (one thread; see [`map_parallel`]).

@@ -35,6 +35,7 @@ mod device;
 mod error;
 mod fastmath;
 mod loader;
+mod low_rank;
 mod model;
 mod tokenize;
 

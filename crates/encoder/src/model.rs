@@ -768,7 +768,8 @@ mod tests {
 
     /// The hand-written training forward and backward against burn's autodiff of the same
     /// encoder: same `H`, same gradient for every parameter, with dropout everywhere (the same
-    /// masks: same stream, same order), padded keys, full fine-tuning and LoRA.
+    /// masks: same stream, same order), padded keys, full fine-tuning and LoRA (rank 4 through
+    /// the row kernels, rank 40 through `gemm`: both of the adapter's paths).
     #[test]
     fn fused_training_matches_burn_autodiff() {
         let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -781,7 +782,13 @@ mod tests {
         )
         .unwrap();
         let device = Device::flex().autodiff();
-        for lora_rank in [None, Some(4)] {
+        const {
+            assert!(
+                4 <= crate::low_rank::ROW_KERNEL_MAX_RANK
+                    && 40 > crate::low_rank::ROW_KERNEL_MAX_RANK
+            )
+        };
+        for lora_rank in [None, Some(4), Some(40)] {
             device.seed(3);
             let mut encoder = Encoder::new(&config, &device);
             if let Some(rank) = lora_rank {

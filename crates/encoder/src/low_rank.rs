@@ -1,0 +1,542 @@
+//! A LoRA adapter's training products with its input dropout fused in, for small ranks:
+//! forward `out += s · (m ⊙ x) A B`, backward `dB`, `dA` and `dx += m ⊙ (s · dy Bᵀ) Aᵀ`.
+//!
+//! At small ranks these products are tall and thin (`[rows, d] × [d, r]`): `gemm` spends its
+//! time packing the wide operand, and the dropout needs a masked copy of the input (and of its
+//! gradient) per adapter. Here rows are taken four at a time, masked on the fly into a small
+//! buffer, and every product is a 4 × 4 tile of dot products (or of `axpy`s) whose sixteen
+//! accumulators stay in registers, so each input element is loaded once per four ranks and
+//! each factor element once per four rows. The factors are padded to a multiple of four ranks
+//! with zero rows ([`Factors`]), which contribute nothing. Above [`ROW_KERNEL_MAX_RANK`] the
+//! products are real matrix products and the caller uses `gemm`.
+
+use rayon::prelude::*;
+
+use crate::fastmath::multiversion;
+
+/// The largest rank these kernels are used for (≈ where `gemm` catches up on this CPU).
+pub(crate) const ROW_KERNEL_MAX_RANK: usize = 32;
+
+/// Rows per parallel task: large enough to amortise a task's `dA`, `dB` partial sums.
+const BLOCK: usize = 64;
+
+/// Rows, and ranks, per tile.
+const TILE: usize = 4;
+
+/// Vector lanes the tiles accumulate in.
+const LANES: usize = 16;
+
+/// An adapter's factors laid out for the kernels: `A` transposed (`[padded, d_in]`) and `B`
+/// (`[padded, d_out]`), `padded` = the rank rounded up to a multiple of [`TILE`] (zero rows),
+/// and its scaling `s`.
+pub(crate) struct Factors {
+    a_transposed: Vec<f32>,
+    b: Vec<f32>,
+    scaling: f32,
+    d_in: usize,
+    rank: usize,
+    padded: usize,
+    d_out: usize,
+}
+
+impl Factors {
+    /// From burn's layouts, `A [d_in, rank]` and `B [rank, d_out]`.
+    pub(crate) fn new(
+        a: &[f32],
+        b: &[f32],
+        scaling: f32,
+        (d_in, rank, d_out): (usize, usize, usize),
+    ) -> Self {
+        let padded = rank.div_ceil(TILE) * TILE;
+        let mut a_transposed = vec![0f32; padded * d_in];
+        for (j, row) in a.chunks_exact(rank).take(d_in).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                a_transposed[k * d_in + j] = v;
+            }
+        }
+        let mut b_padded = vec![0f32; padded * d_out];
+        b_padded[..rank * d_out].copy_from_slice(&b[..rank * d_out]);
+        Self {
+            a_transposed,
+            b: b_padded,
+            scaling,
+            d_in,
+            rank,
+            padded,
+            d_out,
+        }
+    }
+}
+
+/// The adapter's input dropout over `[rows, d_in]`: keep bytes and scale.
+pub(crate) type Dropout<'a> = Option<(&'a [u8], f32)>;
+
+/// `out[i, ..d_out] += s · (m ⊙ x)_i A B` for every row `i` of `x` (`[rows, d_in]`; `out`
+/// starts at the adapter's first output column, row stride `out_rs`). Returns `(m ⊙ x) A`
+/// as `[rows, padded rank]`, what [`backward`] reads.
+pub(crate) fn forward(
+    factors: &Factors,
+    dropout: Dropout<'_>,
+    x: &[f32],
+    out: &mut [f32],
+    out_rs: usize,
+) -> Vec<f32> {
+    let Factors {
+        d_in,
+        padded,
+        d_out,
+        ..
+    } = *factors;
+    let rows = x.len() / d_in;
+    assert!(rows == 0 || out.len() >= (rows - 1) * out_rs + d_out);
+    let mut low = vec![0f32; rows * padded];
+    out.par_chunks_mut(BLOCK * out_rs)
+        .zip(low.par_chunks_mut(BLOCK * padded))
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; TILE * d_in],
+            |masked, (block, (out, low))| {
+                let first = block * BLOCK;
+                let n = low.len() / padded;
+                forward_rows(
+                    factors,
+                    rows_of(dropout, first, n, d_in),
+                    &x[first * d_in..(first + n) * d_in],
+                    out,
+                    out_rs,
+                    low,
+                    masked,
+                );
+            },
+        );
+    low
+}
+
+/// The adapter's gradients `(dA [d_in, rank], dB [rank, d_out])`, adding the input's gradient
+/// to `dx` (`[rows, d_in]`). `dy` is `[rows, d_out]` at row stride `dy_rs`; `x` and `low` are
+/// the forward's input and return value.
+pub(crate) fn backward(
+    factors: &Factors,
+    dropout: Dropout<'_>,
+    x: &[f32],
+    low: &[f32],
+    dy: &[f32],
+    dy_rs: usize,
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let Factors {
+        d_in,
+        rank,
+        padded,
+        d_out,
+        ..
+    } = *factors;
+    let rows = x.len() / d_in;
+    assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + d_out);
+    assert!(dx.len() >= rows * d_in && low.len() >= rows * padded);
+    // (dAᵀ, dB) partial sums, padded like the factors; scratch rows.
+    let partial = || {
+        (
+            vec![0f32; padded * d_in],
+            vec![0f32; padded * d_out],
+            vec![0f32; 2 * TILE * d_in],
+        )
+    };
+    let (d_a_transposed, d_b_padded, _) = dx[..rows * d_in]
+        .par_chunks_mut(BLOCK * d_in)
+        .enumerate()
+        .with_min_len(2)
+        .fold(partial, |(mut d_at, mut d_b, mut scratch), (block, dx)| {
+            let first = block * BLOCK;
+            let n = dx.len() / d_in;
+            backward_rows(
+                factors,
+                rows_of(dropout, first, n, d_in),
+                &x[first * d_in..(first + n) * d_in],
+                &low[first * padded..(first + n) * padded],
+                &dy[first * dy_rs..],
+                dy_rs,
+                dx,
+                (&mut d_at, &mut d_b),
+                &mut scratch,
+            );
+            (d_at, d_b, scratch)
+        })
+        .reduce(partial, |(mut a1, mut b1, scratch), (a2, b2, _)| {
+            a1.iter_mut().zip(a2).for_each(|(a, b)| *a += b);
+            b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+            (a1, b1, scratch)
+        });
+    let mut d_a = vec![0f32; d_in * rank];
+    for (k, column) in d_a_transposed.chunks_exact(d_in).take(rank).enumerate() {
+        for (j, &v) in column.iter().enumerate() {
+            d_a[j * rank + k] = v;
+        }
+    }
+    (d_a, d_b_padded[..rank * d_out].to_vec())
+}
+
+/// The dropout of rows `first .. first + n`.
+fn rows_of(dropout: Dropout<'_>, first: usize, n: usize, d_in: usize) -> Dropout<'_> {
+    dropout.map(|(keep, scale)| (&keep[first * d_in..(first + n) * d_in], scale))
+}
+
+/// `result[i][k] = rows[i] · vectors[k]` (all of length `n`, the rows' length).
+#[inline(always)]
+fn dots(rows: [&[f32]; TILE], vectors: [&[f32]; TILE]) -> [[f32; TILE]; TILE] {
+    // Not `rows.map(…)`: a closure is compiled without its caller's target features.
+    [
+        dot4(rows[0], vectors),
+        dot4(rows[1], vectors),
+        dot4(rows[2], vectors),
+        dot4(rows[3], vectors),
+    ]
+}
+
+/// `[x · v₀, x · v₁, x · v₂, x · v₃]`: one pass over `x`, four sets of [`LANES`] partial sums.
+#[inline(always)]
+fn dot4(x: &[f32], [v0, v1, v2, v3]: [&[f32]; TILE]) -> [f32; TILE] {
+    let n = x.len();
+    let (v0, v1, v2, v3) = (&v0[..n], &v1[..n], &v2[..n], &v3[..n]);
+    let mut acc = [[0f32; LANES]; TILE];
+    let body = n - n % LANES;
+    for ((((x, a), b), c), d) in x[..body]
+        .chunks_exact(LANES)
+        .zip(v0.chunks_exact(LANES))
+        .zip(v1.chunks_exact(LANES))
+        .zip(v2.chunks_exact(LANES))
+        .zip(v3.chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            acc[0][l] = x[l].mul_add(a[l], acc[0][l]);
+            acc[1][l] = x[l].mul_add(b[l], acc[1][l]);
+            acc[2][l] = x[l].mul_add(c[l], acc[2][l]);
+            acc[3][l] = x[l].mul_add(d[l], acc[3][l]);
+        }
+    }
+    let mut result = acc.map(|lanes| lanes.iter().sum::<f32>());
+    for o in body..n {
+        result[0] += x[o] * v0[o];
+        result[1] += x[o] * v1[o];
+        result[2] += x[o] * v2[o];
+        result[3] += x[o] * v3[o];
+    }
+    result
+}
+
+/// `targets[j] += Σᵢ coefficients[j][i] · sources[i]` over the targets' length.
+#[inline(always)]
+fn combine(
+    targets: [&mut [f32]; TILE],
+    coefficients: [[f32; TILE]; TILE],
+    sources: [&[f32]; TILE],
+) {
+    for (target, [c0, c1, c2, c3]) in targets.into_iter().zip(coefficients) {
+        let n = target.len();
+        let [s0, s1, s2, s3] = sources.map(|s| &s[..n]);
+        for ((((t, &a), &b), &c), &d) in target.iter_mut().zip(s0).zip(s1).zip(s2).zip(s3) {
+            *t = c3.mul_add(d, c2.mul_add(c, c1.mul_add(b, c0.mul_add(a, *t))));
+        }
+    }
+}
+
+/// Splits `buffer` into [`TILE`] rows of `width`.
+fn tile_rows(buffer: &mut [f32], width: usize) -> [&mut [f32]; TILE] {
+    let (r0, rest) = buffer.split_at_mut(width);
+    let (r1, rest) = rest.split_at_mut(width);
+    let (r2, rest) = rest.split_at_mut(width);
+    [r0, r1, r2, &mut rest[..width]]
+}
+
+/// Rows `i0 .. i0 + TILE` of `x` (`[n, d_in]`) with the dropout applied, into `masked`; rows
+/// past `n` are zeros.
+#[inline(always)]
+fn masked_tile<'a>(
+    x: &[f32],
+    dropout: Dropout<'_>,
+    i0: usize,
+    d_in: usize,
+    masked: &'a mut [f32],
+) -> [&'a [f32]; TILE] {
+    let n = x.len() / d_in;
+    for (t, row) in masked.chunks_exact_mut(d_in).take(TILE).enumerate() {
+        let i = i0 + t;
+        if i >= n {
+            row.fill(0.0);
+            continue;
+        }
+        let x = &x[i * d_in..(i + 1) * d_in];
+        match dropout {
+            None => row.copy_from_slice(x),
+            Some((keep, scale)) => {
+                let keep = &keep[i * d_in..(i + 1) * d_in];
+                for ((m, &x), &k) in row.iter_mut().zip(x).zip(keep) {
+                    *m = x * if k != 0 { scale } else { 0.0 };
+                }
+            }
+        }
+    }
+    let [a, b, c, d] = tile_rows(masked, d_in);
+    [a, b, c, d]
+}
+
+multiversion! {
+    /// [`forward`] over one block of rows (`low.len() / padded` of them).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_rows(
+        factors: &Factors,
+        dropout: Dropout<'_>,
+        x: &[f32],
+        out: &mut [f32],
+        out_rs: usize,
+        low: &mut [f32],
+        masked: &mut [f32]
+    ) {
+        let Factors { d_in, padded, d_out, scaling, .. } = *factors;
+        let n = low.len() / padded;
+        let mut spare = vec![0f32; (TILE - 1) * d_out];
+        for i0 in (0..n).step_by(TILE) {
+            let input = masked_tile(x, dropout, i0, d_in, masked);
+            for g in 0..padded / TILE {
+                let a: [&[f32]; TILE] = std::array::from_fn(|k| {
+                    let k = g * TILE + k;
+                    &factors.a_transposed[k * d_in..(k + 1) * d_in]
+                });
+                let d = dots(input, a);
+                for (i, d) in d.iter().enumerate().take(n - i0) {
+                    low[(i0 + i) * padded + g * TILE..][..TILE].copy_from_slice(d);
+                }
+            }
+            // Rows i0.. of out += s · low_i B, four ranks at a time (spare rows past n).
+            let rows_here = (n - i0).min(TILE);
+            let mut rows = out[i0 * out_rs..]
+                .chunks_mut(out_rs)
+                .take(rows_here)
+                .map(|row| &mut row[..d_out])
+                .chain(spare.chunks_exact_mut(d_out));
+            let mut targets: [&mut [f32]; TILE] =
+                std::array::from_fn(|_| rows.next().expect("TILE rows with the spare ones"));
+            for g in 0..padded / TILE {
+                let b: [&[f32]; TILE] = std::array::from_fn(|k| {
+                    let k = g * TILE + k;
+                    &factors.b[k * d_out..(k + 1) * d_out]
+                });
+                let coefficients: [[f32; TILE]; TILE] = std::array::from_fn(|t| {
+                    std::array::from_fn(|k| {
+                        let i = i0 + t;
+                        if i < n { scaling * low[i * padded + g * TILE + k] } else { 0.0 }
+                    })
+                });
+                combine(targets.each_mut().map(|t| &mut **t), coefficients, b);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// [`backward`] over one block of rows, adding into the task's `dAᵀ` and `dB` partial
+    /// sums; `scratch` holds `2 · TILE · d_in` floats.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_rows(
+        factors: &Factors,
+        dropout: Dropout<'_>,
+        x: &[f32],
+        low: &[f32],
+        dy: &[f32],
+        dy_rs: usize,
+        dx: &mut [f32],
+        partial: (&mut [f32], &mut [f32]),
+        scratch: &mut [f32]
+    ) {
+        let Factors { d_in, padded, d_out, scaling, .. } = *factors;
+        let n = x.len() / d_in;
+        let (d_a_transposed, d_b) = partial;
+        let (masked, d_input) = scratch.split_at_mut(TILE * d_in);
+        let zeros = vec![0f32; d_out];
+        for i0 in (0..n).step_by(TILE) {
+            let rows_here = (n - i0).min(TILE);
+            let dy_rows: [&[f32]; TILE] = std::array::from_fn(|t| {
+                let i = i0 + t;
+                if i < n { &dy[i * dy_rs..i * dy_rs + d_out] } else { &zeros[..] }
+            });
+            let low_at = |t: usize, k: usize| {
+                let i = i0 + t;
+                if i < n { low[i * padded + k] } else { 0.0 }
+            };
+            // ∂L/∂low = s · dy Bᵀ, a TILE × padded block.
+            let mut d_low = [[0f32; TILE]; ROW_KERNEL_MAX_RANK];
+            for g in 0..padded / TILE {
+                let b: [&[f32]; TILE] = std::array::from_fn(|k| {
+                    let k = g * TILE + k;
+                    &factors.b[k * d_out..(k + 1) * d_out]
+                });
+                let d = dots(dy_rows, b);
+                for (k, column) in d_low[g * TILE..(g + 1) * TILE].iter_mut().enumerate() {
+                    for t in 0..TILE {
+                        column[t] = scaling * d[t][k];
+                    }
+                }
+                // ∂L/∂B[k] += Σ_t s · low[t][k] · dy[t]
+                let targets = tile_rows(&mut d_b[g * TILE * d_out..(g + 1) * TILE * d_out], d_out);
+                let coefficients: [[f32; TILE]; TILE] =
+                    std::array::from_fn(|k| std::array::from_fn(|t| scaling * low_at(t, g * TILE + k)));
+                combine(targets, coefficients, dy_rows);
+            }
+            // ∂L/∂Aᵀ[k] += Σ_t ∂L/∂low[t][k] · (m ⊙ x)[t]; ∂L/∂x̃[t] = Σ_k ∂L/∂low[t][k] · Aᵀ[k].
+            let input = masked_tile(x, dropout, i0, d_in, masked);
+            d_input.fill(0.0);
+            for g in 0..padded / TILE {
+                let targets =
+                    tile_rows(&mut d_a_transposed[g * TILE * d_in..(g + 1) * TILE * d_in], d_in);
+                let coefficients: [[f32; TILE]; TILE] = std::array::from_fn(|k| d_low[g * TILE + k]);
+                combine(targets, coefficients, input);
+                let a: [&[f32]; TILE] = std::array::from_fn(|k| {
+                    let k = g * TILE + k;
+                    &factors.a_transposed[k * d_in..(k + 1) * d_in]
+                });
+                let coefficients: [[f32; TILE]; TILE] =
+                    std::array::from_fn(|t| std::array::from_fn(|k| d_low[g * TILE + k][t]));
+                combine(tile_rows(d_input, d_in), coefficients, a);
+            }
+            for t in 0..rows_here {
+                let i = i0 + t;
+                let dx = &mut dx[i * d_in..(i + 1) * d_in];
+                let g = &d_input[t * d_in..(t + 1) * d_in];
+                match dropout {
+                    None => {
+                        for (d, g) in dx.iter_mut().zip(g) {
+                            *d += g;
+                        }
+                    }
+                    Some((keep, scale)) => {
+                        let keep = &keep[i * d_in..(i + 1) * d_in];
+                        for ((d, &g), &k) in dx.iter_mut().zip(g).zip(keep) {
+                            *d += g * if k != 0 { scale } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reproducible value in [-1, 1).
+    fn value(i: usize) -> f32 {
+        (crate::fastmath::splitmix64(i as u64) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// Forward and backward against the definitions in f64 over shapes that leave partial
+    /// tiles and blocks everywhere: rows not a multiple of 4 or of a block, a rank not a
+    /// multiple of 4, lengths not a multiple of 16, strided outputs and gradients.
+    #[test]
+    fn row_kernels_equal_the_definitions() {
+        for (rows, d_in, rank, d_out, with_dropout) in [
+            (70, 37, 5, 21, true),
+            (131, 40, 8, 48, false),
+            (3, 17, 1, 5, true),
+            (64, 16, 32, 33, true),
+        ] {
+            let (out_rs, col0, dy_rs) = (d_out + 7, 3, d_out + 2);
+            let x: Vec<f32> = (0..rows * d_in).map(value).collect();
+            let a: Vec<f32> = (0..d_in * rank).map(|i| value(i + 10_000)).collect();
+            let b: Vec<f32> = (0..rank * d_out).map(|i| value(i + 20_000)).collect();
+            let dy: Vec<f32> = (0..rows * dy_rs).map(|i| value(i + 30_000)).collect();
+            let keep: Vec<u8> = (0..rows * d_in)
+                .map(|i| u8::from(value(i + 40_000) > -0.6))
+                .collect();
+            let (scale, scaling) = (1.25f32, 0.75f32);
+            let dropout = with_dropout.then_some((&keep[..], scale));
+            let masked = |i: usize, j: usize| -> f64 {
+                let m = if with_dropout {
+                    f64::from(keep[i * d_in + j]) * f64::from(scale)
+                } else {
+                    1.0
+                };
+                f64::from(x[i * d_in + j]) * m
+            };
+            let mask_of = |i: usize, j: usize| -> f64 {
+                if with_dropout {
+                    f64::from(keep[i * d_in + j]) * f64::from(scale)
+                } else {
+                    1.0
+                }
+            };
+            // Definitions.
+            let low: Vec<f64> = (0..rows * rank)
+                .map(|ik| {
+                    let (i, k) = (ik / rank, ik % rank);
+                    (0..d_in)
+                        .map(|j| masked(i, j) * f64::from(a[j * rank + k]))
+                        .sum()
+                })
+                .collect();
+            let d_low: Vec<f64> = (0..rows * rank)
+                .map(|ik| {
+                    let (i, k) = (ik / rank, ik % rank);
+                    f64::from(scaling)
+                        * (0..d_out)
+                            .map(|o| f64::from(dy[i * dy_rs + o]) * f64::from(b[k * d_out + o]))
+                            .sum::<f64>()
+                })
+                .collect();
+
+            let factors = Factors::new(&a, &b, scaling, (d_in, rank, d_out));
+            let start: Vec<f32> = (0..rows * out_rs).map(|i| value(i + 50_000)).collect();
+            let mut out = start.clone();
+            let ours_low = forward(&factors, dropout, &x, &mut out[col0..], out_rs);
+            let close = |got: f32, want: f64, what: &str| {
+                assert!(
+                    (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{what}: {got} vs {want}"
+                );
+            };
+            for i in 0..rows {
+                for c in 0..out_rs {
+                    let want = if c >= col0 && c < col0 + d_out {
+                        let o = c - col0;
+                        f64::from(start[i * out_rs + c])
+                            + f64::from(scaling)
+                                * (0..rank)
+                                    .map(|k| low[i * rank + k] * f64::from(b[k * d_out + o]))
+                                    .sum::<f64>()
+                    } else {
+                        f64::from(start[i * out_rs + c])
+                    };
+                    close(out[i * out_rs + c], want, "out");
+                }
+            }
+
+            let dx_start: Vec<f32> = (0..rows * d_in).map(|i| value(i + 60_000)).collect();
+            let mut dx = dx_start.clone();
+            let (d_a, d_b) = backward(&factors, dropout, &x, &ours_low, &dy, dy_rs, &mut dx);
+            for j in 0..d_in {
+                for k in 0..rank {
+                    let want: f64 = (0..rows).map(|i| masked(i, j) * d_low[i * rank + k]).sum();
+                    close(d_a[j * rank + k], want, "dA");
+                }
+            }
+            for k in 0..rank {
+                for o in 0..d_out {
+                    let want: f64 = f64::from(scaling)
+                        * (0..rows)
+                            .map(|i| low[i * rank + k] * f64::from(dy[i * dy_rs + o]))
+                            .sum::<f64>();
+                    close(d_b[k * d_out + o], want, "dB");
+                }
+            }
+            for i in 0..rows {
+                for j in 0..d_in {
+                    let through: f64 = (0..rank)
+                        .map(|k| d_low[i * rank + k] * f64::from(a[j * rank + k]))
+                        .sum();
+                    let want = f64::from(dx_start[i * d_in + j]) + mask_of(i, j) * through;
+                    close(dx[i * d_in + j], want, "dx");
+                }
+            }
+        }
+    }
+}
