@@ -187,8 +187,10 @@ struct AdapterTape {
     scaling: f32,
     a_id: Option<ParamId>,
     b_id: Option<ParamId>,
-    /// The adapter's dropout mask on the input (`None`: no dropout).
+    /// The adapter's dropout mask on the input, drawn (`gemm` path) or, for the row kernels,
+    /// made where it is used (`None`: no dropout).
     mask: Option<Mask>,
+    lazy_mask: low_rank::Dropout,
     /// `dropout(x) · A`, `[rows, rank]`.
     low: Vec<f32>,
 }
@@ -229,15 +231,15 @@ impl LinearTape {
         let a = host_view(adapter.lora_a.weight.val());
         let b = host_view(adapter.lora_b.weight.val());
         let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
-        let mask = Mask::draw(masks, &adapter.dropout, rows * d_in);
         let x = &x[..rows * d_in];
-        let (low, factors) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
+        let (low, factors, mask, lazy_mask) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
             project(dense, x, rows, out, out_rs, col0, None);
             let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
-            let dropout = mask.as_ref().map(|m| (&m.keep[..], m.scale));
-            let low = low_rank::forward(&factors, dropout, x, &mut out[col0..], out_rs);
-            (low, Some(factors))
+            let lazy_mask = masks.host_keep_lazy(&adapter.dropout, rows * d_in);
+            let low = low_rank::forward(&factors, lazy_mask, x, &mut out[col0..], out_rs);
+            (low, Some(factors), None, lazy_mask)
         } else {
+            let mask = Mask::draw(masks, &adapter.dropout, rows * d_in);
             let dropped = mask.as_ref().map(|mask| mask.applied(x));
             let low_rank = LowRank {
                 input: dropped.as_deref().unwrap_or(x),
@@ -248,7 +250,7 @@ impl LinearTape {
             };
             let low = project(dense, x, rows, out, out_rs, col0, Some(low_rank))
                 .expect("an adapter returns its low-rank input");
-            (low, None)
+            (low, None, mask, None)
         };
         let adapter = Some(AdapterTape {
             a_id: trains(&adapter.lora_a.weight).then_some(adapter.lora_a.weight.id),
@@ -259,6 +261,7 @@ impl LinearTape {
             rank,
             scaling,
             mask,
+            lazy_mask,
             low,
         });
         LinearTape {
@@ -304,10 +307,9 @@ impl LinearTape {
         if let Some(adapter) = &self.adapter {
             let rank = adapter.rank;
             if let Some(factors) = &adapter.factors {
-                let dropout = adapter.mask.as_ref().map(|m| (&m.keep[..], m.scale));
                 let (d_a, d_b) = low_rank::backward(
                     factors,
-                    dropout,
+                    adapter.lazy_mask,
                     &x[..rows * d_in],
                     &adapter.low,
                     dy,

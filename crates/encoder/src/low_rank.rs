@@ -13,6 +13,7 @@
 use rayon::prelude::*;
 
 use crate::fastmath::multiversion;
+use crate::model::LazyKeep;
 
 /// The largest rank these kernels are used for (≈ where `gemm` catches up on this CPU).
 pub(crate) const ROW_KERNEL_MAX_RANK: usize = 32;
@@ -68,15 +69,19 @@ impl Factors {
     }
 }
 
-/// The adapter's input dropout over `[rows, d_in]`: keep bytes and scale.
-pub(crate) type Dropout<'a> = Option<(&'a [u8], f32)>;
+/// The adapter's input dropout over `[rows, d_in]`, made row by row where it is used (the
+/// same bytes in the forward and the backward; none kept in between).
+pub(crate) type Dropout = Option<LazyKeep>;
+
+/// The dropout of one block of rows: the mask and the index of the block's first element.
+type BlockDropout = Option<(LazyKeep, usize)>;
 
 /// `out[i, ..d_out] += s · (m ⊙ x)_i A B` for every row `i` of `x` (`[rows, d_in]`; `out`
 /// starts at the adapter's first output column, row stride `out_rs`). Returns `(m ⊙ x) A`
 /// as `[rows, padded rank]`, what [`backward`] reads.
 pub(crate) fn forward(
     factors: &Factors,
-    dropout: Dropout<'_>,
+    dropout: Dropout,
     x: &[f32],
     out: &mut [f32],
     out_rs: usize,
@@ -100,7 +105,7 @@ pub(crate) fn forward(
                 let n = low.len() / padded;
                 forward_rows(
                     factors,
-                    rows_of(dropout, first, n, d_in),
+                    rows_of(dropout, first, d_in),
                     &x[first * d_in..(first + n) * d_in],
                     out,
                     out_rs,
@@ -117,7 +122,7 @@ pub(crate) fn forward(
 /// the forward's input and return value.
 pub(crate) fn backward(
     factors: &Factors,
-    dropout: Dropout<'_>,
+    dropout: Dropout,
     x: &[f32],
     low: &[f32],
     dy: &[f32],
@@ -151,7 +156,7 @@ pub(crate) fn backward(
             let n = dx.len() / d_in;
             backward_rows(
                 factors,
-                rows_of(dropout, first, n, d_in),
+                rows_of(dropout, first, d_in),
                 &x[first * d_in..(first + n) * d_in],
                 &low[first * padded..(first + n) * padded],
                 &dy[first * dy_rs..],
@@ -176,9 +181,9 @@ pub(crate) fn backward(
     (d_a, d_b_padded[..rank * d_out].to_vec())
 }
 
-/// The dropout of rows `first .. first + n`.
-fn rows_of(dropout: Dropout<'_>, first: usize, n: usize, d_in: usize) -> Dropout<'_> {
-    dropout.map(|(keep, scale)| (&keep[first * d_in..(first + n) * d_in], scale))
+/// The dropout of the block of rows starting at row `first`.
+fn rows_of(dropout: Dropout, first: usize, d_in: usize) -> BlockDropout {
+    dropout.map(|keep| (keep, first * d_in))
 }
 
 /// `result[i][k] = rows[i] · vectors[k]` (all of length `n`, the rows' length).
@@ -248,18 +253,24 @@ fn tile_rows(buffer: &mut [f32], width: usize) -> [&mut [f32]; TILE] {
     [r0, r1, r2, &mut rest[..width]]
 }
 
-/// Rows `i0 .. i0 + TILE` of `x` (`[n, d_in]`) with the dropout applied, into `masked`; rows
-/// past `n` are zeros.
+/// Rows `i0 .. i0 + TILE` of `x` (`[n, d_in]`) with the dropout applied, into `masked`, and
+/// their keep bytes into `keep` (when there is dropout); rows past `n` are zeros.
 #[inline(always)]
 fn masked_tile<'a>(
     x: &[f32],
-    dropout: Dropout<'_>,
+    dropout: BlockDropout,
     i0: usize,
     d_in: usize,
     masked: &'a mut [f32],
+    keep: &mut [u8],
 ) -> [&'a [f32]; TILE] {
     let n = x.len() / d_in;
-    for (t, row) in masked.chunks_exact_mut(d_in).take(TILE).enumerate() {
+    for (t, (row, keep)) in masked
+        .chunks_exact_mut(d_in)
+        .zip(keep.chunks_exact_mut(d_in))
+        .take(TILE)
+        .enumerate()
+    {
         let i = i0 + t;
         if i >= n {
             row.fill(0.0);
@@ -268,9 +279,10 @@ fn masked_tile<'a>(
         let x = &x[i * d_in..(i + 1) * d_in];
         match dropout {
             None => row.copy_from_slice(x),
-            Some((keep, scale)) => {
-                let keep = &keep[i * d_in..(i + 1) * d_in];
-                for ((m, &x), &k) in row.iter_mut().zip(x).zip(keep) {
+            Some((mask, first)) => {
+                mask.fill(first + i * d_in, keep);
+                let scale = mask.scale;
+                for ((m, &x), &k) in row.iter_mut().zip(x).zip(&*keep) {
                     *m = x * if k != 0 { scale } else { 0.0 };
                 }
             }
@@ -285,7 +297,7 @@ multiversion! {
     #[allow(clippy::too_many_arguments)]
     fn forward_rows(
         factors: &Factors,
-        dropout: Dropout<'_>,
+        dropout: BlockDropout,
         x: &[f32],
         out: &mut [f32],
         out_rs: usize,
@@ -295,8 +307,9 @@ multiversion! {
         let Factors { d_in, padded, d_out, scaling, .. } = *factors;
         let n = low.len() / padded;
         let mut spare = vec![0f32; (TILE - 1) * d_out];
+        let mut keep = vec![0u8; TILE * d_in];
         for i0 in (0..n).step_by(TILE) {
-            let input = masked_tile(x, dropout, i0, d_in, masked);
+            let input = masked_tile(x, dropout, i0, d_in, masked, &mut keep);
             for g in 0..padded / TILE {
                 let a: [&[f32]; TILE] = std::array::from_fn(|k| {
                     let k = g * TILE + k;
@@ -339,7 +352,7 @@ multiversion! {
     #[allow(clippy::too_many_arguments)]
     fn backward_rows(
         factors: &Factors,
-        dropout: Dropout<'_>,
+        dropout: BlockDropout,
         x: &[f32],
         low: &[f32],
         dy: &[f32],
@@ -353,6 +366,7 @@ multiversion! {
         let (d_a_transposed, d_b) = partial;
         let (masked, d_input) = scratch.split_at_mut(TILE * d_in);
         let zeros = vec![0f32; d_out];
+        let mut keep = vec![0u8; TILE * d_in];
         for i0 in (0..n).step_by(TILE) {
             let rows_here = (n - i0).min(TILE);
             let dy_rows: [&[f32]; TILE] = std::array::from_fn(|t| {
@@ -383,7 +397,7 @@ multiversion! {
                 combine(targets, coefficients, dy_rows);
             }
             // ∂L/∂Aᵀ[k] += Σ_t ∂L/∂low[t][k] · (m ⊙ x)[t]; ∂L/∂x̃[t] = Σ_k ∂L/∂low[t][k] · Aᵀ[k].
-            let input = masked_tile(x, dropout, i0, d_in, masked);
+            let input = masked_tile(x, dropout, i0, d_in, masked, &mut keep);
             d_input.fill(0.0);
             for g in 0..padded / TILE {
                 let targets =
@@ -408,8 +422,9 @@ multiversion! {
                             *d += g;
                         }
                     }
-                    Some((keep, scale)) => {
-                        let keep = &keep[i * d_in..(i + 1) * d_in];
+                    Some((mask, _)) => {
+                        let scale = mask.scale;
+                        let keep = &keep[t * d_in..(t + 1) * d_in];
                         for ((d, &g), &k) in dx.iter_mut().zip(g).zip(keep) {
                             *d += g * if k != 0 { scale } else { 0.0 };
                         }
@@ -445,11 +460,12 @@ mod tests {
             let a: Vec<f32> = (0..d_in * rank).map(|i| value(i + 10_000)).collect();
             let b: Vec<f32> = (0..rank * d_out).map(|i| value(i + 20_000)).collect();
             let dy: Vec<f32> = (0..rows * dy_rs).map(|i| value(i + 30_000)).collect();
-            let keep: Vec<u8> = (0..rows * d_in)
-                .map(|i| u8::from(value(i + 40_000) > -0.6))
-                .collect();
-            let (scale, scaling) = (1.25f32, 0.75f32);
-            let dropout = with_dropout.then_some((&keep[..], scale));
+            // The whole mask at once; the kernels make it row by row (odd starts when d_in is).
+            let lazy = LazyKeep::new(5, 123, 0.2);
+            let mut keep = vec![0u8; rows * d_in];
+            lazy.fill(0, &mut keep);
+            let (scale, scaling) = (lazy.scale, 0.75f32);
+            let dropout = with_dropout.then_some(lazy);
             let masked = |i: usize, j: usize| -> f64 {
                 let m = if with_dropout {
                     f64::from(keep[i * d_in + j]) * f64::from(scale)

@@ -374,25 +374,69 @@ impl DropoutMasks {
     /// the fused training path stores its masks this way (a quarter of the memory) and draws
     /// them here, in the burn path's order, so both paths see the same masks.
     pub(crate) fn host_keep(&mut self, dropout: &Dropout, n: usize) -> Option<(Vec<u8>, f32)> {
-        let seed = self
-            .seed
-            .filter(|_| self.active(dropout) && !self.on_device)?;
-        let keep = 1.0 - dropout.prob;
-        let scale = (1.0 / keep) as f32;
-        // Keep iff a uniform 32-bit draw is below keep · 2³².
-        let threshold = (keep * 4_294_967_296.0) as u64;
-        let base = self.counter;
-        self.counter += n.div_ceil(2) as u64;
+        let lazy = self.host_keep_lazy(dropout, n)?;
         let mut mask = vec![0u8; n];
-        // Element pair i always takes hash (base + i): the same mask on any number of threads.
         const CHUNK: usize = 1 << 15; // elements, even
         mask.par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(c, chunk)| {
-                let first_pair = base + (c * CHUNK / 2) as u64;
-                fastmath::dropout_keep(chunk, seed, first_pair, threshold);
-            });
-        Some((mask, scale))
+            .for_each(|(c, chunk)| lazy.fill(c * CHUNK, chunk));
+        Some((mask, lazy.scale))
+    }
+
+    /// The mask [`host_keep`](Self::host_keep) would draw, left undrawn: its place in the
+    /// stream, from which any part of it can be made where it is used ([`LazyKeep::fill`]),
+    /// with the same bytes. The stream moves on as if it had been drawn.
+    pub(crate) fn host_keep_lazy(&mut self, dropout: &Dropout, n: usize) -> Option<LazyKeep> {
+        let seed = self
+            .seed
+            .filter(|_| self.active(dropout) && !self.on_device)?;
+        let base = self.counter;
+        self.counter += n.div_ceil(2) as u64;
+        Some(LazyKeep::new(seed, base, dropout.prob))
+    }
+}
+
+/// A dropout mask as a function of the element's index: element pair `i` is decided by hash
+/// `base + i` of the seed's stream (its low and high 32 bits), so any range of the mask can
+/// be made on its own, on any thread, and made again in the backward instead of kept.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LazyKeep {
+    seed: u64,
+    base: u64,
+    threshold: u64,
+    /// What a kept element is multiplied by, `1 / (1 − p)`.
+    pub(crate) scale: f32,
+}
+
+impl LazyKeep {
+    /// Hashes `base, base + 1, …` of `seed`'s stream, dropping with probability `prob`.
+    pub(crate) fn new(seed: u64, base: u64, prob: f64) -> Self {
+        let keep = 1.0 - prob;
+        Self {
+            seed,
+            base,
+            // Keep iff a uniform 32-bit draw is below keep · 2³².
+            threshold: (keep * 4_294_967_296.0) as u64,
+            scale: (1.0 / keep) as f32,
+        }
+    }
+
+    /// The keep bytes (1: kept) of elements `first .. first + keep.len()`.
+    pub(crate) fn fill(&self, first: usize, keep: &mut [u8]) {
+        let pair = self.base + (first / 2) as u64;
+        if first.is_multiple_of(2) {
+            return fastmath::dropout_keep(keep, self.seed, pair, self.threshold);
+        }
+        let Some((head, rest)) = keep.split_first_mut() else {
+            return;
+        };
+        // An odd first element is the high half of its pair.
+        let r = fastmath::splitmix64(
+            self.seed
+                .wrapping_add(pair.wrapping_mul(fastmath::GOLDEN_GAMMA)),
+        );
+        *head = u8::from((r >> 32) < self.threshold);
+        fastmath::dropout_keep(rest, self.seed, pair + 1, self.threshold);
     }
 }
 
