@@ -793,7 +793,18 @@ pub struct TrainTape {
     /// The embeddings' tables and LayerNorm parameters (their graph's leaves).
     embedding_tables: Vec<(ParamId, Tensor<2>)>,
     embedding_norm: Vec<(ParamId, Tensor<1>)>,
+    word_leaf: Option<WordLeaf>,
     layers: Vec<LayerTape>,
+}
+
+/// The word lookup as a leaf of the embeddings' graph, and what scattering its gradient into
+/// the table needs.
+struct WordLeaf {
+    id: ParamId,
+    vocab: usize,
+    /// The batch's token ids, row-major `[batch, seq]`.
+    ids: Vec<i64>,
+    leaf: Tensor<3>,
 }
 
 impl TrainTape {
@@ -848,6 +859,28 @@ impl TrainTape {
                     grads.register(id, grad);
                 }
             }
+            if let Some(word) = self.word_leaf {
+                if let Some(grad) = word.leaf.grad(&embedding_grads) {
+                    // The table's gradient: each position's row added into its token's row
+                    // (rows of tokens absent from the batch stay 0, as in burn and PyTorch).
+                    let rows = host(grad);
+                    let mut table = vec![0f32; word.vocab * hidden];
+                    for (&token, row) in word.ids.iter().zip(rows.chunks_exact(hidden)) {
+                        // Ids were checked by the lookup in the forward; never index past.
+                        let start = usize::try_from(token).unwrap_or(usize::MAX / 2) * hidden;
+                        if let Some(target) = table.get_mut(start..start + hidden) {
+                            fastmath::add(target, row);
+                        }
+                    }
+                    grads.register(
+                        word.id,
+                        Tensor::<2>::from_data(
+                            TensorData::new(table, [word.vocab, hidden]),
+                            &inner,
+                        ),
+                    );
+                }
+            }
         }
     }
 }
@@ -868,7 +901,14 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
     let mut masks = DropoutMasks::new(&device);
     let [batch, seq] = input.input_ids.dims();
     let keep = real_tokens(input.attention_mask.clone());
-    let embedded = encoder.embeddings_forward(input, &mut masks);
+    let ids: Vec<i64> = input
+        .input_ids
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap_or_default();
+    let (embedded, word_leaf) = encoder.embeddings_forward_train(input, &mut masks);
     let mut x = host(embedded.clone().detach());
     let dims = Dims {
         batch,
@@ -900,8 +940,15 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
     }
     let h = Tensor::<2>::from_data(TensorData::new(h, [batch, hidden]), &device).require_grad();
     let e = &encoder.embeddings;
+    let word_table = &e.word_embeddings.weight;
+    let word_leaf = word_leaf.map(|leaf| WordLeaf {
+        id: word_table.id,
+        vocab: word_table.dims()[0],
+        ids,
+        leaf,
+    });
+    // The word table's gradient comes through its leaf (`word_leaf`), not burn's graph.
     let embedding_tables: Vec<_> = [
-        &e.word_embeddings.weight,
         &e.position_embeddings.weight,
         &e.token_type_embeddings.weight,
     ]
@@ -914,7 +961,8 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
         .filter(|p| trains(p))
         .map(|p| (p.id, p.val()))
         .collect();
-    let embeddings_train = !(embedding_tables.is_empty() && embedding_norm.is_empty());
+    let embeddings_train =
+        !(embedding_tables.is_empty() && embedding_norm.is_empty() && word_leaf.is_none());
     Some((
         h,
         TrainTape {
@@ -923,6 +971,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
             embedded: embeddings_train.then_some(embedded),
             embedding_tables,
             embedding_norm,
+            word_leaf,
             layers,
         },
     ))

@@ -108,6 +108,36 @@ impl Embeddings {
             + self.position_embeddings.forward(positions);
         masks.apply(&self.dropout, self.layer_norm.forward(x))
     }
+
+    /// [`forward`](Self::forward) for the fused training path: when the word table trains,
+    /// its lookup enters the graph as a leaf (returned), whose gradient the caller scatters
+    /// into the table itself. burn's backward of the lookup held two table-sized buffers at
+    /// the step's peak (≈ 280 MiB for roberta-base); the scatter needs one.
+    pub(crate) fn forward_word_leaf(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Tensor<2, Int>,
+        masks: &mut DropoutMasks,
+    ) -> (Tensor<3>, Option<Tensor<3>>) {
+        let table = &self.word_embeddings.weight;
+        if !table.val().is_require_grad() {
+            return (self.forward(input_ids, token_type_ids, masks), None);
+        }
+        let positions = self.position_ids(&input_ids);
+        // Looked up off the graph, then a leaf of it.
+        let word = Tensor::from_inner(burn::tensor::module::embedding(
+            table.val().inner(),
+            input_ids.inner(),
+        ))
+        .require_grad();
+        let x = word.clone()
+            + self.token_type_embeddings.forward(token_type_ids)
+            + self.position_embeddings.forward(positions);
+        (
+            masks.apply(&self.dropout, self.layer_norm.forward(x)),
+            Some(word),
+        )
+    }
 }
 
 /// Multi-head self-attention (`attention.self` in Hugging Face checkpoints).
@@ -492,13 +522,14 @@ impl Encoder {
     }
 
     /// The embeddings' output (the layers' input), drawing their dropout mask from `masks`.
-    pub(crate) fn embeddings_forward(
+    /// The embeddings for the fused training path ([`Embeddings::forward_word_leaf`]).
+    pub(crate) fn embeddings_forward_train(
         &self,
         input: EncoderInput,
         masks: &mut DropoutMasks,
-    ) -> Tensor<3> {
+    ) -> (Tensor<3>, Option<Tensor<3>>) {
         self.embeddings
-            .forward(input.input_ids, input.token_type_ids, masks)
+            .forward_word_leaf(input.input_ids, input.token_type_ids, masks)
     }
 
     /// For a training step on the CPU: the layers' forward by hand (`cpu_training.rs`), `H` as
