@@ -325,6 +325,49 @@ fn add_and_norm(x: &mut [f32], residual: &[f32], norm: &HostLayerNorm) {
         });
 }
 
+/// The attention probabilities of one (sequence `b`, head `h`) pair into `probs`
+/// (`[seq, seq]`): `softmax(scale · q kᵀ)` over the kept keys. Deterministic (one thread), so
+/// the training backward can make them again rather than keep them.
+pub(crate) fn attention_probs(
+    qkv: &[f32],
+    keep: &[bool],
+    (seq, hidden, heads): (usize, usize, usize),
+    (b, h): (usize, usize),
+    probs: &mut [f32],
+) {
+    let head_dim = hidden / heads;
+    let stride = 3 * hidden;
+    let first = b * seq * stride + h * head_dim;
+    assert!(qkv.len() >= (b + 1) * seq * stride && probs.len() == seq * seq);
+    assert!(h < heads && keep.len() == seq);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    // SAFETY: the q and k rows of this pair lie inside the sequence's block of qkv (asserted
+    // above: b's block ends within qkv, h's columns within a row); probs is a distinct buffer
+    // of seq × seq.
+    unsafe {
+        product(
+            (seq, seq, head_dim),
+            probs.as_mut_ptr(),
+            (seq, 1),
+            false,
+            qkv.as_ptr().add(first),
+            (stride, 1),
+            qkv.as_ptr().add(first + hidden),
+            (1, stride),
+            scale,
+            false,
+        );
+    }
+    let all_kept = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
+    for row in probs.chunks_mut(seq) {
+        if all_kept {
+            fastmath::softmax(row);
+        } else {
+            fastmath::softmax_masked(row, keep);
+        }
+    }
+}
+
 /// One (sequence `b`, head `h`) pair of multi-head attention over `qkv` (`[batch·seq, 3·hidden]`:
 /// Q, K, V side by side): `probs` (`[seq, seq]`) ← softmax(q kᵀ/√head_dim) over the sequence's
 /// real keys (`keep`, its `seq` flags; all keys when none is real), then the pair's block of
@@ -346,29 +389,7 @@ pub(crate) unsafe fn attend_pair(
     let head_dim = hidden / heads;
     let stride = 3 * hidden;
     let first = b * seq * stride + h * head_dim;
-    assert!(qkv.len() >= (b + 1) * seq * stride && probs.len() == seq * seq);
-    // q, k and v rows of this pair lie inside the sequence's block of qkv (asserted above).
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    product(
-        (seq, seq, head_dim),
-        probs.as_mut_ptr(),
-        (seq, 1),
-        false,
-        qkv.as_ptr().add(first),
-        (stride, 1),
-        qkv.as_ptr().add(first + hidden),
-        (1, stride),
-        scale,
-        false,
-    );
-    let all_kept = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
-    for row in probs.chunks_mut(seq) {
-        if all_kept {
-            fastmath::softmax(row);
-        } else {
-            fastmath::softmax_masked(row, keep);
-        }
-    }
+    attention_probs(qkv, keep, (seq, hidden, heads), (b, h), probs);
     let dropped: Vec<f32>;
     let weights = match dropout {
         Some((mask, scale)) => {

@@ -21,8 +21,8 @@ use rayon::prelude::*;
 
 use crate::config::HiddenAct;
 use crate::cpu_inference::{
-    attend_pair, host, host_view, product, project, real_tokens, Dense, HostTensor, LowRank,
-    SharedOut,
+    attend_pair, attention_probs, host, host_view, product, project, real_tokens, Dense,
+    HostTensor, LowRank, SharedOut,
 };
 use crate::fastmath;
 use crate::low_rank;
@@ -394,6 +394,7 @@ impl LinearTape {
 /// A LayerNorm's parameters and, after its forward, the normalised rows and `1/σ`.
 struct NormTape {
     gamma: HostTensor,
+    beta: Option<HostTensor>,
     gamma_id: Option<ParamId>,
     beta_id: Option<ParamId>,
     normalized: Vec<f32>,
@@ -428,9 +429,27 @@ impl NormTape {
             gamma_id: trains(&norm.gamma).then_some(norm.gamma.id),
             beta_id: norm.beta.as_ref().filter(|b| trains(b)).map(|b| b.id),
             gamma,
+            beta,
             normalized,
             inv_std,
         }
+    }
+
+    /// The LayerNorm's output, made again from the normalised rows (the same values as the
+    /// forward wrote): cheaper to redo than to keep, one pass over `[rows, d]`.
+    fn output(&self) -> Vec<f32> {
+        let d = self.gamma.len();
+        let zeros = vec![0f32; d];
+        let beta: &[f32] = self.beta.as_deref().unwrap_or(&zeros);
+        let mut out = vec![0f32; self.normalized.len()];
+        out.par_chunks_mut(d * 64)
+            .zip(self.normalized.par_chunks(d * 64))
+            .for_each(|(out, hat)| {
+                for (out, hat) in out.chunks_exact_mut(d).zip(hat.chunks_exact(d)) {
+                    fastmath::scale_shift(out, hat, &self.gamma, beta);
+                }
+            });
+        out
     }
 
     /// `∂L/∂(input)` from `∂L/∂(output)` (in place), with γ's and β's gradients.
@@ -475,18 +494,20 @@ impl NormTape {
 
 /// What one layer's backward reads.
 struct LayerTape {
-    input: Vec<f32>,
+    /// The layer's input, kept by the first layer only: any other's is the output of the
+    /// layer before, made again from that layer's `norm2` ([`NormTape::output`]).
+    input: Option<Vec<f32>>,
     qkv: Vec<f32>,
     /// Query, key, value.
     projections: Vec<LinearTape>,
-    /// Softmax outputs, `[batch·heads, seq, seq]`, before dropout.
-    probs: Vec<f32>,
+    /// Which keys are real, `[batch, seq]` (for the attention probabilities, made again).
+    keep: Vec<bool>,
     probs_mask: Option<Mask>,
     context: Vec<f32>,
     attention_output: LinearTape,
     attention_mask: Option<Mask>,
+    /// Its output (`attended`, the feed-forward block's input) is made again in the backward.
     norm1: NormTape,
-    attended: Vec<f32>,
     intermediate: LinearTape,
     /// GELU's input, `[rows, intermediate]` (its value and derivative are recomputed in the
     /// backward: one pass, where keeping both would cost two buffers of this size per layer).
@@ -515,6 +536,9 @@ impl Dims {
     }
 }
 
+/// One layer's forward over `x` in place; `keep_input`: keep the layer's input in its tape
+/// (the first layer; see [`LayerTape::input`]).
+#[allow(clippy::too_many_arguments)]
 fn layer_forward(
     layer: &Layer,
     x: &mut [f32],
@@ -522,6 +546,7 @@ fn layer_forward(
     dims: Dims,
     epsilon: f64,
     masks: &mut DropoutMasks,
+    keep_input: bool,
 ) -> LayerTape {
     let Dims {
         batch,
@@ -552,13 +577,12 @@ fn layer_forward(
 
     // Attention per (sequence, head): softmax(scale · q kᵀ) (padded keys excluded), dropout, · v.
     let probs_mask = Mask::draw(masks, &attention.dropout, batch * heads * seq * seq);
-    let mut probs = vec![0f32; batch * heads * seq * seq];
     let mut context = vec![0f32; rows * hidden];
     let out = SharedOut::new(&mut context);
-    probs
-        .par_chunks_mut(seq * seq)
-        .enumerate()
-        .for_each(|(pair, p)| {
+    // The probabilities are not kept: the backward makes them again (`attention_probs`).
+    (0..batch * heads).into_par_iter().for_each_init(
+        || vec![0f32; seq * seq],
+        |p, pair| {
             let (b, h) = (pair / heads, pair % heads);
             let keep = &keep[b * seq..(b + 1) * seq];
             let dropout = probs_mask.as_ref().map(|mask| {
@@ -569,7 +593,8 @@ fn layer_forward(
             });
             // SAFETY: the context block of (b, h) is written by this pair only.
             unsafe { attend_pair(&qkv, keep, (seq, hidden, heads), (b, h), p, dropout, out) };
-        });
+        },
+    );
 
     let mut attended = vec![0f32; rows * hidden];
     let attention_output = LinearTape::forward(
@@ -608,16 +633,15 @@ fn layer_forward(
     apply_mask(x, &output_mask);
     let norm2 = NormTape::forward(&layer.output.layer_norm, epsilon, x, &attended);
     LayerTape {
-        input,
+        input: keep_input.then_some(input),
         qkv,
         projections,
-        probs,
+        keep: keep.to_vec(),
         probs_mask,
         context,
         attention_output,
         attention_mask,
         norm1,
-        attended,
         intermediate: intermediate_tape,
         pre_activation,
         output,
@@ -627,7 +651,14 @@ fn layer_forward(
 }
 
 /// `dy` (the gradient of the layer's output) becomes the gradient of its input.
-fn layer_backward(tape: &LayerTape, dy: &mut Vec<f32>, dims: Dims, grads: &mut Vec<Grad>) {
+/// `input`: the layer's input (kept, or the layer before's output made again).
+fn layer_backward(
+    tape: &LayerTape,
+    input: &[f32],
+    dy: &mut Vec<f32>,
+    dims: Dims,
+    grads: &mut Vec<Grad>,
+) {
     let Dims {
         batch,
         seq,
@@ -655,8 +686,9 @@ fn layer_backward(tape: &LayerTape, dy: &mut Vec<f32>, dims: Dims, grads: &mut V
         .par_chunks_mut(1 << 14)
         .zip(gelu_derivative.par_chunks(1 << 14))
         .for_each(|(g, d)| fastmath::multiply(g, d));
+    let attended = tape.norm1.output();
     tape.intermediate.backward(
-        &tape.attended,
+        &attended,
         &d_expanded,
         intermediate,
         rows,
@@ -687,12 +719,20 @@ fn layer_backward(tape: &LayerTape, dy: &mut Vec<f32>, dims: Dims, grads: &mut V
     let out = SharedOut::new(&mut d_qkv);
     let qkv = &tape.qkv;
     (0..batch * heads).into_par_iter().for_each_init(
-        || (vec![0f32; seq * seq], vec![0f32; seq * seq]),
-        |(d_probs, dropped), pair| {
+        || {
+            (
+                vec![0f32; seq * seq],
+                vec![0f32; seq * seq],
+                vec![0f32; seq * seq],
+            )
+        },
+        |(d_probs, dropped, p), pair| {
             let (b, h) = (pair / heads, pair % heads);
             let first = b * seq * stride + h * head_dim;
             let context_first = b * seq * hidden + h * head_dim;
-            let p = &tape.probs[pair * seq * seq..(pair + 1) * seq * seq];
+            let keep = &tape.keep[b * seq..(b + 1) * seq];
+            attention_probs(qkv, keep, (seq, hidden, heads), (b, h), p);
+            let p = &p[..];
             let offset = pair * seq * seq;
             let weights: &[f32] = match &tape.probs_mask {
                 Some(mask) => {
@@ -772,7 +812,7 @@ fn layer_backward(tape: &LayerTape, dy: &mut Vec<f32>, dims: Dims, grads: &mut V
     );
     for (i, projection) in tape.projections.iter().enumerate() {
         projection.backward(
-            &tape.input,
+            input,
             &d_qkv[i * hidden..],
             stride,
             rows,
@@ -826,8 +866,18 @@ impl TrainTape {
         let mut collected = Vec::new();
         // Each layer's tape is freed once its backward is done: the gradients grow while the
         // tape shrinks, so the peak holds about one of the two, not both.
-        for layer in self.layers.into_iter().rev() {
-            layer_backward(&layer, &mut dy, dims, &mut collected);
+        let mut layers = self.layers;
+        while let Some(layer) = layers.pop() {
+            let recomputed;
+            let input: &[f32] = match (&layer.input, layers.last()) {
+                (Some(input), _) => input,
+                (None, Some(before)) => {
+                    recomputed = before.norm2.output();
+                    &recomputed
+                }
+                (None, None) => unreachable!("the first layer keeps its input"),
+            };
+            layer_backward(&layer, input, &mut dy, dims, &mut collected);
         }
         let inner = self.device.clone().without_autodiff();
         for grad in collected {
@@ -921,7 +971,8 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
         .encoder
         .layer
         .iter()
-        .map(|layer| {
+        .enumerate()
+        .map(|(i, layer)| {
             layer_forward(
                 layer,
                 &mut x,
@@ -929,6 +980,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
                 dims,
                 config.layer_norm_eps,
                 &mut masks,
+                i == 0,
             )
         })
         .collect();

@@ -274,6 +274,16 @@ multiversion! {
 }
 
 multiversion! {
+    /// `dst[i] = src[i] · gamma[i] + beta[i]` (a LayerNorm's output from its normalised row,
+    /// bit for bit as [`add_and_normalize`] wrote it).
+    fn scale_shift(dst: &mut [f32], src: &[f32], gamma: &[f32], beta: &[f32]) {
+        for (((v, h), g), b) in dst.iter_mut().zip(src).zip(gamma).zip(beta) {
+            *v = *h * g + b;
+        }
+    }
+}
+
+multiversion! {
     /// `dst[i] *= src[i]`.
     fn multiply(dst: &mut [f32], src: &[f32]) {
         for (d, s) in dst.iter_mut().zip(src) {
