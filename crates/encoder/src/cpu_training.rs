@@ -26,7 +26,7 @@ use crate::cpu_inference::{
 };
 use crate::fastmath;
 use crate::low_rank;
-use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer};
+use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer, LazyKeep};
 
 /// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`.
 fn input_gradient(
@@ -502,7 +502,7 @@ struct LayerTape {
     projections: Vec<LinearTape>,
     /// Which keys are real, `[batch, seq]` (for the attention probabilities, made again).
     keep: Vec<bool>,
-    probs_mask: Option<Mask>,
+    probs_mask: Option<LazyKeep>,
     context: Vec<f32>,
     attention_output: LinearTape,
     attention_mask: Option<Mask>,
@@ -576,20 +576,19 @@ fn layer_forward(
     }
 
     // Attention per (sequence, head): softmax(scale · q kᵀ) (padded keys excluded), dropout, · v.
-    let probs_mask = Mask::draw(masks, &attention.dropout, batch * heads * seq * seq);
+    let probs_mask = masks.host_keep_lazy(&attention.dropout, batch * heads * seq * seq);
     let mut context = vec![0f32; rows * hidden];
     let out = SharedOut::new(&mut context);
-    // The probabilities are not kept: the backward makes them again (`attention_probs`).
+    // Neither the probabilities nor their dropout mask are kept: the backward makes both
+    // again (`attention_probs`, `LazyKeep::fill`).
     (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0f32; seq * seq],
-        |p, pair| {
+        || (vec![0f32; seq * seq], vec![0u8; seq * seq]),
+        |(p, bytes), pair| {
             let (b, h) = (pair / heads, pair % heads);
             let keep = &keep[b * seq..(b + 1) * seq];
-            let dropout = probs_mask.as_ref().map(|mask| {
-                (
-                    &mask.keep[pair * seq * seq..(pair + 1) * seq * seq],
-                    mask.scale,
-                )
+            let dropout = probs_mask.map(|mask| {
+                mask.fill(pair * seq * seq, bytes);
+                (&bytes[..], mask.scale)
             });
             // SAFETY: the context block of (b, h) is written by this pair only.
             unsafe { attend_pair(&qkv, keep, (seq, hidden, heads), (b, h), p, dropout, out) };
@@ -724,20 +723,21 @@ fn layer_backward(
                 vec![0f32; seq * seq],
                 vec![0f32; seq * seq],
                 vec![0f32; seq * seq],
+                vec![0u8; seq * seq],
             )
         },
-        |(d_probs, dropped, p), pair| {
+        |(d_probs, dropped, p, bytes), pair| {
             let (b, h) = (pair / heads, pair % heads);
             let first = b * seq * stride + h * head_dim;
             let context_first = b * seq * hidden + h * head_dim;
             let keep = &tape.keep[b * seq..(b + 1) * seq];
             attention_probs(qkv, keep, (seq, hidden, heads), (b, h), p);
             let p = &p[..];
-            let offset = pair * seq * seq;
             let weights: &[f32] = match &tape.probs_mask {
                 Some(mask) => {
+                    mask.fill(pair * seq * seq, bytes);
                     dropped.copy_from_slice(p);
-                    mask.apply_at(dropped, offset);
+                    fastmath::mask_scale(dropped, bytes, mask.scale);
                     dropped
                 }
                 None => p,
@@ -773,7 +773,7 @@ fn layer_backward(
                 );
             }
             if let Some(mask) = &tape.probs_mask {
-                mask.apply_at(d_probs, offset);
+                fastmath::mask_scale(d_probs, bytes, mask.scale);
             }
             // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
             for (d, p) in d_probs.chunks_mut(seq).zip(p.chunks(seq)) {
