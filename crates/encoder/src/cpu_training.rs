@@ -11,6 +11,12 @@
 //!
 //! Same masks as the burn path (drawn from the same stream, in the same order), same function:
 //! the gradients agree with burn's autodiff to float rounding (tested).
+//!
+//! Memory: what is cheap to make again is not kept — the attention probabilities (the same
+//! product and softmax), the attention and adapter dropout masks ([`LazyKeep`]: a mask is a
+//! function of the element's index), each layer's input and its attention block's output (the
+//! LayerNorm outputs, from their normalised rows) — and each layer's tape is freed once its
+//! backward is done. Weights are read in place from burn's storage (`host_view`).
 
 use burn::module::{Param, ParamId};
 use burn::nn::{LayerNorm, Linear};
