@@ -957,13 +957,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
     let mut masks = DropoutMasks::new(&device);
     let [batch, seq] = input.input_ids.dims();
     let keep = real_tokens(input.attention_mask.clone());
-    let ids: Vec<i64> = input
-        .input_ids
-        .clone()
-        .into_data()
-        .convert::<i64>()
-        .try_into_vec::<i64>()
-        .unwrap_or_default();
+    let input_ids = input.input_ids.clone();
     let (embedded, word_leaf) = encoder.embeddings_forward_train(input, &mut masks);
     let mut x = host(embedded.clone().detach());
     let dims = Dims {
@@ -999,10 +993,15 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
     let h = Tensor::<2>::from_data(TensorData::new(h, [batch, hidden]), &device).require_grad();
     let e = &encoder.embeddings;
     let word_table = &e.word_embeddings.weight;
+    // The batch's ids on the host only when the word table trains (not under LoRA).
     let word_leaf = word_leaf.map(|leaf| WordLeaf {
         id: word_table.id,
         vocab: word_table.dims()[0],
-        ids,
+        ids: input_ids
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap_or_default(),
         leaf,
     });
     // The word table's gradient comes through its leaf (`word_leaf`), not burn's graph.

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use crate::fastmath::multiversion;
+use crate::fastmath::{self, multiversion};
 use crate::model::LazyKeep;
 
 /// The largest rank these kernels are used for (≈ where `gemm` catches up on this CPU).
@@ -50,11 +50,7 @@ impl Factors {
     ) -> Self {
         let padded = rank.div_ceil(TILE) * TILE;
         let mut a_transposed = vec![0f32; padded * d_in];
-        for (j, row) in a.chunks_exact(rank).take(d_in).enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                a_transposed[k * d_in + j] = v;
-            }
-        }
+        transpose(&a[..d_in * rank], rank, &mut a_transposed);
         let mut b_padded = vec![0f32; padded * d_out];
         b_padded[..rank * d_out].copy_from_slice(&b[..rank * d_out]);
         Self {
@@ -65,6 +61,28 @@ impl Factors {
             rank,
             padded,
             d_out,
+        }
+    }
+
+    /// `Aᵀ`'s rows `TILE·g ..` (ranks of tile `g`).
+    fn a_rows(&self, g: usize) -> [&[f32]; TILE] {
+        let d = self.d_in;
+        std::array::from_fn(|k| &self.a_transposed[(g * TILE + k) * d..(g * TILE + k + 1) * d])
+    }
+
+    /// `B`'s rows `TILE·g ..`.
+    fn b_rows(&self, g: usize) -> [&[f32]; TILE] {
+        let d = self.d_out;
+        std::array::from_fn(|k| &self.b[(g * TILE + k) * d..(g * TILE + k + 1) * d])
+    }
+}
+
+/// `dst[c · rows + r] = src[r · columns + c]` for the `rows × columns` matrix `src`.
+fn transpose(src: &[f32], columns: usize, dst: &mut [f32]) {
+    let rows = src.len() / columns;
+    for (r, row) in src.chunks_exact(columns).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            dst[c * rows + r] = v;
         }
     }
 }
@@ -173,11 +191,7 @@ pub(crate) fn backward(
             (a1, b1, scratch)
         });
     let mut d_a = vec![0f32; d_in * rank];
-    for (k, column) in d_a_transposed.chunks_exact(d_in).take(rank).enumerate() {
-        for (j, &v) in column.iter().enumerate() {
-            d_a[j * rank + k] = v;
-        }
-    }
+    transpose(&d_a_transposed[..rank * d_in], d_in, &mut d_a);
     (d_a, d_b_padded[..rank * d_out].to_vec())
 }
 
@@ -276,16 +290,10 @@ fn masked_tile<'a>(
             row.fill(0.0);
             continue;
         }
-        let x = &x[i * d_in..(i + 1) * d_in];
-        match dropout {
-            None => row.copy_from_slice(x),
-            Some((mask, first)) => {
-                mask.fill(first + i * d_in, keep);
-                let scale = mask.scale;
-                for ((m, &x), &k) in row.iter_mut().zip(x).zip(&*keep) {
-                    *m = x * if k != 0 { scale } else { 0.0 };
-                }
-            }
+        row.copy_from_slice(&x[i * d_in..(i + 1) * d_in]);
+        if let Some((mask, first)) = dropout {
+            mask.fill(first + i * d_in, keep);
+            fastmath::mask_scale(row, keep, mask.scale);
         }
     }
     let [a, b, c, d] = tile_rows(masked, d_in);
@@ -311,11 +319,7 @@ multiversion! {
         for i0 in (0..n).step_by(TILE) {
             let input = masked_tile(x, dropout, i0, d_in, masked, &mut keep);
             for g in 0..padded / TILE {
-                let a: [&[f32]; TILE] = std::array::from_fn(|k| {
-                    let k = g * TILE + k;
-                    &factors.a_transposed[k * d_in..(k + 1) * d_in]
-                });
-                let d = dots(input, a);
+                let d = dots(input, factors.a_rows(g));
                 for (i, d) in d.iter().enumerate().take(n - i0) {
                     low[(i0 + i) * padded + g * TILE..][..TILE].copy_from_slice(d);
                 }
@@ -330,10 +334,7 @@ multiversion! {
             let mut targets: [&mut [f32]; TILE] =
                 std::array::from_fn(|_| rows.next().expect("TILE rows with the spare ones"));
             for g in 0..padded / TILE {
-                let b: [&[f32]; TILE] = std::array::from_fn(|k| {
-                    let k = g * TILE + k;
-                    &factors.b[k * d_out..(k + 1) * d_out]
-                });
+                let b = factors.b_rows(g);
                 let coefficients: [[f32; TILE]; TILE] = std::array::from_fn(|t| {
                     std::array::from_fn(|k| {
                         let i = i0 + t;
@@ -380,11 +381,7 @@ multiversion! {
             // ∂L/∂low = s · dy Bᵀ, a TILE × padded block.
             let mut d_low = [[0f32; TILE]; ROW_KERNEL_MAX_RANK];
             for g in 0..padded / TILE {
-                let b: [&[f32]; TILE] = std::array::from_fn(|k| {
-                    let k = g * TILE + k;
-                    &factors.b[k * d_out..(k + 1) * d_out]
-                });
-                let d = dots(dy_rows, b);
+                let d = dots(dy_rows, factors.b_rows(g));
                 for (k, column) in d_low[g * TILE..(g + 1) * TILE].iter_mut().enumerate() {
                     for t in 0..TILE {
                         column[t] = scaling * d[t][k];
@@ -404,30 +401,18 @@ multiversion! {
                     tile_rows(&mut d_a_transposed[g * TILE * d_in..(g + 1) * TILE * d_in], d_in);
                 let coefficients: [[f32; TILE]; TILE] = std::array::from_fn(|k| d_low[g * TILE + k]);
                 combine(targets, coefficients, input);
-                let a: [&[f32]; TILE] = std::array::from_fn(|k| {
-                    let k = g * TILE + k;
-                    &factors.a_transposed[k * d_in..(k + 1) * d_in]
-                });
                 let coefficients: [[f32; TILE]; TILE] =
                     std::array::from_fn(|t| std::array::from_fn(|k| d_low[g * TILE + k][t]));
-                combine(tile_rows(d_input, d_in), coefficients, a);
+                combine(tile_rows(d_input, d_in), coefficients, factors.a_rows(g));
             }
             for t in 0..rows_here {
                 let i = i0 + t;
                 let dx = &mut dx[i * d_in..(i + 1) * d_in];
                 let g = &d_input[t * d_in..(t + 1) * d_in];
                 match dropout {
-                    None => {
-                        for (d, g) in dx.iter_mut().zip(g) {
-                            *d += g;
-                        }
-                    }
+                    None => fastmath::add(dx, g),
                     Some((mask, _)) => {
-                        let scale = mask.scale;
-                        let keep = &keep[t * d_in..(t + 1) * d_in];
-                        for ((d, &g), &k) in dx.iter_mut().zip(g).zip(keep) {
-                            *d += g * if k != 0 { scale } else { 0.0 };
-                        }
+                        fastmath::mask_scale_add(dx, g, &keep[t * d_in..(t + 1) * d_in], mask.scale)
                     }
                 }
             }

@@ -103,7 +103,20 @@ impl Embeddings {
         masks: &mut DropoutMasks,
     ) -> Tensor<3> {
         let positions = self.position_ids(&input_ids);
-        let x = self.word_embeddings.forward(input_ids)
+        let word = self.word_embeddings.forward(input_ids);
+        self.add_and_normalize(word, positions, token_type_ids, masks)
+    }
+
+    /// The looked-up words plus the token-type and position embeddings, then LayerNorm and
+    /// dropout.
+    fn add_and_normalize(
+        &self,
+        word: Tensor<3>,
+        positions: Tensor<2, Int>,
+        token_type_ids: Tensor<2, Int>,
+        masks: &mut DropoutMasks,
+    ) -> Tensor<3> {
+        let x = word
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(positions);
         masks.apply(&self.dropout, self.layer_norm.forward(x))
@@ -130,11 +143,8 @@ impl Embeddings {
             input_ids.inner(),
         ))
         .require_grad();
-        let x = word.clone()
-            + self.token_type_embeddings.forward(token_type_ids)
-            + self.position_embeddings.forward(positions);
         (
-            masks.apply(&self.dropout, self.layer_norm.forward(x)),
+            self.add_and_normalize(word.clone(), positions, token_type_ids, masks),
             Some(word),
         )
     }
@@ -461,11 +471,9 @@ impl LazyKeep {
             return;
         };
         // An odd first element is the high half of its pair.
-        let r = fastmath::splitmix64(
-            self.seed
-                .wrapping_add(pair.wrapping_mul(fastmath::GOLDEN_GAMMA)),
-        );
-        *head = u8::from((r >> 32) < self.threshold);
+        let mut both = [0u8; 2];
+        fastmath::dropout_keep(&mut both, self.seed, pair, self.threshold);
+        *head = both[1];
         fastmath::dropout_keep(rest, self.seed, pair + 1, self.threshold);
     }
 }
