@@ -18,12 +18,14 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use dao::{StrategyConfig, TaskOutputs};
-use encoder::{parse_device, Encoder, EncoderConfig, EncoderInput};
+use encoder::{
+    bf16_products_available, parse_device, Encoder, EncoderConfig, EncoderInput, ProductPrecision,
+};
 use heads::{HeadsConfig, MultiTaskHeads};
 use serde_json::{json, Value};
 
 /// Every mode, in the order they run.
-pub const MODES: [&str; 4] = ["constant", "dao", "lora8-dao", "infer"];
+pub const MODES: [&str; 5] = ["constant", "dao", "lora8-dao", "infer", "infer-bf16"];
 
 // Modes not run by default: other LoRA ranks (`lora{r}-dao`), DAO over the shared parameters
 // (`dao-shared`), and `lora8-dao-p0` (`lora8-dao` with the adapters' dropout off, to price
@@ -373,12 +375,23 @@ fn count_trainable(model: &Model) -> usize {
     counter.0
 }
 
-/// Inference throughput (sentences per second) at batch 32.
-fn infer(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Result<Value> {
+/// Inference throughput (sentences per second) at batch 32; `infer-bf16` with the weight
+/// products in bf16 on AMX tiles where the CPU has them (`"bf16_products"` says whether it did).
+fn infer(
+    model_name: &str,
+    mode: &str,
+    setup: &Setup,
+    steps: usize,
+    warmup: usize,
+) -> Result<Value> {
     let config = shape(model_name)?;
     let device = setup.device()?;
     device.seed(42);
-    let encoder = Encoder::new(&config, &device);
+    let mut encoder = Encoder::new(&config, &device);
+    let bf16 = mode == "infer-bf16";
+    if bf16 {
+        encoder.set_product_precision(ProductPrecision::Bf16);
+    }
     let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
     let input = random_input(&config, INFER_BATCH, setup.seq, &device);
     let times = timed(steps, warmup, "infer", || {
@@ -389,8 +402,9 @@ fn infer(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Result
         Ok(())
     })?;
     let mut result = json!({
-        "model": model_name, "mode": "infer", "dtype": setup.dtype,
+        "model": model_name, "mode": mode, "dtype": setup.dtype,
         "sentences_per_s": INFER_BATCH as f64 / median(times.wall.clone()),
+        "bf16_products": bf16 && setup.device == "cpu" && bf16_products_available(),
         "peak_mem_bytes": peak_rss_bytes()?,
         "device_mem_bytes": device_mem_bytes(&device),
     });
@@ -414,8 +428,8 @@ pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
         .split_once(':')
         .with_context(|| format!("--one wants MODEL:MODE, got `{spec}`"))?;
     let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
-    let result = if mode == "infer" {
-        infer(model, setup, steps, warmup)?
+    let result = if mode.starts_with("infer") {
+        infer(model, mode, setup, steps, warmup)?
     } else {
         train(model, mode, setup, steps, warmup)?
     };

@@ -92,8 +92,9 @@ enum Task {
         /// Comma-separated: minilm, roberta-base, roberta-large (random weights of that shape).
         #[arg(long, default_value = "minilm")]
         model: String,
-        /// Comma-separated modes: constant, dao, lora8-dao, infer.
-        #[arg(long, default_value = "constant,dao,lora8-dao,infer")]
+        /// Comma-separated modes: constant, dao, lora8-dao, infer, infer-bf16 (inference with
+        /// bf16 weight products on AMX tiles, where the CPU has them).
+        #[arg(long, default_value = "constant,dao,lora8-dao,infer,infer-bf16")]
         modes: String,
         /// Fewer steps (3 after 1 warm-up instead of 5 after 2).
         #[arg(long)]

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::config::HiddenAct;
 use crate::fastmath;
-use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer};
+use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer, ProductPrecision};
 use lora::LoraLinear;
 
 /// A layer's parameters as host vectors, burn's layouts (`W: [in, out]`).
@@ -218,8 +218,11 @@ pub(crate) struct LowRank<'a> {
 /// `out[rows, col0 .. col0 + d_out]` (row stride `out_rs`) `= x · W + b`, plus the adapter's
 /// `scaling · (input A) B` when it has one; returns `input · A` (`[rows, rank]`, what the
 /// adapter's backward reads). The bias is the product's starting value, not an extra pass.
+/// `precision` is that of the base weight's product (the adapter's stays f32).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn project(
     dense: Dense<'_>,
+    precision: ProductPrecision,
     x: &[f32],
     rows: usize,
     out: &mut [f32],
@@ -239,15 +242,19 @@ pub(crate) fn project(
             .take(rows)
             .for_each(|row| row[..d_out].copy_from_slice(bias));
     }
-    forward_product(
-        x,
-        weight,
-        (rows, d_in, d_out),
-        out,
-        out_rs,
-        bias.is_some(),
-        1.0,
-    );
+    let tiled = precision == ProductPrecision::Bf16
+        && crate::amx::product_bf16(x, weight, (rows, d_in, d_out), out, out_rs, bias.is_some());
+    if !tiled {
+        forward_product(
+            x,
+            weight,
+            (rows, d_in, d_out),
+            out,
+            out_rs,
+            bias.is_some(),
+            1.0,
+        );
+    }
     adapter.map(|adapter| {
         let mut low = vec![0f32; rows * adapter.rank];
         let rank = adapter.rank;
@@ -276,6 +283,7 @@ pub(crate) fn project(
 /// [`project`] with host copies of a layer's weights (inference: no dropout on the adapter).
 fn linear_into(
     layer: &HostLinear,
+    precision: ProductPrecision,
     x: &[f32],
     rows: usize,
     out: &mut [f32],
@@ -295,7 +303,7 @@ fn linear_into(
         rank: *rank,
         scaling: *scaling,
     });
-    project(dense, x, rows, out, out_rs, col0, adapter);
+    project(dense, precision, x, rows, out, out_rs, col0, adapter);
 }
 
 /// `x = LayerNorm(x + residual)` row by row (HF's `LayerNorm(dropout(dense(h)) + input)`).
@@ -473,6 +481,7 @@ fn layer_forward(
     encoder: &Encoder,
 ) {
     let config = encoder.config();
+    let precision = encoder.product_precision();
     let (hidden, rows) = (config.hidden_size, batch * seq);
     let attention_block = &layer.attention;
     let self_attention = &attention_block.self_attention;
@@ -485,7 +494,15 @@ fn layer_forward(
     .enumerate()
     {
         let weights = host_linear(projection);
-        linear_into(&weights, x, rows, &mut scratch.qkv, 3 * hidden, i * hidden);
+        linear_into(
+            &weights,
+            precision,
+            x,
+            rows,
+            &mut scratch.qkv,
+            3 * hidden,
+            i * hidden,
+        );
     }
     attention(
         &scratch.qkv,
@@ -497,6 +514,7 @@ fn layer_forward(
     let output = &attention_block.output;
     linear_into(
         &host_linear(&output.dense),
+        precision,
         &scratch.context,
         rows,
         &mut scratch.attended,
@@ -511,6 +529,7 @@ fn layer_forward(
     let intermediate = config.intermediate_size;
     linear_into(
         &host_linear(&layer.intermediate.dense),
+        precision,
         &scratch.attended,
         rows,
         &mut scratch.expanded,
@@ -520,6 +539,7 @@ fn layer_forward(
     activation(&mut scratch.expanded, config.hidden_act);
     linear_into(
         &host_linear(&layer.output.dense),
+        precision,
         &scratch.expanded,
         rows,
         x,

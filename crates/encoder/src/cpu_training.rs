@@ -32,7 +32,7 @@ use crate::cpu_inference::{
 };
 use crate::fastmath;
 use crate::low_rank;
-use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer, LazyKeep};
+use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer, LazyKeep, ProductPrecision};
 
 /// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`.
 fn input_gradient(
@@ -224,7 +224,16 @@ impl LinearTape {
             d_out,
         };
         let Some(adapter) = layer.adapter.as_ref().filter(|a| !a.is_merged()) else {
-            project(dense, x, rows, out, out_rs, col0, None);
+            project(
+                dense,
+                ProductPrecision::F32,
+                x,
+                rows,
+                out,
+                out_rs,
+                col0,
+                None,
+            );
             return LinearTape {
                 weight: weight_tensor,
                 d_in,
@@ -239,7 +248,16 @@ impl LinearTape {
         let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
         let x = &x[..rows * d_in];
         let (low, factors, mask, lazy_mask) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
-            project(dense, x, rows, out, out_rs, col0, None);
+            project(
+                dense,
+                ProductPrecision::F32,
+                x,
+                rows,
+                out,
+                out_rs,
+                col0,
+                None,
+            );
             let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
             let lazy_mask = masks.host_keep_lazy(&adapter.dropout, rows * d_in);
             let low = low_rank::forward(&factors, lazy_mask, x, &mut out[col0..], out_rs);
@@ -254,8 +272,17 @@ impl LinearTape {
                 rank,
                 scaling,
             };
-            let low = project(dense, x, rows, out, out_rs, col0, Some(low_rank))
-                .expect("an adapter returns its low-rank input");
+            let low = project(
+                dense,
+                ProductPrecision::F32,
+                x,
+                rows,
+                out,
+                out_rs,
+                col0,
+                Some(low_rank),
+            )
+            .expect("an adapter returns its low-rank input");
             (low, None, mask, None)
         };
         let adapter = Some(AdapterTape {

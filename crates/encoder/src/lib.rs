@@ -28,6 +28,7 @@
 //! ```
 
 mod adapters;
+mod amx;
 mod config;
 mod cpu_inference;
 mod cpu_training;
@@ -48,7 +49,7 @@ pub use loader::{
     load_weights, save_burnpack, ModelFolder, WeightsFormat, BURN_WEIGHTS, HF_WEIGHTS,
 };
 pub use model::{
-    Attention, Embeddings, Encoder, EncoderInput, EncoderOutput, Intermediate, Layer, LayerStack,
-    ResidualOutput, SelfAttention,
+    bf16_products_available, Attention, Embeddings, Encoder, EncoderInput, EncoderOutput,
+    Intermediate, Layer, LayerStack, ProductPrecision, ResidualOutput, SelfAttention,
 };
 pub use tokenize::{pad_batch, Encoded, TextTokenizer};
