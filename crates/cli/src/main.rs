@@ -83,3 +83,17 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// The encoder's product precision for `--bf16-products`, saying so when the CPU cannot.
+fn product_precision(bf16: bool) -> encoder::ProductPrecision {
+    if !bf16 {
+        return encoder::ProductPrecision::F32;
+    }
+    if !encoder::bf16_products_available() {
+        tracing::warn!(
+            "--bf16-products: this CPU has no AMX tiles (or the kernel refused them); \
+             the products stay f32"
+        );
+    }
+    encoder::ProductPrecision::Bf16
+}

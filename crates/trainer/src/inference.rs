@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 use data::TokenizedSet;
-use encoder::{pad_batch, Encoded};
+use encoder::{pad_batch, Encoded, ProductPrecision};
 use serde::Serialize;
 
 use crate::config::InputMode;
@@ -73,13 +73,17 @@ pub struct Prediction {
 
 /// Reads `input` (JSON Lines with `text`, and `target` when the run used text pairs), runs the
 /// run's best model and writes one JSON line per input line, in order, to `output`.
+/// `products` chooses the precision of the encoder's weight products on the CPU
+/// ([`ProductPrecision`]).
 pub fn predict_file(
     run: &Path,
     input: &Path,
     output: &Path,
     device: &Device,
+    products: ProductPrecision,
 ) -> Result<usize, TrainError> {
-    let (config, model) = SentimentModel::from_run(run, "best", device)?;
+    let (config, mut model) = SentimentModel::from_run(run, "best", device)?;
+    model.encoder.set_product_precision(products);
     let tokenizer = RunData::tokenizer(&config)?;
     let pairs = config.data.input == InputMode::TextTarget;
     let file = std::fs::File::open(input).map_err(|error| TrainError::Io {

@@ -772,8 +772,10 @@ pub fn evaluate_run(
     which: &str,
     data_file: Option<&Path>,
     device: &Device,
+    products: encoder::ProductPrecision,
 ) -> Result<ValidationMetrics, TrainError> {
-    let (config, model) = SentimentModel::from_run(run, which, device)?;
+    let (config, mut model) = SentimentModel::from_run(run, which, device)?;
+    model.encoder.set_product_precision(products);
     let data = RunData::load(&config, Some(run))?;
     let set = match data_file {
         None => data.valid,

@@ -365,7 +365,7 @@ fn evaluate_predict_and_export_round_trip() {
     let device = Device::flex();
 
     // evaluate = the best epoch's row of metrics.csv.
-    let metrics = trainer::evaluate_run(&out, "best", None, &device).unwrap();
+    let metrics = trainer::evaluate_run(&out, "best", None, &device, Default::default()).unwrap();
     let best = summary.best_epoch.unwrap() as usize;
     let row = &summary.epochs[best - 1];
     assert!(
@@ -384,7 +384,7 @@ fn evaluate_predict_and_export_round_trip() {
     std::fs::write(&input, inputs.join("\n")).unwrap();
     let output = f.root.join("pred.jsonl");
     assert_eq!(
-        trainer::predict_file(&out, &input, &output, &device).unwrap(),
+        trainer::predict_file(&out, &input, &output, &device, Default::default()).unwrap(),
         5
     );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
