@@ -18,6 +18,18 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 const ROUND: f32 = 12_582_912.0;
 const ROUND_BITS: u32 = 0x4b40_0000;
 
+/// `c[0] + x·(c[1] + x·(…))` by fused multiply-adds: half the instructions and half the
+/// latency of a multiply then an add (one FMA each, on the CPUs `multiversion!` picks), and
+/// one rounding per step instead of two.
+#[inline(always)]
+fn horner<const N: usize>(x: f32, c: &[f32; N]) -> f32 {
+    let mut acc = c[N - 1];
+    for k in (0..N - 1).rev() {
+        acc = acc.mul_add(x, c[k]);
+    }
+    acc
+}
+
 /// `eˣ` for f32: `2ⁿ · eʳ` with `n = round(x / ln 2)`, `|r| ≤ ln 2 / 2`, `eʳ` by its degree-7
 /// Taylor polynomial (truncation < 6·10⁻⁹). Below −87 it returns exactly 0 (`eˣ` is then within
 /// a factor 1.4 of the smallest normal f32); above 88 it saturates at e⁸⁸ (never reached by its
@@ -33,12 +45,19 @@ pub(crate) fn exp(x: f32) -> f32 {
     let shifted = clamped * LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = (clamped - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = horner(
+        r,
+        &[
+            1.0,
+            1.0,
+            0.5,
+            1.0 / 6.0,
+            1.0 / 24.0,
+            1.0 / 120.0,
+            1.0 / 720.0,
+            1.0 / 5040.0,
+        ],
+    );
     let scale = f32::from_bits(shifted.to_bits().wrapping_sub(ROUND_BITS - 127) << 23);
     let y = p * scale;
     if x < -87.0 {
@@ -57,14 +76,21 @@ pub(crate) fn exp(x: f32) -> f32 {
 fn lower_tail_and_gaussian(x: f32) -> (f32, f32) {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.5 * core::f32::consts::FRAC_1_SQRT_2 * a);
-    let poly = -1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_204
-                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let poly = horner(
+        t,
+        &[
+            -1.265_512_2,
+            1.000_023_7,
+            0.374_091_96,
+            0.096_784_18,
+            -0.186_288_06,
+            0.278_868_07,
+            -1.135_204,
+            1.488_515_9,
+            -0.822_152_23,
+            0.170_872_77,
+        ],
+    );
     let high = f32::from_bits(a.to_bits() & 0xffff_f000);
     let low = a - high;
     let coarse = exp(-0.5 * high * high);
