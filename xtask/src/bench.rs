@@ -8,6 +8,9 @@
 //!   rank works (`lora64-dao`, `lora512-dao`, α = r). `dao-shared` is DAO with the gradient
 //!   norms taken over the encoder's parameters (`grad_norm_wrt = "shared-parameters"`).
 //! - Inference = encoder + both heads on a plain (non-autodiff) device, batch 32, length 128.
+//! - A `-bf16` suffix on any mode (`infer-bf16`, `dao-bf16`, …) multiplies by the encoder's
+//!   weights in bf16 with f32 sums on AMX tiles where the CPU has them
+//!   (`encoder::ProductPrecision::Bf16`; the result's `bf16_products` says whether it did).
 //! - Each (model, mode) runs in a fresh child process (the xtask binary re-executed with the
 //!   hidden `--one MODEL:MODE`), so its peak memory (`VmHWM`) is its own.
 
@@ -45,7 +48,17 @@ fn lora_mode(mode: &str) -> Option<(usize, f64)> {
 }
 
 fn known_mode(mode: &str) -> bool {
+    let (mode, _) = products_of(mode);
     MODES.contains(&mode) || mode == "dao-shared" || lora_mode(mode).is_some()
+}
+
+/// A mode's `-bf16` suffix: the encoder's weight products in bf16 on AMX tiles
+/// ([`ProductPrecision::Bf16`]); `infer-bf16` is `infer` with it.
+fn products_of(mode: &str) -> (&str, ProductPrecision) {
+    match mode.strip_suffix("-bf16") {
+        Some(base) => (base, ProductPrecision::Bf16),
+        None => (mode, ProductPrecision::F32),
+    }
 }
 
 const INFER_BATCH: usize = 32;
@@ -234,7 +247,8 @@ fn train(
     steps: usize,
     warmup: usize,
 ) -> Result<Value> {
-    let (strategy, lora) = match mode {
+    let (base_mode, products) = products_of(mode);
+    let (strategy, lora) = match base_mode {
         "constant" => ("constant", None),
         "dao" | "dao-shared" => ("dao", None),
         other => match lora_mode(other) {
@@ -253,13 +267,14 @@ fn train(
         };
         encoder = encoder.apply_lora(&config)?;
     }
+    encoder.set_product_precision(products);
     let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
     // An Option so the step can move the model into the optimizer and back (a clone would
     // share the parameters and force copies instead of in-place updates).
     let mut slot = Some(Model { encoder, heads });
     let trainable = slot.as_ref().map_or(0, count_trainable);
     let mut strategy = StrategyConfig::from_name(strategy)?;
-    let shared = mode == "dao-shared";
+    let shared = base_mode == "dao-shared";
     if let StrategyConfig::Dao(dao) = &mut strategy {
         if shared {
             dao.grad_norm_wrt = dao::GradNormWrt::SharedParameters;
@@ -348,6 +363,9 @@ fn train(
         "peak_mem_bytes": peak_rss_bytes()?,
         "device_mem_bytes": device_mem_bytes(&device),
         "trainable_params": trainable,
+        "bf16_products": products == ProductPrecision::Bf16
+            && setup.device == "cpu"
+            && bf16_products_available(),
     });
     if phases {
         let [forward, backward, optimizer] = phase_ms.map(median);
@@ -388,10 +406,9 @@ fn infer(
     let device = setup.device()?;
     device.seed(42);
     let mut encoder = Encoder::new(&config, &device);
-    let bf16 = mode == "infer-bf16";
-    if bf16 {
-        encoder.set_product_precision(ProductPrecision::Bf16);
-    }
+    let (_, products) = products_of(mode);
+    let bf16 = products == ProductPrecision::Bf16;
+    encoder.set_product_precision(products);
     let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
     let input = random_input(&config, INFER_BATCH, setup.seq, &device);
     let times = timed(steps, warmup, "infer", || {
@@ -528,7 +545,7 @@ pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool
 fn print_table(results: &[Value], setup: &Setup) {
     println!("{}", device_description(setup));
     println!(
-        "{:14} {:10} {:5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>9} {:>9}",
+        "{:14} {:15} {:5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>9} {:>9}",
         "model",
         "mode",
         "dtype",
@@ -559,7 +576,7 @@ fn print_table(results: &[Value], setup: &Setup) {
         let mib = |key: &str| r[key].as_f64().unwrap_or(f64::NAN) / (1024.0 * 1024.0);
         if let Some(error) = r["error"].as_str() {
             println!(
-                "{:14} {:10} {:5} {error}",
+                "{:14} {:15} {:5} {error}",
                 model,
                 r["mode"].as_str().unwrap_or(""),
                 r["dtype"].as_str().unwrap_or("")
@@ -567,7 +584,7 @@ fn print_table(results: &[Value], setup: &Setup) {
             continue;
         }
         println!(
-            "{:14} {:10} {:5} {:>10} {:>10} {:>12.1} {:>10.0} {:>10.0} {:>9.0} {:>9.2}",
+            "{:14} {:15} {:5} {:>10} {:>10} {:>12.1} {:>10.0} {:>10.0} {:>9.0} {:>9.2}",
             model,
             r["mode"].as_str().unwrap_or(""),
             r["dtype"].as_str().unwrap_or(""),

@@ -32,6 +32,10 @@ pub struct EmbedArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Multiply by the encoder's weights in bf16 (f32 sums) on the CPU's AMX tiles, where it
+    /// has them (≈ 1.8× the throughput, at bf16's precision); f32 otherwise.
+    #[arg(long)]
+    bf16_products: bool,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
@@ -45,7 +49,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         .unwrap_or_else(|| folder.config.max_input_len().min(512));
     let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, max_len)?;
     let rows = read_texts(&args.input, &tokenizer)?;
-    let model = folder.load_encoder(&device)?;
+    let mut model = folder.load_encoder(&device)?;
+    model.set_product_precision(crate::product_precision(args.bf16_products));
 
     // Write beside the target and rename at the end: a failed run leaves no partial output.
     let tmp = args.output.with_extension("jsonl.tmp");

@@ -31,23 +31,52 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `out[rows, n]` (row stride `out_rs`) `(+)= bf16(x)[rows, k] · bf16(w)[k, n]`, summed in f32.
-/// Returns false, touching nothing, when the tiles are unavailable or the shape does not fit
-/// them (`k` and `n` multiples of 32): the caller then runs its f32 product.
+/// A matrix operand: element `(i, j)` at `data[i · rs + j · cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Strided<'_> {
+    /// Whether every element of a `rows × cols` matrix lies inside `data`.
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[m, n]` (row stride `dst_rs`) `(+)= bf16(alpha · lhs)[m, k] · bf16(rhs)[k, n]`, summed in
+/// f32. Returns false, touching nothing, when the tiles are unavailable or `n` is not a
+/// multiple of 32 (the caller then runs its f32 product); `k` is padded with zeros to 32.
 pub(crate) fn product_bf16(
-    x: &[f32],
-    w: &[f32],
-    (rows, k, n): (usize, usize, usize),
-    out: &mut [f32],
-    out_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
     accumulate: bool,
+    lhs: Strided<'_>,
+    rhs: Strided<'_>,
+    alpha: f32,
 ) -> bool {
-    if !available() || k % 32 != 0 || n % 32 != 0 || rows == 0 {
+    if !available() || n % 32 != 0 || m == 0 || n == 0 || k == 0 {
         return false;
     }
-    assert!(x.len() >= rows * k && w.len() >= k * n && out.len() >= (rows - 1) * out_rs + n);
+    assert!(lhs.holds(m, k) && rhs.holds(k, n) && dst.len() >= (m - 1) * dst_rs + n);
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    tiles::product(x, w, (rows, k, n), out, out_rs, accumulate);
+    {
+        // The packed operands' buffers are kept per thread and reused: fresh ones cost a
+        // page fault per 4 KiB (and zeroing) at every product.
+        thread_local! {
+            static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = Default::default();
+        }
+        PACKED.with(|packed| {
+            let (mut a, mut b) = packed.take();
+            pack_lhs(&mut a, lhs, m, k, alpha);
+            pack_rhs(&mut b, rhs, k, n);
+            tiles::product(&a, &b, (m, n, k.div_ceil(32) * 32), dst, dst_rs, accumulate);
+            packed.replace((a, b));
+        });
+    }
     true
 }
 
@@ -70,63 +99,183 @@ fn from_bf16(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// Rows of one register block: two 16-row tiles of the left operand.
+const BLOCK_ROWS: usize = 32;
+
+/// Two bf16 side by side in one 32-bit word, `first` at the lower address.
+#[inline(always)]
+fn pair(first: f32, second: f32) -> u32 {
+    u32::from(to_bf16(first)) | u32::from(to_bf16(second)) << 16
+}
+
+// The packed operands are 32-bit words, two bf16 each: a tile row is 16 words (64 bytes), a
+// tile 256 words. Every word is written, padding included, so the buffers can be reused.
+
 crate::fastmath::multiversion! {
-    /// `dst[i] = to_bf16(src[i])`.
-    fn round_to_bf16(dst: &mut [u16], src: &[f32]) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = to_bf16(*s);
+    /// One 16-row band of a row-major left operand (`row` at `data[row · rs ..]`, `rows` of
+    /// them valid) as tiles `[k'/32][16 rows][16 words]`.
+    fn pack_band_of_rows(tiles: &mut [u32], data: &[f32], rs: usize, rows: usize, k: usize) {
+        let steps = tiles.len() / 256;
+        for row in 0..16 {
+            for step in 0..steps {
+                let dst = &mut tiles[(step * 16 + row) * 16..][..16];
+                let col = step * 32;
+                if row >= rows {
+                    dst.fill(0);
+                } else if col + 32 <= k {
+                    let src = &data[row * rs + col..][..32];
+                    for (word, two) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                        *word = pair(two[0], two[1]);
+                    }
+                } else {
+                    let value = |c: usize| if c < k { data[row * rs + c] } else { 0.0 };
+                    for (j, word) in dst.iter_mut().enumerate() {
+                        *word = pair(value(col + 2 * j), value(col + 2 * j + 1));
+                    }
+                }
+            }
         }
     }
 }
 
-/// Rows of one register block: two 16-row tiles of the input.
-const BLOCK_ROWS: usize = 32;
-
-/// `x [rows, k]` as bf16 tiles `[padded/16][k/32][16][32]`, rows padded with zeros to a
-/// multiple of [`BLOCK_ROWS`].
-fn pack_input(x: &[f32], rows: usize, k: usize) -> Vec<u16> {
-    use rayon::prelude::*;
-    let padded = rows.div_ceil(BLOCK_ROWS) * BLOCK_ROWS;
-    let mut packed = vec![0u16; padded * k];
-    // One 16-row band per task: its k/32 tiles, each 16 rows × 32 values.
-    packed
-        .par_chunks_mut(16 * k)
-        .enumerate()
-        .for_each(|(band, tiles)| {
-            for row in 0..16 {
-                let r = band * 16 + row;
-                if r >= rows {
-                    break;
+crate::fastmath::multiversion! {
+    /// The same band of a transposed left operand (`(row, col)` at `data[col · cs + row]`,
+    /// as the weight gradient's `xᵀ`): the band's rows sit side by side in memory, so two
+    /// columns give 16 words at a time, each stored in its own tile row.
+    fn pack_band_of_columns(tiles: &mut [u32], data: &[f32], cs: usize, rows: usize, k: usize) {
+        let steps = tiles.len() / 256;
+        let mut words = [0u32; 16];
+        for step in 0..steps {
+            for w in 0..16 {
+                let col = step * 32 + 2 * w;
+                if rows == 16 && col + 1 < k {
+                    let first = &data[col * cs..][..16];
+                    let second = &data[(col + 1) * cs..][..16];
+                    for ((word, &a), &b) in words.iter_mut().zip(first).zip(second) {
+                        *word = pair(a, b);
+                    }
+                } else {
+                    let value = |c: usize, r: usize| {
+                        if c < k && r < rows {
+                            data[c * cs + r]
+                        } else {
+                            0.0
+                        }
+                    };
+                    for (r, word) in words.iter_mut().enumerate() {
+                        *word = pair(value(col, r), value(col + 1, r));
+                    }
                 }
-                let source = &x[r * k..(r + 1) * k];
-                for (kk, chunk) in source.chunks_exact(32).enumerate() {
-                    let start = (kk * 16 + row) * 32;
-                    round_to_bf16(&mut tiles[start..start + 32], chunk);
+                for (r, &word) in words.iter().enumerate() {
+                    tiles[(step * 16 + r) * 16 + w] = word;
                 }
             }
-        });
-    packed
+        }
+    }
 }
 
-/// `w [k, n]` as bf16 pairs `[n/16][k/2][16][2]`.
-fn pack_weight(w: &[f32], k: usize, n: usize) -> Vec<u16> {
+crate::fastmath::multiversion! {
+    /// One 16-column block of a row-major right operand (`data[kk · rs + j]`) as `[k'/2][16]`
+    /// pair words.
+    fn pack_block_of_rows(block: &mut [u32], data: &[f32], rs: usize, k: usize) {
+        for (p, dst) in block.chunks_exact_mut(16).enumerate() {
+            if 2 * p + 1 < k {
+                let first = &data[2 * p * rs..][..16];
+                let second = &data[(2 * p + 1) * rs..][..16];
+                for ((word, &a), &b) in dst.iter_mut().zip(first).zip(second) {
+                    *word = pair(a, b);
+                }
+            } else if 2 * p < k {
+                let first = &data[2 * p * rs..][..16];
+                for (word, &a) in dst.iter_mut().zip(first) {
+                    *word = pair(a, 0.0);
+                }
+            } else {
+                dst.fill(0);
+            }
+        }
+    }
+}
+
+crate::fastmath::multiversion! {
+    /// The same block of a transposed right operand (`data[j · cs + kk]`, as the input
+    /// gradient's `Wᵀ`): each column is contiguous and its consecutive values pair up.
+    fn pack_block_of_columns(block: &mut [u32], data: &[f32], cs: usize, k: usize) {
+        let pairs = block.len() / 16;
+        for j in 0..16 {
+            let column = &data[j * cs..][..k];
+            for p in 0..pairs {
+                let first = if 2 * p < k { column[2 * p] } else { 0.0 };
+                let second = if 2 * p + 1 < k { column[2 * p + 1] } else { 0.0 };
+                block[p * 16 + j] = pair(first, second);
+            }
+        }
+    }
+}
+
+/// `alpha · lhs [m, k]` as tiles `[m'/16][k'/32][16 rows][16 words]` into `packed`, `m'` and
+/// `k'` padded with zeros to multiples of [`BLOCK_ROWS`] and 32.
+fn pack_lhs(packed: &mut Vec<u32>, lhs: Strided<'_>, m: usize, k: usize, alpha: f32) {
     use rayon::prelude::*;
-    let mut packed = vec![0u16; k * n];
+    let (padded_m, padded_k) = (m.div_ceil(BLOCK_ROWS) * BLOCK_ROWS, k.div_ceil(32) * 32);
+    packed.resize(padded_m * padded_k / 2, 0);
     packed
-        .par_chunks_mut(16 * k)
+        .par_chunks_mut(8 * padded_k)
         .enumerate()
-        .for_each(|(block, column_block)| {
-            let col0 = block * 16;
-            for (pair, out) in column_block.chunks_exact_mut(32).enumerate() {
-                let even = &w[2 * pair * n + col0..][..16];
-                let odd = &w[(2 * pair + 1) * n + col0..][..16];
-                for j in 0..16 {
-                    out[2 * j] = to_bf16(even[j]);
-                    out[2 * j + 1] = to_bf16(odd[j]);
+        .for_each(|(band, tiles)| {
+            let (first_row, rows) = (band * 16, 16.min(m.saturating_sub(band * 16)));
+            if rows == 0 {
+                tiles.fill(0);
+            } else if lhs.cs == 1 && alpha == 1.0 {
+                pack_band_of_rows(tiles, &lhs.data[first_row * lhs.rs..], lhs.rs, rows, k);
+            } else if lhs.rs == 1 && alpha == 1.0 {
+                pack_band_of_columns(tiles, &lhs.data[first_row..], lhs.cs, rows, k);
+            } else {
+                let value = |r: usize, c: usize| {
+                    if r < rows && c < k {
+                        alpha * lhs.data[(first_row + r) * lhs.rs + c * lhs.cs]
+                    } else {
+                        0.0
+                    }
+                };
+                for (i, word) in tiles.iter_mut().enumerate() {
+                    let (step, r, w) = (i / 256, i / 16 % 16, i % 16);
+                    let col = step * 32 + 2 * w;
+                    *word = pair(value(r, col), value(r, col + 1));
                 }
             }
         });
+}
+
+/// `rhs [k, n]` into `packed` as the pairs `tdpbf16ps` wants, `[n/16][k'/2][16]` words: word
+/// `(p, j)` holds `rhs[2p][j], rhs[2p + 1][j]` (`k'` padded with zeros to 32).
+fn pack_rhs(packed: &mut Vec<u32>, rhs: Strided<'_>, k: usize, n: usize) {
+    use rayon::prelude::*;
+    let padded_k = k.div_ceil(32) * 32;
+    packed.resize(padded_k * n / 2, 0);
     packed
+        .par_chunks_mut(8 * padded_k)
+        .enumerate()
+        .for_each(|(block, words)| {
+            let col0 = block * 16;
+            if rhs.cs == 1 {
+                pack_block_of_rows(words, &rhs.data[col0..], rhs.rs, k);
+            } else if rhs.rs == 1 {
+                pack_block_of_columns(words, &rhs.data[col0 * rhs.cs..], rhs.cs, k);
+            } else {
+                let value = |kk: usize, j: usize| {
+                    if kk < k {
+                        rhs.data[kk * rhs.rs + (col0 + j) * rhs.cs]
+                    } else {
+                        0.0
+                    }
+                };
+                for (i, word) in words.iter_mut().enumerate() {
+                    let (p, j) = (i / 16, i % 16);
+                    *word = pair(value(2 * p, j), value(2 * p + 1, j));
+                }
+            }
+        });
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -135,7 +284,7 @@ mod tiles {
 
     use rayon::prelude::*;
 
-    use super::{pack_input, pack_weight, BLOCK_ROWS};
+    use super::BLOCK_ROWS;
     use crate::cpu_inference::SharedOut;
 
     /// `ldtilecfg`'s 64-byte operand (palette 1).
@@ -171,56 +320,51 @@ mod tiles {
         }
     }
 
+    /// `c (+)= a · b` from packed operands (`k` already padded to 32).
     pub(super) fn product(
-        x: &[f32],
-        w: &[f32],
-        (rows, k, n): (usize, usize, usize),
-        out: &mut [f32],
-        out_rs: usize,
+        a: &[u32],
+        b: &[u32],
+        (m, n, k): (usize, usize, usize),
+        c: &mut [f32],
+        c_rs: usize,
         accumulate: bool,
     ) {
-        let a = pack_input(x, rows, k);
-        let b = pack_weight(w, k, n);
-        let out_ptr = SharedOut::new(out);
-        let blocks = rows.div_ceil(BLOCK_ROWS);
+        let c_ptr = SharedOut::new(c);
+        let blocks = m.div_ceil(BLOCK_ROWS);
         (0..blocks).into_par_iter().for_each(|block| {
             let r0 = block * BLOCK_ROWS;
-            let valid = BLOCK_ROWS.min(rows - r0);
-            let a_block = &a[r0 * k..(r0 + BLOCK_ROWS) * k];
+            let valid = BLOCK_ROWS.min(m - r0);
+            let a_block = &a[r0 * k / 2..(r0 + BLOCK_ROWS) * k / 2];
             if valid == BLOCK_ROWS {
-                // SAFETY: rows r0 .. r0 + 32 of `out` are this task's alone and lie inside it
-                // (asserted by the caller: out.len() ≥ (rows − 1) · out_rs + n).
+                // SAFETY: rows r0 .. r0 + 32 of `c` are this task's alone and lie inside it
+                // (asserted by the caller: c.len() ≥ (m − 1) · c_rs + n).
                 unsafe {
                     block_product(
                         a_block,
-                        &b,
+                        b,
                         k,
                         n,
-                        out_ptr.ptr().add(r0 * out_rs),
-                        out_rs,
+                        c_ptr.ptr().add(r0 * c_rs),
+                        c_rs,
                         accumulate,
                     )
                 };
             } else {
                 // The last, partial block goes through a full-size scratch block.
                 let mut scratch = vec![0f32; BLOCK_ROWS * n];
-                for r in 0..valid {
-                    if accumulate {
-                        // SAFETY: as above, row r0 + r is this task's.
-                        let row = unsafe {
-                            std::slice::from_raw_parts(out_ptr.ptr().add((r0 + r) * out_rs), n)
-                        };
-                        scratch[r * n..(r + 1) * n].copy_from_slice(row);
+                let row = |r: usize| {
+                    // SAFETY: as above, row r0 + r < m is this task's.
+                    unsafe { std::slice::from_raw_parts_mut(c_ptr.ptr().add((r0 + r) * c_rs), n) }
+                };
+                if accumulate {
+                    for r in 0..valid {
+                        scratch[r * n..(r + 1) * n].copy_from_slice(row(r));
                     }
                 }
                 // SAFETY: scratch holds 32 rows of n.
-                unsafe { block_product(a_block, &b, k, n, scratch.as_mut_ptr(), n, true) };
+                unsafe { block_product(a_block, b, k, n, scratch.as_mut_ptr(), n, true) };
                 for r in 0..valid {
-                    // SAFETY: as above.
-                    let row = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.ptr().add((r0 + r) * out_rs), n)
-                    };
-                    row.copy_from_slice(&scratch[r * n..(r + 1) * n]);
+                    row(r).copy_from_slice(&scratch[r * n..(r + 1) * n]);
                 }
             }
         });
@@ -234,8 +378,8 @@ mod tiles {
     /// The tiles must be available; `a` holds this block's two packed 16-row bands, `b` the
     /// packed weight, and `c` 32 rows of `n` f32 at stride `c_rs` that no one else touches.
     unsafe fn block_product(
-        a: &[u16],
-        b: &[u16],
+        a: &[u32],
+        b: &[u32],
         k: usize,
         n: usize,
         c: *mut f32,
@@ -255,7 +399,9 @@ mod tiles {
         }
         let tile_stride = 64usize;
         let c_stride = c_rs * 4;
-        let (a0, a1) = (a.as_ptr(), a.as_ptr().add(16 * k));
+        // In words: a 16-row band of `a` and a 16-column block of `b` are 8·k each, one
+        // step of 32 along k is 256.
+        let (a0, a1) = (a.as_ptr(), a.as_ptr().add(8 * k));
         asm!("ldtilecfg [{}]", in(reg) &config as *const TileConfig, options(nostack));
         for pair in 0..n / 32 {
             let c00 = c.add(pair * 32);
@@ -279,8 +425,8 @@ mod tiles {
                 );
             }
             let (b0, b1) = (
-                b.as_ptr().add(2 * pair * 16 * k),
-                b.as_ptr().add((2 * pair + 1) * 16 * k),
+                b.as_ptr().add(2 * pair * 8 * k),
+                b.as_ptr().add((2 * pair + 1) * 8 * k),
             );
             for step in 0..k / 32 {
                 // Each load is followed by the products that first need it: the tiles are
@@ -294,8 +440,8 @@ mod tiles {
                     "tileloadd tmm5, [{a1} + {s}*1]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0.add(step * 512), a1 = in(reg) a1.add(step * 512),
-                    b0 = in(reg) b0.add(step * 512), b1 = in(reg) b1.add(step * 512),
+                    a0 = in(reg) a0.add(step * 256), a1 = in(reg) a1.add(step * 256),
+                    b0 = in(reg) b0.add(step * 256), b1 = in(reg) b1.add(step * 256),
                     s = in(reg) tile_stride, options(nostack, readonly),
                 );
             }
@@ -340,56 +486,120 @@ mod tests {
     }
 
     /// The tile product equals the f64 product of the bf16-rounded operands (the only
-    /// rounding left is f32 summation), with and without accumulation, for a row count that
-    /// leaves a partial block and an output wider than the product.
+    /// rounding left is f32 summation): both layouts of each operand (row-major and
+    /// transposed, as the forward, input-gradient and weight-gradient products use them),
+    /// with and without accumulation and scaling, a row count that leaves a partial block,
+    /// a `k` that needs padding, and an output wider than the product.
     #[test]
     fn tile_product_equals_the_rounded_operands_product() {
         if !available() {
             eprintln!("skipped: no AMX tiles on this CPU (or the kernel refused them)");
             return;
         }
-        let (rows, k, n, out_rs) = (45, 96, 64, 80);
-        let x = values(rows * k, 1);
-        let w = values(k * n, 2);
-        let start = values(rows * out_rs, 3);
-        for accumulate in [false, true] {
-            let mut out = start.clone();
+        // An odd k: the last pair has a zero partner, and k pads to 96.
+        let (m, k, n, dst_rs) = (45, 71, 64, 80);
+        let a = values(m * k, 1);
+        let b = values(k * n, 2);
+        let start = values(m * dst_rs, 3);
+        let round = |v: f32| from_bf16(to_bf16(v)) as f64;
+        for (transposed_lhs, transposed_rhs, accumulate, alpha) in [
+            (false, false, false, 1.0),
+            (false, true, true, 0.5),
+            (true, false, false, 1.0),
+            (true, true, true, 2.5),
+        ] {
+            // The same matrices, stored either way.
+            let lhs_storage: Vec<f32> = if transposed_lhs {
+                (0..k * m).map(|i| a[(i % m) * k + i / m]).collect()
+            } else {
+                a.clone()
+            };
+            let rhs_storage: Vec<f32> = if transposed_rhs {
+                (0..n * k).map(|i| b[(i % k) * n + i / k]).collect()
+            } else {
+                b.clone()
+            };
+            let lhs = if transposed_lhs {
+                Strided {
+                    data: &lhs_storage,
+                    rs: 1,
+                    cs: m,
+                }
+            } else {
+                Strided {
+                    data: &lhs_storage,
+                    rs: k,
+                    cs: 1,
+                }
+            };
+            let rhs = if transposed_rhs {
+                Strided {
+                    data: &rhs_storage,
+                    rs: 1,
+                    cs: k,
+                }
+            } else {
+                Strided {
+                    data: &rhs_storage,
+                    rs: n,
+                    cs: 1,
+                }
+            };
+            let mut dst = start.clone();
             assert!(product_bf16(
-                &x,
-                &w,
-                (rows, k, n),
-                &mut out,
-                out_rs,
-                accumulate
+                (m, n, k),
+                &mut dst,
+                dst_rs,
+                accumulate,
+                lhs,
+                rhs,
+                alpha
             ));
-            let round = |v: f32| from_bf16(to_bf16(v)) as f64;
-            for r in 0..rows {
-                for j in 0..out_rs {
-                    let got = out[r * out_rs + j];
+            for r in 0..m {
+                for j in 0..dst_rs {
+                    let got = dst[r * dst_rs + j];
                     if j >= n {
                         assert_eq!(
                             got,
-                            start[r * out_rs + j],
+                            start[r * dst_rs + j],
                             "column {j} is not the product's"
                         );
                         continue;
                     }
                     let mut want: f64 = (0..k)
-                        .map(|i| round(x[r * k + i]) * round(w[i * n + j]))
+                        .map(|i| round(alpha * a[r * k + i]) * round(b[i * n + j]))
                         .sum();
                     if accumulate {
-                        want += start[r * out_rs + j] as f64;
+                        want += start[r * dst_rs + j] as f64;
                     }
                     assert!(
                         (got as f64 - want).abs() < 1e-5,
-                        "({r}, {j}): {got} vs {want}"
+                        "{transposed_lhs}/{transposed_rhs} ({r}, {j}): {got} vs {want}"
                     );
                 }
             }
         }
-        // Shapes the tiles cannot take are left to the caller.
-        let mut out = vec![0f32; 4 * 48];
-        assert!(!product_bf16(&x, &w, (4, 48, 48), &mut out, 48, false));
-        assert!(out.iter().all(|&v| v == 0.0));
+        // A width the tiles cannot take is left to the caller.
+        let mut dst = vec![0f32; 4 * 48];
+        let lhs = Strided {
+            data: &a,
+            rs: k,
+            cs: 1,
+        };
+        let rhs = Strided {
+            data: &b,
+            rs: 48,
+            cs: 1,
+        };
+        assert!(!product_bf16(
+            (4, 48, 32),
+            &mut dst,
+            48,
+            false,
+            lhs,
+            rhs,
+            1.0
+        ));
+        assert!(dst.iter().all(|&v| v == 0.0));
     }
 }

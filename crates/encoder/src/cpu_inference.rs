@@ -20,6 +20,7 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::amx::{self, Strided};
 use crate::config::HiddenAct;
 use crate::fastmath;
 use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer, ProductPrecision};
@@ -169,8 +170,11 @@ pub(crate) unsafe fn product(
     );
 }
 
-/// `out (rows × n, row stride out_rs) (+)= x (rows × k) · w (k × n)`, row-major.
+/// `out (rows × n, row stride out_rs) (+)= x (rows × k) · w (k × n)`, row-major; in bf16 on
+/// AMX tiles when `precision` asks for it and they can take the shape.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_product(
+    precision: ProductPrecision,
     x: &[f32],
     w: &[f32],
     (rows, k, n): (usize, usize, usize),
@@ -180,6 +184,23 @@ pub(crate) fn forward_product(
     alpha: f32,
 ) {
     assert!(x.len() >= rows * k && w.len() >= k * n && out.len() >= (rows - 1) * out_rs + n);
+    let (lhs, rhs) = (
+        Strided {
+            data: x,
+            rs: k,
+            cs: 1,
+        },
+        Strided {
+            data: w,
+            rs: n,
+            cs: 1,
+        },
+    );
+    if precision == ProductPrecision::Bf16
+        && amx::product_bf16((rows, n, k), out, out_rs, accumulate, lhs, rhs, alpha)
+    {
+        return;
+    }
     // SAFETY: bounds checked above; out is a distinct buffer.
     unsafe {
         product(
@@ -242,23 +263,21 @@ pub(crate) fn project(
             .take(rows)
             .for_each(|row| row[..d_out].copy_from_slice(bias));
     }
-    let tiled = precision == ProductPrecision::Bf16
-        && crate::amx::product_bf16(x, weight, (rows, d_in, d_out), out, out_rs, bias.is_some());
-    if !tiled {
-        forward_product(
-            x,
-            weight,
-            (rows, d_in, d_out),
-            out,
-            out_rs,
-            bias.is_some(),
-            1.0,
-        );
-    }
+    forward_product(
+        precision,
+        x,
+        weight,
+        (rows, d_in, d_out),
+        out,
+        out_rs,
+        bias.is_some(),
+        1.0,
+    );
     adapter.map(|adapter| {
         let mut low = vec![0f32; rows * adapter.rank];
         let rank = adapter.rank;
         forward_product(
+            ProductPrecision::F32,
             adapter.input,
             adapter.a,
             (rows, d_in, rank),
@@ -268,6 +287,7 @@ pub(crate) fn project(
             1.0,
         );
         forward_product(
+            ProductPrecision::F32,
             &low,
             adapter.b,
             (rows, rank, d_out),

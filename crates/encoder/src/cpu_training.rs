@@ -25,6 +25,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use lora::LoraLinear;
 use rayon::prelude::*;
 
+use crate::amx::{self, Strided};
 use crate::config::HiddenAct;
 use crate::cpu_inference::{
     attend_pair, attention_probs, host, host_view, product, project, real_tokens, Dense,
@@ -34,8 +35,11 @@ use crate::fastmath;
 use crate::low_rank;
 use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer, LazyKeep, ProductPrecision};
 
-/// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`.
+/// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`, in bf16 on AMX
+/// tiles when `precision` asks for it and they can take the shape.
+#[allow(clippy::too_many_arguments)]
 fn input_gradient(
+    precision: ProductPrecision,
     dy: &[f32],
     dy_rs: usize,
     w: &[f32],
@@ -45,6 +49,21 @@ fn input_gradient(
     alpha: f32,
 ) {
     assert!(dy.len() >= (rows - 1) * dy_rs + n && w.len() >= k * n && dx.len() >= rows * k);
+    let lhs = Strided {
+        data: dy,
+        rs: dy_rs,
+        cs: 1,
+    };
+    let rhs = Strided {
+        data: w,
+        rs: 1,
+        cs: n,
+    };
+    if precision == ProductPrecision::Bf16
+        && amx::product_bf16((rows, k, n), dx, k, accumulate, lhs, rhs, alpha)
+    {
+        return;
+    }
     // SAFETY: bounds checked above; dx is a distinct buffer.
     unsafe {
         product(
@@ -62,8 +81,10 @@ fn input_gradient(
     }
 }
 
-/// `dw (k × n) = alpha · xᵀ · dy` for `x (rows × k)`, `dy (rows × n, row stride dy_rs)`.
+/// `dw (k × n) = alpha · xᵀ · dy` for `x (rows × k)`, `dy (rows × n, row stride dy_rs)`; in
+/// bf16 like [`input_gradient`].
 fn weight_gradient(
+    precision: ProductPrecision,
     x: &[f32],
     dy: &[f32],
     dy_rs: usize,
@@ -72,6 +93,21 @@ fn weight_gradient(
 ) -> Vec<f32> {
     assert!(x.len() >= rows * k && dy.len() >= (rows - 1) * dy_rs + n);
     let mut dw = vec![0f32; k * n];
+    let lhs = Strided {
+        data: x,
+        rs: 1,
+        cs: k,
+    };
+    let rhs = Strided {
+        data: dy,
+        rs: dy_rs,
+        cs: 1,
+    };
+    if precision == ProductPrecision::Bf16
+        && amx::product_bf16((k, n, rows), &mut dw, n, false, lhs, rhs, alpha)
+    {
+        return dw;
+    }
     // SAFETY: bounds checked above; dw is fresh.
     unsafe {
         product(
@@ -176,6 +212,8 @@ fn trains<const D: usize>(param: &Param<Tensor<D>>) -> bool {
 struct LinearTape {
     /// The weight (burn's tensor, shared with the module: no copy is kept).
     weight: Tensor<2>,
+    /// Of the base weight's products.
+    precision: ProductPrecision,
     d_in: usize,
     d_out: usize,
     weight_id: Option<ParamId>,
@@ -202,9 +240,12 @@ struct AdapterTape {
 }
 
 impl LinearTape {
-    /// `out[.., col0..] = x W + b (+ scaling · dropout(x) A B)`, drawing the adapter's mask.
+    /// `out[.., col0..] = x W + b (+ scaling · dropout(x) A B)`, drawing the adapter's mask;
+    /// the base weight's products (here and in the backward) in `precision`.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         layer: &LoraLinear,
+        precision: ProductPrecision,
         x: &[f32],
         rows: usize,
         out: &mut [f32],
@@ -224,18 +265,10 @@ impl LinearTape {
             d_out,
         };
         let Some(adapter) = layer.adapter.as_ref().filter(|a| !a.is_merged()) else {
-            project(
-                dense,
-                ProductPrecision::F32,
-                x,
-                rows,
-                out,
-                out_rs,
-                col0,
-                None,
-            );
+            project(dense, precision, x, rows, out, out_rs, col0, None);
             return LinearTape {
                 weight: weight_tensor,
+                precision,
                 d_in,
                 d_out,
                 weight_id: trains(weight).then_some(weight.id),
@@ -248,16 +281,7 @@ impl LinearTape {
         let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
         let x = &x[..rows * d_in];
         let (low, factors, mask, lazy_mask) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
-            project(
-                dense,
-                ProductPrecision::F32,
-                x,
-                rows,
-                out,
-                out_rs,
-                col0,
-                None,
-            );
+            project(dense, precision, x, rows, out, out_rs, col0, None);
             let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
             let lazy_mask = masks.host_keep_lazy(&adapter.dropout, rows * d_in);
             let low = low_rank::forward(&factors, lazy_mask, x, &mut out[col0..], out_rs);
@@ -272,17 +296,8 @@ impl LinearTape {
                 rank,
                 scaling,
             };
-            let low = project(
-                dense,
-                ProductPrecision::F32,
-                x,
-                rows,
-                out,
-                out_rs,
-                col0,
-                Some(low_rank),
-            )
-            .expect("an adapter returns its low-rank input");
+            let low = project(dense, precision, x, rows, out, out_rs, col0, Some(low_rank))
+                .expect("an adapter returns its low-rank input");
             (low, None, mask, None)
         };
         let adapter = Some(AdapterTape {
@@ -299,6 +314,7 @@ impl LinearTape {
         });
         LinearTape {
             weight: weight_tensor,
+            precision,
             d_in,
             d_out,
             weight_id: trains(weight).then_some(weight.id),
@@ -325,7 +341,7 @@ impl LinearTape {
             grads.push(Grad {
                 id,
                 shape: vec![d_in, d_out],
-                values: weight_gradient(x, dy, dy_rs, (rows, d_in, d_out), 1.0),
+                values: weight_gradient(self.precision, x, dy, dy_rs, (rows, d_in, d_out), 1.0),
             });
         }
         if let Some(id) = self.bias_id {
@@ -336,7 +352,16 @@ impl LinearTape {
             });
         }
         let weight = host_view(self.weight.clone());
-        input_gradient(dy, dy_rs, &weight, (rows, d_in, d_out), dx, accumulate, 1.0);
+        input_gradient(
+            self.precision,
+            dy,
+            dy_rs,
+            &weight,
+            (rows, d_in, d_out),
+            dx,
+            accumulate,
+            1.0,
+        );
         if let Some(adapter) = &self.adapter {
             let rank = adapter.rank;
             if let Some(factors) = &adapter.factors {
@@ -370,6 +395,7 @@ impl LinearTape {
                     id,
                     shape: vec![rank, d_out],
                     values: weight_gradient(
+                        ProductPrecision::F32,
                         &adapter.low,
                         dy,
                         dy_rs,
@@ -381,6 +407,7 @@ impl LinearTape {
             // ∂L/∂low = scaling · dy · Bᵀ
             let mut d_low = vec![0f32; rows * rank];
             input_gradient(
+                ProductPrecision::F32,
                 dy,
                 dy_rs,
                 &adapter.b,
@@ -401,14 +428,31 @@ impl LinearTape {
                 grads.push(Grad {
                     id,
                     shape: vec![d_in, rank],
-                    values: weight_gradient(input, &d_low, rank, (rows, d_in, rank), 1.0),
+                    values: weight_gradient(
+                        ProductPrecision::F32,
+                        input,
+                        &d_low,
+                        rank,
+                        (rows, d_in, rank),
+                        1.0,
+                    ),
                 });
             }
             match &adapter.mask {
-                None => input_gradient(&d_low, rank, &adapter.a, (rows, d_in, rank), dx, true, 1.0),
+                None => input_gradient(
+                    ProductPrecision::F32,
+                    &d_low,
+                    rank,
+                    &adapter.a,
+                    (rows, d_in, rank),
+                    dx,
+                    true,
+                    1.0,
+                ),
                 Some(mask) => {
                     let mut d_dropped = vec![0f32; rows * d_in];
                     input_gradient(
+                        ProductPrecision::F32,
                         &d_low,
                         rank,
                         &adapter.a,
@@ -580,6 +624,7 @@ fn layer_forward(
     epsilon: f64,
     masks: &mut DropoutMasks,
     keep_input: bool,
+    precision: ProductPrecision,
 ) -> LayerTape {
     let Dims {
         batch,
@@ -599,6 +644,7 @@ fn layer_forward(
     {
         projections.push(LinearTape::forward(
             projection,
+            precision,
             &input,
             rows,
             &mut qkv,
@@ -631,6 +677,7 @@ fn layer_forward(
     let mut attended = vec![0f32; rows * hidden];
     let attention_output = LinearTape::forward(
         &layer.attention.output.dense,
+        precision,
         &context,
         rows,
         &mut attended,
@@ -650,6 +697,7 @@ fn layer_forward(
     let mut pre_activation = vec![0f32; rows * intermediate];
     let intermediate_tape = LinearTape::forward(
         &layer.intermediate.dense,
+        precision,
         &attended,
         rows,
         &mut pre_activation,
@@ -660,7 +708,16 @@ fn layer_forward(
     let mut expanded = pre_activation.clone();
     fastmath::map_parallel(&mut expanded, fastmath::gelu_slice);
 
-    let output = LinearTape::forward(&layer.output.dense, &expanded, rows, x, hidden, 0, masks);
+    let output = LinearTape::forward(
+        &layer.output.dense,
+        precision,
+        &expanded,
+        rows,
+        x,
+        hidden,
+        0,
+        masks,
+    );
     let output_mask = Mask::draw(masks, &layer.output.dropout, rows * hidden);
     apply_mask(x, &output_mask);
     let norm2 = NormTape::forward(&layer.output.layer_norm, epsilon, x, &attended);
@@ -1008,6 +1065,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
                 config.layer_norm_eps,
                 &mut masks,
                 i == 0,
+                encoder.product_precision(),
             )
         })
         .collect();

@@ -929,6 +929,95 @@ mod tests {
         visitor.out
     }
 
+    /// The training step with `ProductPrecision::Bf16`: the base weights' products (forward,
+    /// input and weight gradients) on the tiles, everything else as in f32. `H` and every
+    /// parameter gradient stay within bf16's rounding of the f32 step's (relative to each
+    /// tensor's largest value), and they do move (the tiles were used); full fine-tuning and
+    /// LoRA, dropout on, padded keys, and a row count (2 × 21) that pads `k` in the weight
+    /// gradients.
+    #[test]
+    fn bf16_training_products_stay_near_the_f32_step() {
+        if !crate::amx::available() {
+            eprintln!("skipped: no AMX tiles on this CPU (or the kernel refused them)");
+            return;
+        }
+        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let config: EncoderConfig = serde_json::from_str(
+            r#"{"model_type": "roberta", "vocab_size": 50, "hidden_size": 64,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+                "max_position_embeddings": 40, "type_vocab_size": 1, "pad_token_id": 1,
+                "layer_norm_eps": 1e-5}"#,
+        )
+        .unwrap();
+        let device = Device::flex().autodiff();
+        for lora_rank in [None, Some(4)] {
+            device.seed(5);
+            let mut encoder = Encoder::new(&config, &device);
+            if let Some(rank) = lora_rank {
+                encoder = perturb_adapters(
+                    encoder
+                        .apply_lora(&lora::LoraConfig::with_rank(rank))
+                        .unwrap(),
+                );
+            }
+            let ids: Vec<i64> = (0..42)
+                .map(|i| if i % 21 > 17 { 1 } else { 2 + i % 41 })
+                .collect();
+            let mask: Vec<i64> = ids.iter().map(|&t| i64::from(t != 1)).collect();
+            let int =
+                |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [2, 21]), &device);
+            let input = EncoderInput {
+                input_ids: int(ids),
+                attention_mask: int(mask),
+                token_type_ids: int(vec![0; 42]),
+            };
+            let weights: Vec<f32> = (0..2 * 64)
+                .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+                .collect();
+            let weights = Tensor::<2>::from_data(TensorData::new(weights, [2, 64]), &device);
+            let _ = encoder.forward(input.clone());
+            let mut step = |precision| {
+                encoder.set_product_precision(precision);
+                device.seed(11);
+                let (h, tape) = encoder.forward_train(input.clone()).unwrap();
+                let grads = (h.clone() * weights.clone()).sum().backward();
+                let mut params = burn::optim::GradientsParams::new();
+                tape.backward(h.grad(&grads), &mut params);
+                (values(h.inner()), gradients(&encoder, &params))
+            };
+            let (h_exact, exact) = step(ProductPrecision::F32);
+            let (h_rounded, rounded) = step(ProductPrecision::Bf16);
+            let relative = |a: &[f32], b: &[f32]| {
+                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max)
+                    / scale
+            };
+            let h_delta = relative(&h_rounded, &h_exact);
+            assert!(h_delta > 0.0 && h_delta < 3e-2, "H: {h_delta}");
+            assert_eq!(rounded.len(), exact.len());
+            let mut moved = 0;
+            for ((id, g), (_, r)) in rounded.iter().zip(&exact) {
+                let delta = relative(g, r);
+                let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                if scale < 1e-6 {
+                    // The key biases' gradients: zero in exact arithmetic, rounding noise here.
+                    assert!(g.iter().all(|v| v.abs() < 1e-5), "{lora_rank:?} {id}");
+                    continue;
+                }
+                assert!(delta < 5e-2, "{lora_rank:?} {id}: relative max |Δ| {delta}");
+                moved += usize::from(delta > 0.0);
+            }
+            assert!(
+                moved * 2 > exact.len(),
+                "{lora_rank:?}: only {moved} gradients moved"
+            );
+        }
+    }
+
     /// The hand-written training forward and backward against burn's autodiff of the same
     /// encoder: same `H`, same gradient for every parameter, with dropout everywhere (the same
     /// masks: same stream, same order), padded keys, full fine-tuning and LoRA (rank 4 through

@@ -231,6 +231,11 @@ pub struct TrainConfig {
     /// `cpu`, `cuda` or `cuda:N`; several (`cuda:0,cuda:1`) train data-parallel, the first
     /// holding the model between steps.
     pub device: String,
+    /// On the CPU, multiply by the encoder's weights in bf16 with f32 sums on AMX tiles
+    /// (Intel Sapphire Rapids and later; f32 elsewhere): ≈ 0.6× the step time, at bf16's
+    /// precision (`encoder::ProductPrecision`; BENCHMARKS.md measures the effect on the
+    /// metrics). Master weights, optimizer, heads and attention scores stay f32.
+    pub bf16_products: bool,
 }
 
 impl Default for TrainConfig {
@@ -250,6 +255,7 @@ impl Default for TrainConfig {
             best_metric: Metric::Mse,
             early_stopping_patience: None,
             device: "cpu".into(),
+            bf16_products: false,
         }
     }
 }

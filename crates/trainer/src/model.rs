@@ -31,6 +31,15 @@ impl SentimentModel {
         if config.train.finetune == Finetune::Lora {
             encoder = encoder.apply_lora(&config.lora_config())?;
         }
+        if config.train.bf16_products {
+            if !encoder::bf16_products_available() {
+                tracing::warn!(
+                    "train.bf16_products: this CPU has no AMX tiles (or the kernel refused \
+                     them); the products stay f32"
+                );
+            }
+            encoder.set_product_precision(encoder::ProductPrecision::Bf16);
+        }
         let heads = config
             .heads_config()
             .init(encoder.config().hidden_size, device)?;
