@@ -342,9 +342,17 @@ fn train(
         weighting.update(&grads);
         let grad_h = tape.as_ref().and_then(|_| h_leaf.grad(&grads));
         let mut grads = GradientsParams::from_grads(grads, &model);
+        let mut model = Some(model);
         if let Some(tape) = tape {
-            tape.backward(grad_h, &mut grads);
+            // As the trainer: each encoder layer's AdamW update as soon as its gradients
+            // exist (so `backward_ms` includes the encoder's updates, `optimizer_ms` the rest).
+            tape.backward_by_layer(grad_h, &mut grads, |layer| {
+                if let Some(current) = model.take() {
+                    model = Some(optim.step(1e-5, current, layer));
+                }
+            });
         }
+        let model = model.context("the model was lost in a layer's update")?;
         let backward_done = clock.elapsed().as_secs_f64();
         slot = Some(optim.step(1e-5, model, grads));
         device.sync()?;

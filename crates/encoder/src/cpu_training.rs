@@ -942,6 +942,30 @@ impl TrainTape {
     /// when no gradient reached `H`, which leaves the encoder without one), registered in
     /// `grads` (parameters that do not train are skipped, as burn's autodiff would).
     pub fn backward(self, grad_h: Option<Tensor<2>>, grads: &mut GradientsParams) {
+        self.backward_inner(grad_h, grads, None);
+    }
+
+    /// [`backward`](Self::backward), handing each transformer layer's gradients to
+    /// `layer_done` as soon as that layer's backward is over (last layer first), and the
+    /// embeddings' into `grads` at the end. An optimizer that updates those parameters right
+    /// away keeps a single layer's gradients alive instead of the whole encoder's (a third of
+    /// a full fine-tuning step's peak memory on roberta-base: BENCHMARKS.md). The layer's
+    /// weights are no longer read by the rest of the backward, so updating them is safe.
+    pub fn backward_by_layer(
+        self,
+        grad_h: Option<Tensor<2>>,
+        grads: &mut GradientsParams,
+        mut layer_done: impl FnMut(GradientsParams),
+    ) {
+        self.backward_inner(grad_h, grads, Some(&mut layer_done));
+    }
+
+    fn backward_inner(
+        self,
+        grad_h: Option<Tensor<2>>,
+        grads: &mut GradientsParams,
+        mut layer_done: Option<&mut dyn FnMut(GradientsParams)>,
+    ) {
         let Some(grad_h) = grad_h else {
             return;
         };
@@ -954,6 +978,7 @@ impl TrainTape {
                 .copy_from_slice(&grad_h[b * hidden..(b + 1) * hidden]);
         }
         let mut collected = Vec::new();
+        let inner = self.device.clone().without_autodiff();
         // Each layer's tape is freed once its backward is done: the gradients grow while the
         // tape shrinks, so the peak holds about one of the two, not both.
         let mut layers = self.layers;
@@ -968,20 +993,14 @@ impl TrainTape {
                 (None, None) => unreachable!("the first layer keeps its input"),
             };
             layer_backward(&layer, input, &mut dy, dims, &mut collected);
-        }
-        let inner = self.device.clone().without_autodiff();
-        for grad in collected {
-            match grad.shape.len() {
-                1 => grads.register(
-                    grad.id,
-                    Tensor::<1>::from_data(TensorData::new(grad.values, grad.shape), &inner),
-                ),
-                _ => grads.register(
-                    grad.id,
-                    Tensor::<2>::from_data(TensorData::new(grad.values, grad.shape), &inner),
-                ),
+            drop(layer);
+            if let Some(done) = layer_done.as_mut() {
+                let mut layer_grads = GradientsParams::new();
+                register(std::mem::take(&mut collected), &mut layer_grads, &inner);
+                done(layer_grads);
             }
         }
+        register(collected, grads, &inner);
         if let Some(embedded) = self.embedded {
             // The embeddings' own graph: ∂/∂θ Σ (embedded ⊙ dy) = (∂embedded/∂θ)ᵀ dy.
             let dy = Tensor::<3>::from_data(
@@ -1021,6 +1040,22 @@ impl TrainTape {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Moves `collected` into `grads` as tensors on `device`.
+fn register(collected: Vec<Grad>, grads: &mut GradientsParams, device: &Device) {
+    for grad in collected {
+        match grad.shape.len() {
+            1 => grads.register(
+                grad.id,
+                Tensor::<1>::from_data(TensorData::new(grad.values, grad.shape), device),
+            ),
+            _ => grads.register(
+                grad.id,
+                Tensor::<2>::from_data(TensorData::new(grad.values, grad.shape), device),
+            ),
         }
     }
 }

@@ -499,7 +499,7 @@ pub fn train(
             let grads = loss.backward();
             weighting.update(&grads);
             let grad_h = tape.as_ref().and_then(|_| h_leaf.grad(&grads));
-            let params = |grads| {
+            let params = |grads, tape: Option<encoder::TrainTape>, grad_h| {
                 let mut params = GradientsParams::from_grads(grads, &model);
                 if let Some(tape) = tape {
                     tape.backward(grad_h, &mut params);
@@ -521,14 +521,28 @@ pub fn train(
                 model = optimizer.step(lr, model, grads);
                 state.updates += 1;
             } else if grad_accum > 1 {
-                let grads = params(grads);
+                let grads = params(grads, tape, grad_h);
                 accumulator.accumulate(&model, grads);
                 if boundary {
                     model = optimizer.step(lr, model, accumulator.grads());
                     state.updates += 1;
                 }
+            } else if let Some(tape) = tape {
+                // Each encoder layer is updated as soon as its gradients are made, so only
+                // one layer's gradients are alive at a time (the same update as after the
+                // whole backward: AdamW is per parameter).
+                let mut rest = GradientsParams::from_grads(grads, &model);
+                let mut slot = Some(model);
+                tape.backward_by_layer(grad_h, &mut rest, |layer| {
+                    if let Some(current) = slot.take() {
+                        slot = Some(optimizer.step(lr, current, layer));
+                    }
+                });
+                model = slot.expect("the model comes back from every layer's update");
+                model = optimizer.step(lr, model, rest);
+                state.updates += 1;
             } else {
-                let grads = params(grads);
+                let grads = params(grads, None, None);
                 model = optimizer.step(lr, model, grads);
                 state.updates += 1;
             }
