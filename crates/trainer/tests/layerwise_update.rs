@@ -13,7 +13,7 @@ fn parameters(encoder: &Encoder) -> Vec<Vec<f32>> {
     struct Collect(Vec<Vec<f32>>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let values = param.val().into_data().convert::<f32>().to_vec::<f32>();
+            let values = param.val().into_data().convert::<f32>().try_to_vec::<f32>();
             self.0.push(values.unwrap());
         }
     }
