@@ -64,11 +64,6 @@ pub(crate) fn product_bf16(
     assert!(lhs.holds(m, k) && rhs.holds(k, n) && dst.len() >= (m - 1) * dst_rs + n);
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
-        // The packed operands' buffers are kept per thread and reused: fresh ones cost a
-        // page fault per 4 KiB (and zeroing) at every product.
-        thread_local! {
-            static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = Default::default();
-        }
         PACKED.with(|packed| {
             let (mut a, mut b) = packed.take();
             pack_lhs(&mut a, lhs, m, k, alpha);
@@ -78,6 +73,61 @@ pub(crate) fn product_bf16(
         });
     }
     true
+}
+
+/// A right operand packed once for several products (a weight applied to a batch in chunks).
+pub(crate) struct PackedRhs {
+    words: Vec<u32>,
+    k: usize,
+    n: usize,
+}
+
+/// `rhs [k, n]` packed for [`product_packed`]; `None` where [`product_bf16`] would refuse.
+pub(crate) fn pack_weight(rhs: Strided<'_>, k: usize, n: usize) -> Option<PackedRhs> {
+    if !available() || n % 32 != 0 || n == 0 || k == 0 {
+        return None;
+    }
+    assert!(rhs.holds(k, n));
+    let mut words = Vec::new();
+    pack_rhs(&mut words, rhs, k, n);
+    Some(PackedRhs { words, k, n })
+}
+
+/// [`product_bf16`] with an already packed right operand.
+pub(crate) fn product_packed(
+    m: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Strided<'_>,
+    rhs: &PackedRhs,
+) {
+    let (k, n) = (rhs.k, rhs.n);
+    if m == 0 {
+        return;
+    }
+    assert!(lhs.holds(m, k) && dst.len() >= (m - 1) * dst_rs + n);
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    PACKED.with(|packed| {
+        let (mut a, b) = packed.take();
+        pack_lhs(&mut a, lhs, m, k, 1.0);
+        tiles::product(
+            &a,
+            &rhs.words,
+            (m, n, k.div_ceil(32) * 32),
+            dst,
+            dst_rs,
+            accumulate,
+        );
+        packed.replace((a, b));
+    });
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+thread_local! {
+    /// The packed operands' buffers, kept per thread and reused: fresh ones cost a page fault
+    /// per 4 KiB (and zeroing) at every product.
+    static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = Default::default();
 }
 
 /// `x` rounded to the nearest bf16 (ties to even), as its 16 bits. NaN stays a (quiet) NaN;

@@ -484,6 +484,38 @@ fn activation(values: &mut [f32], act: HiddenAct) {
     fastmath::map_parallel(values, kernel);
 }
 
+/// Rows of the feed-forward block computed at a time: 1024 rows of roberta-large's 4096-wide
+/// activation are 16 MiB (the whole batch 32 × 128 was 64), and the products stay as fast.
+/// The unit tests' batches are small: 8 rows there, so they cover several chunks and a
+/// partial one.
+const FFN_ROWS: usize = if cfg!(test) { 8 } else { 1024 };
+
+/// `out [rows, d_out] = x W + b` for one chunk of rows, through `packed` when given.
+fn chunk_linear(
+    layer: &HostLinear,
+    packed: Option<&amx::PackedRhs>,
+    precision: ProductPrecision,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    let Some(packed) = packed else {
+        return linear_into(layer, precision, x, rows, out, layer.d_out, 0);
+    };
+    let d_out = layer.d_out;
+    if let Some(bias) = &layer.bias {
+        out.par_chunks_mut(d_out)
+            .take(rows)
+            .for_each(|row| row.copy_from_slice(bias));
+    }
+    let x = Strided {
+        data: x,
+        rs: layer.d_in,
+        cs: 1,
+    };
+    amx::product_packed(rows, out, d_out, layer.bias.is_some(), x, packed);
+}
+
 /// Buffers reused by every layer of one forward.
 struct Scratch {
     qkv: Vec<f32>,
@@ -546,26 +578,49 @@ fn layer_forward(
         x,
         &host_layer_norm(&output.layer_norm, eps),
     );
+    // The feed-forward block in chunks of rows: its `[rows, intermediate]` activation, the
+    // largest buffer of the forward, is needed one chunk at a time.
     let intermediate = config.intermediate_size;
-    linear_into(
-        &host_linear(&layer.intermediate.dense),
-        precision,
-        &scratch.attended,
-        rows,
-        &mut scratch.expanded,
-        intermediate,
-        0,
+    let (expand, contract) = (
+        host_linear(&layer.intermediate.dense),
+        host_linear(&layer.output.dense),
     );
-    activation(&mut scratch.expanded, config.hidden_act);
-    linear_into(
-        &host_linear(&layer.output.dense),
-        precision,
-        &scratch.expanded,
-        rows,
-        x,
-        hidden,
-        0,
-    );
+    // bf16: each weight packed once for all chunks (where the tiles take it).
+    let pack = |l: &HostLinear| {
+        if precision != ProductPrecision::Bf16 || l.adapter.is_some() {
+            return None;
+        }
+        let weight = Strided {
+            data: &l.weight,
+            rs: l.d_out,
+            cs: 1,
+        };
+        amx::pack_weight(weight, l.d_in, l.d_out)
+    };
+    let (expand_packed, contract_packed) = (pack(&expand), pack(&contract));
+    for start in (0..rows).step_by(FFN_ROWS) {
+        let chunk = FFN_ROWS.min(rows - start);
+        let attended = &scratch.attended[start * hidden..(start + chunk) * hidden];
+        let expanded = &mut scratch.expanded[..chunk * intermediate];
+        chunk_linear(
+            &expand,
+            expand_packed.as_ref(),
+            precision,
+            attended,
+            chunk,
+            expanded,
+        );
+        activation(expanded, config.hidden_act);
+        let out = &mut x[start * hidden..(start + chunk) * hidden];
+        chunk_linear(
+            &contract,
+            contract_packed.as_ref(),
+            precision,
+            expanded,
+            chunk,
+            out,
+        );
+    }
     add_and_norm(
         x,
         &scratch.attended,
@@ -590,7 +645,7 @@ pub(crate) fn forward(
         qkv: vec![0f32; rows * 3 * hidden],
         context: vec![0f32; rows * hidden],
         attended: vec![0f32; rows * hidden],
-        expanded: vec![0f32; rows * config.intermediate_size],
+        expanded: vec![0f32; rows.min(FFN_ROWS) * config.intermediate_size],
     };
     for layer in &encoder.encoder.layer {
         layer_forward(layer, &mut x, &mut scratch, &keep, (batch, seq), encoder);
