@@ -58,7 +58,7 @@ pub(crate) fn product_bf16(
     rhs: Strided<'_>,
     alpha: f32,
 ) -> bool {
-    if !available() || n % 32 != 0 || m == 0 || n == 0 || k == 0 {
+    if !available() || !n.is_multiple_of(32) || m == 0 || n == 0 || k == 0 {
         return false;
     }
     assert!(lhs.holds(m, k) && rhs.holds(k, n) && dst.len() >= (m - 1) * dst_rs + n);
@@ -84,7 +84,7 @@ pub(crate) struct PackedRhs {
 
 /// `rhs [k, n]` packed for [`product_packed`]; `None` where [`product_bf16`] would refuse.
 pub(crate) fn pack_weight(rhs: Strided<'_>, k: usize, n: usize) -> Option<PackedRhs> {
-    if !available() || n % 32 != 0 || n == 0 || k == 0 {
+    if !available() || !n.is_multiple_of(32) || n == 0 || k == 0 {
         return None;
     }
     assert!(rhs.holds(k, n));
