@@ -46,6 +46,27 @@ impl Strided<'_> {
     }
 }
 
+/// What a product's sums start from.
+#[derive(Clone, Copy)]
+pub(crate) enum Start<'a> {
+    Zero,
+    /// `dst`'s values (`dst += …`).
+    Dst,
+    /// The bias row, added to every row (`dst = bias + …`): read into the tiles directly, no
+    /// pass over `dst` first.
+    Bias(&'a [f32]),
+}
+
+impl Start<'_> {
+    pub(crate) fn of(accumulate: bool) -> Self {
+        if accumulate {
+            Start::Dst
+        } else {
+            Start::Zero
+        }
+    }
+}
+
 /// `dst[m, n]` (row stride `dst_rs`) `(+)= bf16(alpha · lhs)[m, k] · bf16(rhs)[k, n]`, summed in
 /// f32. Returns false, touching nothing, when the tiles are unavailable or `n` is not a
 /// multiple of 32 (the caller then runs its f32 product); `k` is padded with zeros to 32.
@@ -53,7 +74,7 @@ pub(crate) fn product_bf16(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    accumulate: bool,
+    start: Start<'_>,
     lhs: Strided<'_>,
     rhs: Strided<'_>,
     alpha: f32,
@@ -62,13 +83,14 @@ pub(crate) fn product_bf16(
         return false;
     }
     assert!(lhs.holds(m, k) && rhs.holds(k, n) && dst.len() >= (m - 1) * dst_rs + n);
+    assert!(!matches!(start, Start::Bias(bias) if bias.len() < n));
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
         PACKED.with(|packed| {
             let (mut a, mut b) = packed.take();
             pack_lhs(&mut a, lhs, m, k, alpha);
             pack_rhs(&mut b, rhs, k, n);
-            tiles::product(&a, &b, (m, n, k.div_ceil(32) * 32), dst, dst_rs, accumulate);
+            tiles::product(&a, &b, (m, n, k.div_ceil(32) * 32), dst, dst_rs, start);
             packed.replace((a, b));
         });
     }
@@ -98,7 +120,7 @@ pub(crate) fn product_packed(
     m: usize,
     dst: &mut [f32],
     dst_rs: usize,
-    accumulate: bool,
+    start: Start<'_>,
     lhs: Strided<'_>,
     rhs: &PackedRhs,
 ) {
@@ -107,6 +129,7 @@ pub(crate) fn product_packed(
         return;
     }
     assert!(lhs.holds(m, k) && dst.len() >= (m - 1) * dst_rs + n);
+    assert!(!matches!(start, Start::Bias(bias) if bias.len() < n));
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     PACKED.with(|packed| {
         let (mut a, b) = packed.take();
@@ -117,7 +140,7 @@ pub(crate) fn product_packed(
             (m, n, k.div_ceil(32) * 32),
             dst,
             dst_rs,
-            accumulate,
+            start,
         );
         packed.replace((a, b));
     });
@@ -334,7 +357,7 @@ mod tiles {
 
     use rayon::prelude::*;
 
-    use super::BLOCK_ROWS;
+    use super::{Start, BLOCK_ROWS};
     use crate::cpu_inference::SharedOut;
 
     /// `ldtilecfg`'s 64-byte operand (palette 1).
@@ -377,7 +400,7 @@ mod tiles {
         (m, n, k): (usize, usize, usize),
         c: &mut [f32],
         c_rs: usize,
-        accumulate: bool,
+        start: Start<'_>,
     ) {
         let c_ptr = SharedOut::new(c);
         let blocks = m.div_ceil(BLOCK_ROWS);
@@ -388,17 +411,7 @@ mod tiles {
             if valid == BLOCK_ROWS {
                 // SAFETY: rows r0 .. r0 + 32 of `c` are this task's alone and lie inside it
                 // (asserted by the caller: c.len() ≥ (m − 1) · c_rs + n).
-                unsafe {
-                    block_product(
-                        a_block,
-                        b,
-                        k,
-                        n,
-                        c_ptr.ptr().add(r0 * c_rs),
-                        c_rs,
-                        accumulate,
-                    )
-                };
+                unsafe { block_product(a_block, b, k, n, c_ptr.ptr().add(r0 * c_rs), c_rs, start) };
             } else {
                 // The last, partial block goes through a full-size scratch block.
                 let mut scratch = vec![0f32; BLOCK_ROWS * n];
@@ -406,13 +419,13 @@ mod tiles {
                     // SAFETY: as above, row r0 + r < m is this task's.
                     unsafe { std::slice::from_raw_parts_mut(c_ptr.ptr().add((r0 + r) * c_rs), n) }
                 };
-                if accumulate {
+                if let Start::Dst = start {
                     for r in 0..valid {
                         scratch[r * n..(r + 1) * n].copy_from_slice(row(r));
                     }
                 }
                 // SAFETY: scratch holds 32 rows of n.
-                unsafe { block_product(a_block, b, k, n, scratch.as_mut_ptr(), n, true) };
+                unsafe { block_product(a_block, b, k, n, scratch.as_mut_ptr(), n, start) };
                 for r in 0..valid {
                     row(r).copy_from_slice(&scratch[r * n..(r + 1) * n]);
                 }
@@ -434,7 +447,7 @@ mod tiles {
         n: usize,
         c: *mut f32,
         c_rs: usize,
-        accumulate: bool,
+        start: Start<'_>,
     ) {
         let mut config = TileConfig {
             palette: 1,
@@ -456,23 +469,41 @@ mod tiles {
         for pair in 0..n / 32 {
             let c00 = c.add(pair * 32);
             let (c01, c10, c11) = (c00.add(16), c00.add(16 * c_rs), c00.add(16 * c_rs + 16));
-            if accumulate {
-                asm!(
-                    "tileloadd tmm0, [{c00} + {s}*1]",
-                    "tileloadd tmm1, [{c01} + {s}*1]",
-                    "tileloadd tmm2, [{c10} + {s}*1]",
-                    "tileloadd tmm3, [{c11} + {s}*1]",
-                    c00 = in(reg) c00, c01 = in(reg) c01, c10 = in(reg) c10, c11 = in(reg) c11,
-                    s = in(reg) c_stride, options(nostack),
-                );
-            } else {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
+            match start {
+                Start::Bias(bias) => {
+                    // Stride 0: every row of the tile reads the same 16 bias values.
+                    let (b0, b1) = (
+                        bias.as_ptr().add(pair * 32),
+                        bias.as_ptr().add(pair * 32 + 16),
+                    );
+                    asm!(
+                        "tileloadd tmm0, [{b0} + {s}*1]",
+                        "tileloadd tmm1, [{b1} + {s}*1]",
+                        "tileloadd tmm2, [{b0} + {s}*1]",
+                        "tileloadd tmm3, [{b1} + {s}*1]",
+                        b0 = in(reg) b0, b1 = in(reg) b1, s = in(reg) 0usize,
+                        options(nostack, readonly),
+                    );
+                }
+                Start::Dst => {
+                    asm!(
+                        "tileloadd tmm0, [{c00} + {s}*1]",
+                        "tileloadd tmm1, [{c01} + {s}*1]",
+                        "tileloadd tmm2, [{c10} + {s}*1]",
+                        "tileloadd tmm3, [{c11} + {s}*1]",
+                        c00 = in(reg) c00, c01 = in(reg) c01, c10 = in(reg) c10, c11 = in(reg) c11,
+                        s = in(reg) c_stride, options(nostack),
+                    );
+                }
+                Start::Zero => {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                }
             }
             let (b0, b1) = (
                 b.as_ptr().add(2 * pair * 8 * k),
@@ -552,11 +583,14 @@ mod tests {
         let b = values(k * n, 2);
         let start = values(m * dst_rs, 3);
         let round = |v: f32| from_bf16(to_bf16(v)) as f64;
-        for (transposed_lhs, transposed_rhs, accumulate, alpha) in [
-            (false, false, false, 1.0),
-            (false, true, true, 0.5),
-            (true, false, false, 1.0),
-            (true, true, true, 2.5),
+        let bias = values(n, 4);
+        // 0: from zero, 1: += dst, 2: from the bias row.
+        for (transposed_lhs, transposed_rhs, begin, alpha) in [
+            (false, false, 0, 1.0),
+            (false, true, 1, 0.5),
+            (true, false, 2, 1.0),
+            (true, true, 1, 2.5),
+            (false, false, 2, 1.0),
         ] {
             // The same matrices, stored either way.
             let lhs_storage: Vec<f32> = if transposed_lhs {
@@ -596,11 +630,12 @@ mod tests {
                 }
             };
             let mut dst = start.clone();
+            let from = [Start::Zero, Start::Dst, Start::Bias(&bias)][begin];
             assert!(product_bf16(
                 (m, n, k),
                 &mut dst,
                 dst_rs,
-                accumulate,
+                from,
                 lhs,
                 rhs,
                 alpha
@@ -619,9 +654,11 @@ mod tests {
                     let mut want: f64 = (0..k)
                         .map(|i| round(alpha * a[r * k + i]) * round(b[i * n + j]))
                         .sum();
-                    if accumulate {
-                        want += start[r * dst_rs + j] as f64;
-                    }
+                    want += match begin {
+                        1 => start[r * dst_rs + j] as f64,
+                        2 => bias[j] as f64,
+                        _ => 0.0,
+                    };
                     assert!(
                         (got as f64 - want).abs() < 1e-5,
                         "{transposed_lhs}/{transposed_rhs} ({r}, {j}): {got} vs {want}"
@@ -645,7 +682,7 @@ mod tests {
             (4, 48, 32),
             &mut dst,
             48,
-            false,
+            Start::Zero,
             lhs,
             rhs,
             1.0

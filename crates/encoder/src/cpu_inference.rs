@@ -20,7 +20,7 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::amx::{self, Strided};
+use crate::amx::{self, Start, Strided};
 use crate::config::HiddenAct;
 use crate::fastmath;
 use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer, ProductPrecision};
@@ -170,11 +170,8 @@ pub(crate) unsafe fn product(
     );
 }
 
-/// `out (rows × n, row stride out_rs) (+)= x (rows × k) · w (k × n)`, row-major; in bf16 on
-/// AMX tiles when `precision` asks for it and they can take the shape.
-#[allow(clippy::too_many_arguments)]
+/// `out (rows × n, row stride out_rs) (+)= x (rows × k) · w (k × n)`, row-major.
 pub(crate) fn forward_product(
-    precision: ProductPrecision,
     x: &[f32],
     w: &[f32],
     (rows, k, n): (usize, usize, usize),
@@ -184,23 +181,6 @@ pub(crate) fn forward_product(
     alpha: f32,
 ) {
     assert!(x.len() >= rows * k && w.len() >= k * n && out.len() >= (rows - 1) * out_rs + n);
-    let (lhs, rhs) = (
-        Strided {
-            data: x,
-            rs: k,
-            cs: 1,
-        },
-        Strided {
-            data: w,
-            rs: n,
-            cs: 1,
-        },
-    );
-    if precision == ProductPrecision::Bf16
-        && amx::product_bf16((rows, n, k), out, out_rs, accumulate, lhs, rhs, alpha)
-    {
-        return;
-    }
     // SAFETY: bounds checked above; out is a distinct buffer.
     unsafe {
         product(
@@ -258,26 +238,39 @@ pub(crate) fn project(
         d_out,
     } = dense;
     let out = &mut out[col0..];
-    if let Some(bias) = bias {
-        out.par_chunks_mut(out_rs)
-            .take(rows)
-            .for_each(|row| row[..d_out].copy_from_slice(bias));
+    let lhs = Strided {
+        data: x,
+        rs: d_in,
+        cs: 1,
+    };
+    let rhs = Strided {
+        data: weight,
+        rs: d_out,
+        cs: 1,
+    };
+    let start = bias.map_or(Start::Zero, Start::Bias);
+    let tiled = precision == ProductPrecision::Bf16
+        && amx::product_bf16((rows, d_out, d_in), out, out_rs, start, lhs, rhs, 1.0);
+    if !tiled {
+        if let Some(bias) = bias {
+            out.par_chunks_mut(out_rs)
+                .take(rows)
+                .for_each(|row| row[..d_out].copy_from_slice(bias));
+        }
+        forward_product(
+            x,
+            weight,
+            (rows, d_in, d_out),
+            out,
+            out_rs,
+            bias.is_some(),
+            1.0,
+        );
     }
-    forward_product(
-        precision,
-        x,
-        weight,
-        (rows, d_in, d_out),
-        out,
-        out_rs,
-        bias.is_some(),
-        1.0,
-    );
     adapter.map(|adapter| {
         let mut low = vec![0f32; rows * adapter.rank];
         let rank = adapter.rank;
         forward_product(
-            ProductPrecision::F32,
             adapter.input,
             adapter.a,
             (rows, d_in, rank),
@@ -287,7 +280,6 @@ pub(crate) fn project(
             1.0,
         );
         forward_product(
-            ProductPrecision::F32,
             &low,
             adapter.b,
             (rows, rank, d_out),
@@ -502,18 +494,13 @@ fn chunk_linear(
     let Some(packed) = packed else {
         return linear_into(layer, precision, x, rows, out, layer.d_out, 0);
     };
-    let d_out = layer.d_out;
-    if let Some(bias) = &layer.bias {
-        out.par_chunks_mut(d_out)
-            .take(rows)
-            .for_each(|row| row.copy_from_slice(bias));
-    }
     let x = Strided {
         data: x,
         rs: layer.d_in,
         cs: 1,
     };
-    amx::product_packed(rows, out, d_out, layer.bias.is_some(), x, packed);
+    let start = layer.bias.as_deref().map_or(Start::Zero, Start::Bias);
+    amx::product_packed(rows, out, layer.d_out, start, x, packed);
 }
 
 /// Buffers reused by every layer of one forward.

@@ -25,7 +25,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use lora::LoraLinear;
 use rayon::prelude::*;
 
-use crate::amx::{self, Strided};
+use crate::amx::{self, Start, Strided};
 use crate::config::HiddenAct;
 use crate::cpu_inference::{
     attend_pair, attention_probs, host, host_view, product, project, real_tokens, Dense,
@@ -60,7 +60,7 @@ fn input_gradient(
         cs: n,
     };
     if precision == ProductPrecision::Bf16
-        && amx::product_bf16((rows, k, n), dx, k, accumulate, lhs, rhs, alpha)
+        && amx::product_bf16((rows, k, n), dx, k, Start::of(accumulate), lhs, rhs, alpha)
     {
         return;
     }
@@ -104,7 +104,7 @@ fn weight_gradient(
         cs: 1,
     };
     if precision == ProductPrecision::Bf16
-        && amx::product_bf16((k, n, rows), &mut dw, n, false, lhs, rhs, alpha)
+        && amx::product_bf16((k, n, rows), &mut dw, n, Start::Zero, lhs, rhs, alpha)
     {
         return dw;
     }
