@@ -1,17 +1,23 @@
 //! bf16 matrix products with f32 accumulation on Intel's AMX tiles (Sapphire Rapids and later):
-//! the kernel behind [`ProductPrecision::Bf16`](crate::ProductPrecision) for CPU inference.
+//! the kernel behind [`ProductPrecision::Bf16`](crate::ProductPrecision), for the weight
+//! products of CPU inference and of the training step (forward, input and weight gradients).
 //!
-//! Why: inference is bound by its matrix products, and f32 FMAs give ≈ 150 GFLOPS per core
+//! Why: the encoder is bound by its matrix products, and f32 FMAs give ≈ 150 GFLOPS per core
 //! here whichever library runs them (`gemm`, MKL); one `tdpbf16ps` does a 16 × 16 × 32 product
 //! in 16 cycles, so even fed from the caches a core reaches 250–500 GFLOPS (BENCHMARKS.md).
 //! `vdpbf16ps` (AVX-512 bf16, also on Zen 4) measured slower than f32 FMAs and is not used.
 //!
 //! Both operands are rounded to bf16 (round to nearest even; 8 significant bits), the products
-//! are summed in f32. Each operand is first packed into the tiles' layouts so that every tile
-//! load reads 1 KiB of contiguous memory:
-//! - the input `x [rows, k]` as `[rows/16][k/32][16][32]` (rows padded with zeros to 32);
-//! - the weight `w [k, n]` (burn's layout) in the "VNNI" pairs `tdpbf16ps` wants,
-//!   `[n/16][k/2][16][2]`: row `k2` of a tile holds `w[2·k2][j], w[2·k2 + 1][j]` side by side.
+//! are summed in f32, starting from zero, the output's values or a bias row ([`Start`]). Each
+//! operand is first packed into 32-bit words of two bf16, in the tiles' layouts, so that every
+//! tile load reads 1 KiB of contiguous memory:
+//! - the left operand `[m, k]` as 16-row bands of tiles, `[m/16][k/32][16 rows][16 words]`
+//!   (rows padded with zeros to 32, `k` to a multiple of 32);
+//! - the right operand `[k, n]` in the pairs `tdpbf16ps` wants, `[n/16][k/2][16 words]`: word
+//!   `(p, j)` holds rows `2p` and `2p + 1` of column `j` side by side.
+//!
+//! Either operand may be stored transposed (the backward's `xᵀ` and `Wᵀ`): [`Strided`] says
+//! how, and each layout has its own packing loop.
 //!
 //! Tiles are an x86-64 Linux feature (the kernel hands them out per process after
 //! `arch_prctl(ARCH_REQ_XCOMP_PERM)`); everywhere else [`available`] is false and callers keep

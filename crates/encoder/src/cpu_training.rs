@@ -948,9 +948,9 @@ impl TrainTape {
     /// [`backward`](Self::backward), handing each transformer layer's gradients to
     /// `layer_done` as soon as that layer's backward is over (last layer first), and the
     /// embeddings' into `grads` at the end. An optimizer that updates those parameters right
-    /// away keeps a single layer's gradients alive instead of the whole encoder's (a third of
-    /// a full fine-tuning step's peak memory on roberta-base: BENCHMARKS.md). The layer's
-    /// weights are no longer read by the rest of the backward, so updating them is safe.
+    /// away keeps a single layer's gradients alive instead of the whole encoder's (475 MiB on
+    /// roberta-base; its measured peak fell by 124 MiB: BENCHMARKS.md). The layer's weights
+    /// are no longer read by the rest of the backward, so updating them is safe.
     pub fn backward_by_layer(
         self,
         grad_h: Option<Tensor<2>>,
