@@ -929,6 +929,19 @@ mod tests {
         visitor.out
     }
 
+    /// A two-layer RoBERTa with dropout 0.1 everywhere, for the training-path tests.
+    fn training_config(hidden: usize, heads: usize, intermediate: usize) -> EncoderConfig {
+        serde_json::from_str(&format!(
+            r#"{{"model_type": "roberta", "vocab_size": 50, "hidden_size": {hidden},
+                "num_hidden_layers": 2, "num_attention_heads": {heads},
+                "intermediate_size": {intermediate},
+                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+                "max_position_embeddings": 40, "type_vocab_size": 1, "pad_token_id": 1,
+                "layer_norm_eps": 1e-5}}"#
+        ))
+        .unwrap()
+    }
+
     /// The training step with `ProductPrecision::Bf16`: the base weights' products (forward,
     /// input and weight gradients) on the tiles, everything else as in f32. `H` and every
     /// parameter gradient stay within bf16's rounding of the f32 step's (relative to each
@@ -942,14 +955,7 @@ mod tests {
             return;
         }
         let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
-        let config: EncoderConfig = serde_json::from_str(
-            r#"{"model_type": "roberta", "vocab_size": 50, "hidden_size": 64,
-                "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-                "max_position_embeddings": 40, "type_vocab_size": 1, "pad_token_id": 1,
-                "layer_norm_eps": 1e-5}"#,
-        )
-        .unwrap();
+        let config = training_config(64, 4, 128);
         let device = Device::flex().autodiff();
         for lora_rank in [None, Some(4)] {
             device.seed(5);
@@ -1025,14 +1031,7 @@ mod tests {
     #[test]
     fn fused_training_matches_burn_autodiff() {
         let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
-        let config: EncoderConfig = serde_json::from_str(
-            r#"{"model_type": "roberta", "vocab_size": 50, "hidden_size": 24,
-                "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 40,
-                "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-                "max_position_embeddings": 40, "type_vocab_size": 1, "pad_token_id": 1,
-                "layer_norm_eps": 1e-5}"#,
-        )
-        .unwrap();
+        let config = training_config(24, 3, 40);
         let device = Device::flex().autodiff();
         const {
             assert!(
