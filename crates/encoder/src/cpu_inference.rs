@@ -302,9 +302,39 @@ fn linear_into(
     out_rs: usize,
     col0: usize,
 ) {
+    linear_into_with(layer, precision, x, rows, out, out_rs, col0, true);
+}
+
+/// [`linear_into`] leaving the bias to the pass that reads the output next, which adds it
+/// to each row while the row is in cache: an f32 product would otherwise start from a copy
+/// of the bias in every row, one more pass over the output. Returns the bias to add (`None`
+/// when it was added here: bf16 tiles start from it at no cost).
+fn linear_into_deferring_bias<'a>(
+    layer: &'a HostLinear,
+    precision: ProductPrecision,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) -> Option<&'a [f32]> {
+    let defer = precision == ProductPrecision::F32 || !amx::available();
+    linear_into_with(layer, precision, x, rows, out, layer.d_out, 0, !defer);
+    layer.bias.as_deref().filter(|_| defer)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_into_with(
+    layer: &HostLinear,
+    precision: ProductPrecision,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    out_rs: usize,
+    col0: usize,
+    with_bias: bool,
+) {
     let dense = Dense {
         weight: &layer.weight,
-        bias: layer.bias.as_deref(),
+        bias: layer.bias.as_deref().filter(|_| with_bias),
         d_in: layer.d_in,
         d_out: layer.d_out,
     };
@@ -318,8 +348,10 @@ fn linear_into(
     project(dense, precision, x, rows, out, out_rs, col0, adapter);
 }
 
-/// `x = LayerNorm(x + residual)` row by row (HF's `LayerNorm(dropout(dense(h)) + input)`).
-fn add_and_norm(x: &mut [f32], residual: &[f32], norm: &HostLayerNorm) {
+/// `x = LayerNorm(x (+ bias) + residual)` row by row (HF's
+/// `LayerNorm(dropout(dense(h)) + input)`, the dense layer's bias added here when its product
+/// left it out).
+fn add_and_norm(x: &mut [f32], bias: Option<&[f32]>, residual: &[f32], norm: &HostLayerNorm) {
     let d = norm.gamma.len();
     let zeros;
     let beta: &[f32] = match &norm.beta {
@@ -332,6 +364,9 @@ fn add_and_norm(x: &mut [f32], residual: &[f32], norm: &HostLayerNorm) {
     x.par_chunks_mut(d)
         .zip(residual.par_chunks(d))
         .for_each(|(row, res)| {
+            if let Some(bias) = bias {
+                fastmath::add(row, bias);
+            }
             let mut inv = 0.0;
             fastmath::add_and_normalize(
                 row,
@@ -466,14 +501,23 @@ pub(crate) fn real_tokens(attention_mask: Tensor<2, Int>) -> Vec<bool> {
         .collect()
 }
 
-fn activation(values: &mut [f32], act: HiddenAct) {
+fn activation(values: &mut [f32], bias: Option<&[f32]>, act: HiddenAct) {
     let kernel = match act {
         HiddenAct::Gelu => fastmath::gelu_slice,
         HiddenAct::GeluTanh => fastmath::gelu_tanh_slice,
         HiddenAct::Relu => fastmath::relu_slice,
         HiddenAct::Silu => fastmath::silu_slice,
     };
-    fastmath::map_parallel(values, kernel);
+    match bias {
+        None => fastmath::map_parallel(values, kernel),
+        // Row by row: the bias added, then the activation, while the row is in cache.
+        Some(bias) => values.par_chunks_mut(16 * bias.len()).for_each(|rows| {
+            for row in rows.chunks_exact_mut(bias.len()) {
+                fastmath::add(row, bias);
+                kernel(row);
+            }
+        }),
+    }
 }
 
 /// Rows of the feed-forward block computed at a time: 1024 rows of roberta-large's 4096-wide
@@ -482,17 +526,18 @@ fn activation(values: &mut [f32], act: HiddenAct) {
 /// partial one.
 const FFN_ROWS: usize = if cfg!(test) { 8 } else { 1024 };
 
-/// `out [rows, d_out] = x W + b` for one chunk of rows, through `packed` when given.
-fn chunk_linear(
-    layer: &HostLinear,
+/// `out [rows, d_out] = x W + b` for one chunk of rows, through `packed` when given; the bias
+/// may be left to the next pass ([`linear_into_deferring_bias`]).
+fn chunk_linear<'a>(
+    layer: &'a HostLinear,
     packed: Option<&amx::PackedRhs>,
     precision: ProductPrecision,
     x: &[f32],
     rows: usize,
     out: &mut [f32],
-) {
+) -> Option<&'a [f32]> {
     let Some(packed) = packed else {
-        return linear_into(layer, precision, x, rows, out, layer.d_out, 0);
+        return linear_into_deferring_bias(layer, precision, x, rows, out);
     };
     let x = Strided {
         data: x,
@@ -501,6 +546,7 @@ fn chunk_linear(
     };
     let start = layer.bias.as_deref().map_or(Start::Zero, Start::Bias);
     amx::product_packed(rows, out, layer.d_out, start, x, packed);
+    None
 }
 
 /// Buffers reused by every layer of one forward.
@@ -551,17 +597,17 @@ fn layer_forward(
     );
     let eps = config.layer_norm_eps;
     let output = &attention_block.output;
-    linear_into(
-        &host_linear(&output.dense),
+    let attention_output = host_linear(&output.dense);
+    let bias = linear_into_deferring_bias(
+        &attention_output,
         precision,
         &scratch.context,
         rows,
         &mut scratch.attended,
-        hidden,
-        0,
     );
     add_and_norm(
         &mut scratch.attended,
+        bias,
         x,
         &host_layer_norm(&output.layer_norm, eps),
     );
@@ -585,11 +631,12 @@ fn layer_forward(
         amx::pack_weight(weight, l.d_in, l.d_out)
     };
     let (expand_packed, contract_packed) = (pack(&expand), pack(&contract));
+    let mut contract_bias = None;
     for start in (0..rows).step_by(FFN_ROWS) {
         let chunk = FFN_ROWS.min(rows - start);
         let attended = &scratch.attended[start * hidden..(start + chunk) * hidden];
         let expanded = &mut scratch.expanded[..chunk * intermediate];
-        chunk_linear(
+        let bias = chunk_linear(
             &expand,
             expand_packed.as_ref(),
             precision,
@@ -597,9 +644,9 @@ fn layer_forward(
             chunk,
             expanded,
         );
-        activation(expanded, config.hidden_act);
+        activation(expanded, bias, config.hidden_act);
         let out = &mut x[start * hidden..(start + chunk) * hidden];
-        chunk_linear(
+        contract_bias = chunk_linear(
             &contract,
             contract_packed.as_ref(),
             precision,
@@ -610,6 +657,7 @@ fn layer_forward(
     }
     add_and_norm(
         x,
+        contract_bias,
         &scratch.attended,
         &host_layer_norm(&layer.output.layer_norm, eps),
     );
