@@ -45,7 +45,11 @@ pub(crate) struct Strided<'a> {
     pub cs: usize,
 }
 
-impl Strided<'_> {
+impl<'a> Strided<'a> {
+    pub(crate) fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        Self { data, rs, cs }
+    }
+
     /// Whether every element of a `rows × cols` matrix lies inside `data`.
     fn holds(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
@@ -610,30 +614,14 @@ mod tests {
                 b.clone()
             };
             let lhs = if transposed_lhs {
-                Strided {
-                    data: &lhs_storage,
-                    rs: 1,
-                    cs: m,
-                }
+                Strided::new(&lhs_storage, 1, m)
             } else {
-                Strided {
-                    data: &lhs_storage,
-                    rs: k,
-                    cs: 1,
-                }
+                Strided::new(&lhs_storage, k, 1)
             };
             let rhs = if transposed_rhs {
-                Strided {
-                    data: &rhs_storage,
-                    rs: 1,
-                    cs: k,
-                }
+                Strided::new(&rhs_storage, 1, k)
             } else {
-                Strided {
-                    data: &rhs_storage,
-                    rs: n,
-                    cs: 1,
-                }
+                Strided::new(&rhs_storage, n, 1)
             };
             let mut dst = start.clone();
             let from = [Start::Zero, Start::Dst, Start::Bias(&bias)][begin];
@@ -674,16 +662,8 @@ mod tests {
         }
         // A width the tiles cannot take is left to the caller.
         let mut dst = vec![0f32; 4 * 48];
-        let lhs = Strided {
-            data: &a,
-            rs: k,
-            cs: 1,
-        };
-        let rhs = Strided {
-            data: &b,
-            rs: 48,
-            cs: 1,
-        };
+        let lhs = Strided::new(&a, k, 1);
+        let rhs = Strided::new(&b, 48, 1);
         assert!(!product_bf16(
             (4, 48, 32),
             &mut dst,

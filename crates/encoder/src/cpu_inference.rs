@@ -238,16 +238,8 @@ pub(crate) fn project(
         d_out,
     } = dense;
     let out = &mut out[col0..];
-    let lhs = Strided {
-        data: x,
-        rs: d_in,
-        cs: 1,
-    };
-    let rhs = Strided {
-        data: weight,
-        rs: d_out,
-        cs: 1,
-    };
+    let lhs = Strided::new(x, d_in, 1);
+    let rhs = Strided::new(weight, d_out, 1);
     let start = bias.map_or(Start::Zero, Start::Bias);
     let tiled = precision == ProductPrecision::Bf16
         && amx::product_bf16((rows, d_out, d_in), out, out_rs, start, lhs, rhs, 1.0);
@@ -539,11 +531,7 @@ fn chunk_linear<'a>(
     let Some(packed) = packed else {
         return linear_into_deferring_bias(layer, precision, x, rows, out);
     };
-    let x = Strided {
-        data: x,
-        rs: layer.d_in,
-        cs: 1,
-    };
+    let x = Strided::new(x, layer.d_in, 1);
     let start = layer.bias.as_deref().map_or(Start::Zero, Start::Bias);
     amx::product_packed(rows, out, layer.d_out, start, x, packed);
     None
@@ -623,11 +611,7 @@ fn layer_forward(
         if precision != ProductPrecision::Bf16 || l.adapter.is_some() {
             return None;
         }
-        let weight = Strided {
-            data: &l.weight,
-            rs: l.d_out,
-            cs: 1,
-        };
+        let weight = Strided::new(&l.weight, l.d_out, 1);
         amx::pack_weight(weight, l.d_in, l.d_out)
     };
     let (expand_packed, contract_packed) = (pack(&expand), pack(&contract));

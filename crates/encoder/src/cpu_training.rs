@@ -49,16 +49,8 @@ fn input_gradient(
     alpha: f32,
 ) {
     assert!(dy.len() >= (rows - 1) * dy_rs + n && w.len() >= k * n && dx.len() >= rows * k);
-    let lhs = Strided {
-        data: dy,
-        rs: dy_rs,
-        cs: 1,
-    };
-    let rhs = Strided {
-        data: w,
-        rs: 1,
-        cs: n,
-    };
+    let lhs = Strided::new(dy, dy_rs, 1);
+    let rhs = Strided::new(w, 1, n);
     if precision == ProductPrecision::Bf16
         && amx::product_bf16((rows, k, n), dx, k, Start::of(accumulate), lhs, rhs, alpha)
     {
@@ -93,16 +85,8 @@ fn weight_gradient(
 ) -> Vec<f32> {
     assert!(x.len() >= rows * k && dy.len() >= (rows - 1) * dy_rs + n);
     let mut dw = vec![0f32; k * n];
-    let lhs = Strided {
-        data: x,
-        rs: 1,
-        cs: k,
-    };
-    let rhs = Strided {
-        data: dy,
-        rs: dy_rs,
-        cs: 1,
-    };
+    let lhs = Strided::new(x, 1, k);
+    let rhs = Strided::new(dy, dy_rs, 1);
     if precision == ProductPrecision::Bf16
         && amx::product_bf16((k, n, rows), &mut dw, n, Start::Zero, lhs, rhs, alpha)
     {
