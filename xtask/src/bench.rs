@@ -371,8 +371,10 @@ fn train(
         "peak_mem_bytes": peak_rss_bytes()?,
         "device_mem_bytes": device_mem_bytes(&device),
         "trainable_params": trainable,
+        // dao-shared runs the encoder through burn's graph, which keeps f32.
         "bf16_products": products == ProductPrecision::Bf16
             && setup.device == "cpu"
+            && !shared
             && bf16_products_available(),
     });
     if phases {

@@ -40,9 +40,9 @@ pub(crate) fn available() -> bool {
 /// A matrix operand: element `(i, j)` at `data[i · rs + j · cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Strided<'a> {
-    pub data: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
 }
 
 impl<'a> Strided<'a> {
@@ -166,7 +166,7 @@ thread_local! {
 /// `x` rounded to the nearest bf16 (ties to even), as its 16 bits. NaN stays a (quiet) NaN;
 /// values beyond bf16's range round to ±∞ as IEEE rounding does.
 #[inline(always)]
-pub(crate) fn to_bf16(x: f32) -> u16 {
+fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
     let rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
     if x.is_nan() {

@@ -327,13 +327,15 @@ pub struct Encoder {
     products: ProductPrecision,
 }
 
-/// How the fused CPU inference path multiplies by the encoder's weight matrices.
+/// How the fused CPU paths (inference and the training step) multiply by the encoder's weight
+/// matrices.
 ///
-/// `Bf16` rounds both operands of each projection's product to bf16 and sums in f32 on AMX
-/// tiles (Intel Sapphire Rapids and later, Linux): ≈ 2–3× the f32 product rate there, at
-/// bf16's precision (8 significant bits; its effect on the validation metrics is measured in
-/// BENCHMARKS.md). Where the tiles are missing ([`bf16_products_available`] is false), on other
-/// devices, in training and for the attention scores the products stay f32.
+/// `Bf16` rounds both operands of each projection's products (forward, and in training the
+/// input and weight gradients) to bf16 and sums in f32 on AMX tiles (Intel Sapphire Rapids and
+/// later, Linux): ≈ 2–3× the f32 product rate there, at bf16's precision (8 significant bits;
+/// its effect on the validation metrics is measured in BENCHMARKS.md). Where the tiles are
+/// missing ([`bf16_products_available`] is false), on other devices, and for the attention
+/// scores, the LoRA factors and everything outside the products, it stays f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProductPrecision {
     /// f32 products: Hugging Face's numbers to float rounding (the default).
@@ -554,19 +556,19 @@ impl Encoder {
         &self.config
     }
 
-    /// The precision of the weight products in CPU inference ([`ProductPrecision`]).
+    /// The precision of the weight products on the CPU ([`ProductPrecision`]).
     pub fn product_precision(&self) -> ProductPrecision {
         self.products
     }
 
-    /// Chooses the precision of the weight products in CPU inference; training and other
-    /// devices are unaffected.
+    /// Chooses the precision of the weight products in CPU inference and in the CPU training
+    /// step ([`forward_train`](Self::forward_train)); other devices are unaffected.
     pub fn set_product_precision(&mut self, precision: ProductPrecision) {
         self.products = precision;
     }
 
-    /// The embeddings' output (the layers' input), drawing their dropout mask from `masks`.
-    /// The embeddings for the fused training path ([`Embeddings::forward_word_leaf`]).
+    /// The embeddings for the fused training path ([`Embeddings::forward_word_leaf`]),
+    /// drawing their dropout mask from `masks`.
     pub(crate) fn embeddings_forward_train(
         &self,
         input: EncoderInput,

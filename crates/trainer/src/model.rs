@@ -32,12 +32,6 @@ impl SentimentModel {
             encoder = encoder.apply_lora(&config.lora_config())?;
         }
         if config.train.bf16_products {
-            if !encoder::bf16_products_available() {
-                tracing::warn!(
-                    "train.bf16_products: this CPU has no AMX tiles (or the kernel refused \
-                     them); the products stay f32"
-                );
-            }
             encoder.set_product_precision(encoder::ProductPrecision::Bf16);
         }
         let heads = config

@@ -345,6 +345,12 @@ pub fn train(
     // Initialisation (heads, adapters, DAO module) depends on the seed only.
     device.seed(seed);
     let mut model = SentimentModel::from_config(config, &device)?;
+    if config.train.bf16_products && !encoder::bf16_products_available() {
+        tracing::warn!(
+            "train.bf16_products: this CPU has no AMX tiles (or the kernel refused them); the \
+             products stay f32"
+        );
+    }
     let mut weighting = RunWeighting::new(&config.strategy_config(), &device)?;
     if config.train.finetune == Finetune::Lora {
         tracing::info!("LoRA: {}", model.encoder.trainable_parameters());
