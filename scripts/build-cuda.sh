@@ -36,7 +36,5 @@ if [ ! -e "$libdir/liblibz3.so" ]; then
   ln -sf "$z3" "$libdir/liblibz3.so"
 fi
 
-# Without mimalloc: its build would change `cc`'s features and rebuild the whole cubecl stack,
-# and a GPU run's host allocations are small.
-cargo build --release -p cli -p xtask --no-default-features --features cli/cuda,xtask/cuda "$@"
+cargo build --release -p cli -p xtask --features cli/cuda,xtask/cuda "$@"
 echo "built ${CARGO_TARGET_DIR:-target}/release/cli and xtask with CUDA support"

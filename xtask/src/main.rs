@@ -9,30 +9,6 @@ mod bench;
 mod demo_data;
 mod quickstart;
 
-/// mimalloc keeps freed pages for reuse: with glibc's allocator every step's large tensors
-/// (the 47 MB embedding gradient of MiniLM, say) were fresh mappings, page-faulted in anew
-/// (≈ 10 % of a CPU training step in `perf`; BENCHMARKS.md).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `mi_option_purge_delay` (its place in `mi_option_e`, v3 sources of
-/// libmimalloc-sys 0.1.49, pinned).
-#[cfg(feature = "mimalloc")]
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Never hand freed pages back to the OS: by default mimalloc returns them 10 ms after a free,
-/// so every training step faulted its large buffers in again (page clearing was 6–12 % of a
-/// step in `perf`; with this, a roberta-base step took ≈ 20 % less time for ≈ 2 % more peak
-/// memory: BENCHMARKS.md).
-fn keep_freed_pages() {
-    #[cfg(feature = "mimalloc")]
-    // SAFETY: sets a process-wide option; mimalloc reads it at each purge decision.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1)
-    };
-}
-
 use encoder::{parse_device, save_burnpack, ModelFolder, BURN_WEIGHTS};
 
 #[derive(Debug, Parser)]
@@ -122,7 +98,8 @@ enum Task {
 }
 
 fn main() -> ExitCode {
-    keep_freed_pages();
+    // Where it does not apply the default allocator is only slower: nothing to report.
+    let _ = trainer::keep_freed_memory();
     match run(Xtask::parse().task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -13,22 +13,6 @@ mod predict;
 mod report;
 mod train;
 
-/// mimalloc reuses freed pages: with glibc's allocator every training step's large tensors were
-/// fresh mappings, page-faulted in anew (BENCHMARKS.md).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc keeps freed pages instead of returning them to the OS 10 ms after a free (then each
-/// training step faulted its large buffers in again): `mi_option_purge_delay` (15 in the
-/// `mi_option_e` of the v3 sources of libmimalloc-sys 0.1.49, pinned) set to −1. Measured in
-/// BENCHMARKS.md (≈ 20 % off a roberta-base step, ≈ 2 % more peak memory).
-#[cfg(feature = "mimalloc")]
-fn keep_freed_pages() {
-    // SAFETY: sets a process-wide option; mimalloc reads it at each purge decision.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
-}
-
 /// Financial sentiment fine-tuning with multi-task learning and Dynamic Adaptive Optimization.
 #[derive(Debug, Parser)]
 #[command(name = "cli", version, about, long_about = None)]
@@ -56,8 +40,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    #[cfg(feature = "mimalloc")]
-    keep_freed_pages();
+    // Where it does not apply the default allocator is only slower: nothing to report.
+    let _ = trainer::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -13,7 +13,9 @@
 //!   checkpoints in `checkpoints/{last,best}`, bit-exact resume on CPU); [`evaluate_run`],
 //!   [`predict_file`] and [`export_run`] use a finished run; [`DataParallel`] spreads the
 //!   encoder over several devices.
+//! - [`keep_freed_memory`]: the allocator settings the binaries train with.
 
+mod allocator;
 mod config;
 mod crate_configs;
 mod export;
@@ -28,6 +30,7 @@ mod schedule;
 mod train;
 mod weighting;
 
+pub use allocator::keep_freed_memory;
 pub use config::{
     BadRowPolicy, ConfigError, ConfigSources, DaoConfig, DataConfig, Finetune, GradNormWrt,
     HeadsConfig, InputMode, LoraConfig, Metric, ModelConfig, RunConfig, TrainConfig,
