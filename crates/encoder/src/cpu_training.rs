@@ -13,10 +13,13 @@
 //! the gradients agree with burn's autodiff to float rounding (tested).
 //!
 //! Memory: what is cheap to make again is not kept — the attention probabilities (the same
-//! product and softmax), the attention and adapter dropout masks ([`LazyKeep`]: a mask is a
-//! function of the element's index), each layer's input and its attention block's output (the
-//! LayerNorm outputs, from their normalised rows) — and each layer's tape is freed once its
-//! backward is done. Weights are read in place from burn's storage (`host_view`).
+//! product and softmax), the dropout masks of the attention, of the hidden states and of the
+//! low-rank adapters ([`LazyKeep`]: a mask is a function of the element's index), each
+//! layer's input and its attention block's output (the LayerNorm outputs, from their
+//! normalised rows) — and each layer's tape is freed once its backward is done (its GELU
+//! input becomes GELU's output in place). Weights are read in place from burn's storage
+//! (`host_view`). Where the embeddings are frozen (LoRA), the first layer's input gradient
+//! is not made.
 
 use burn::module::{Param, ParamId};
 use burn::nn::{LayerNorm, Linear};
@@ -175,10 +178,21 @@ impl Mask {
     }
 }
 
-fn apply_mask(x: &mut [f32], mask: &Option<Mask>) {
-    if let Some(mask) = mask {
-        mask.apply_at(x, 0);
-    }
+/// `x[i] *= mask[i]`, the mask made chunk by chunk where it is applied (none is kept: the
+/// backward makes the same bytes again).
+fn apply_mask(x: &mut [f32], mask: Option<LazyKeep>) {
+    let Some(mask) = mask else {
+        return;
+    };
+    const CHUNK: usize = 1 << 14; // even: every chunk starts on a pair of the mask's stream
+    x.par_chunks_mut(CHUNK).enumerate().for_each_init(
+        || vec![0u8; CHUNK],
+        |keep, (c, x)| {
+            let keep = &mut keep[..x.len()];
+            mask.fill(c * CHUNK, keep);
+            fastmath::mask_scale(x, keep, mask.scale);
+        },
+    );
 }
 
 /// One gradient to hand to the optimizer.
@@ -307,8 +321,9 @@ impl LinearTape {
         }
     }
 
-    /// Gradients of the weights into `grads`, and `dx (+)= dy · ∂out/∂x`. `dy` is the
-    /// `[rows, d_out]` block at row stride `dy_rs`; `x` the forward's input.
+    /// Gradients of the weights into `grads`, and `dx (+)= dy · ∂out/∂x` (`None`: nothing
+    /// reads the input's gradient). `dy` is the `[rows, d_out]` block at row stride `dy_rs`;
+    /// `x` the forward's input.
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -316,7 +331,7 @@ impl LinearTape {
         dy: &[f32],
         dy_rs: usize,
         rows: usize,
-        dx: &mut [f32],
+        mut dx: Option<&mut [f32]>,
         accumulate: bool,
         grads: &mut Vec<Grad>,
     ) {
@@ -335,20 +350,32 @@ impl LinearTape {
                 values: column_sums(dy, dy_rs, rows, d_out),
             });
         }
-        let weight = host_view(self.weight.clone());
-        input_gradient(
-            self.precision,
-            dy,
-            dy_rs,
-            &weight,
-            (rows, d_in, d_out),
-            dx,
-            accumulate,
-            1.0,
-        );
+        if let Some(dx) = dx.as_deref_mut() {
+            let weight = host_view(self.weight.clone());
+            input_gradient(
+                self.precision,
+                dy,
+                dy_rs,
+                &weight,
+                (rows, d_in, d_out),
+                dx,
+                accumulate,
+                1.0,
+            );
+        }
         if let Some(adapter) = &self.adapter {
             let rank = adapter.rank;
             if let Some(factors) = &adapter.factors {
+                // The kernel makes the input's gradient with the factors' in one pass; where
+                // nothing reads it, it goes to a scratch buffer.
+                let mut scratch = Vec::new();
+                let dx = match dx {
+                    Some(dx) => dx,
+                    None => {
+                        scratch.resize(rows * d_in, 0f32);
+                        &mut scratch[..]
+                    }
+                };
                 let (d_a, d_b) = low_rank::backward(
                     factors,
                     adapter.lazy_mask,
@@ -422,6 +449,9 @@ impl LinearTape {
                     ),
                 });
             }
+            let Some(dx) = dx else {
+                return;
+            };
             match &adapter.mask {
                 None => input_gradient(
                     ProductPrecision::F32,
@@ -566,7 +596,7 @@ struct LayerTape {
     probs_mask: Option<LazyKeep>,
     context: Vec<f32>,
     attention_output: LinearTape,
-    attention_mask: Option<Mask>,
+    attention_mask: Option<LazyKeep>,
     /// Its output (`attended`, the feed-forward block's input) is made again in the backward.
     norm1: NormTape,
     intermediate: LinearTape,
@@ -574,7 +604,7 @@ struct LayerTape {
     /// backward: one pass, where keeping both would cost two buffers of this size per layer).
     pre_activation: Vec<f32>,
     output: LinearTape,
-    output_mask: Option<Mask>,
+    output_mask: Option<LazyKeep>,
     norm2: NormTape,
 }
 
@@ -669,8 +699,8 @@ fn layer_forward(
         0,
         masks,
     );
-    let attention_mask = Mask::draw(masks, &layer.attention.output.dropout, rows * hidden);
-    apply_mask(&mut attended, &attention_mask);
+    let attention_mask = masks.host_keep_lazy(&layer.attention.output.dropout, rows * hidden);
+    apply_mask(&mut attended, attention_mask);
     let norm1 = NormTape::forward(
         &layer.attention.output.layer_norm,
         epsilon,
@@ -702,8 +732,8 @@ fn layer_forward(
         0,
         masks,
     );
-    let output_mask = Mask::draw(masks, &layer.output.dropout, rows * hidden);
-    apply_mask(x, &output_mask);
+    let output_mask = masks.host_keep_lazy(&layer.output.dropout, rows * hidden);
+    apply_mask(x, output_mask);
     let norm2 = NormTape::forward(&layer.output.layer_norm, epsilon, x, &attended);
     LayerTape {
         input: keep_input.then_some(input),
@@ -724,13 +754,18 @@ fn layer_forward(
 }
 
 /// `dy` (the gradient of the layer's output) becomes the gradient of its input.
-/// `input`: the layer's input (kept, or the layer before's output made again).
+/// `input`: the layer's input (kept, or the layer before's output made again). The tape's
+/// GELU input is consumed (turned into GELU's output in place). `needs_input_gradient`:
+/// whether anything reads the input's gradient (not where the first layer's input is the frozen
+/// embeddings': its query, key and value products through `Wᵀ` are skipped, and `dy` is
+/// left as the residual path's part).
 fn layer_backward(
-    tape: &LayerTape,
+    tape: &mut LayerTape,
     input: &[f32],
     dy: &mut Vec<f32>,
     dims: Dims,
     grads: &mut Vec<Grad>,
+    needs_input_gradient: bool,
 ) {
     let Dims {
         batch,
@@ -744,16 +779,24 @@ fn layer_backward(
     // Output block: LN2(dropout(expanded W_o + b_o) + attended).
     tape.norm2.backward(dy, grads);
     let mut d_attended = dy.clone(); // the residual path
-    apply_mask(dy, &tape.output_mask);
-    let mut expanded = tape.pre_activation.clone();
+    apply_mask(dy, tape.output_mask);
+    // GELU's output where its input was: the tape's last reader of it.
+    let mut expanded = std::mem::take(&mut tape.pre_activation);
     let mut gelu_derivative = vec![0f32; expanded.len()];
     expanded
         .par_chunks_mut(1 << 14)
         .zip(gelu_derivative.par_chunks_mut(1 << 14))
         .for_each(|(v, d)| fastmath::gelu_with_derivative_slice(v, d));
     let mut d_expanded = vec![0f32; rows * intermediate];
-    tape.output
-        .backward(&expanded, dy, hidden, rows, &mut d_expanded, false, grads);
+    tape.output.backward(
+        &expanded,
+        dy,
+        hidden,
+        rows,
+        Some(&mut d_expanded),
+        false,
+        grads,
+    );
     drop(expanded);
     d_expanded
         .par_chunks_mut(1 << 14)
@@ -765,7 +808,7 @@ fn layer_backward(
         &d_expanded,
         intermediate,
         rows,
-        &mut d_attended,
+        Some(&mut d_attended),
         true,
         grads,
     );
@@ -773,14 +816,14 @@ fn layer_backward(
     // Attention output block: LN1(dropout(context W_ao + b_ao) + input).
     tape.norm1.backward(&mut d_attended, grads);
     let mut d_input = d_attended.clone(); // the residual path
-    apply_mask(&mut d_attended, &tape.attention_mask);
+    apply_mask(&mut d_attended, tape.attention_mask);
     let mut d_context = vec![0f32; rows * hidden];
     tape.attention_output.backward(
         &tape.context,
         &d_attended,
         hidden,
         rows,
-        &mut d_context,
+        Some(&mut d_context),
         false,
         grads,
     );
@@ -890,7 +933,7 @@ fn layer_backward(
             &d_qkv[i * hidden..],
             stride,
             rows,
-            &mut d_input,
+            needs_input_gradient.then_some(&mut d_input[..]),
             true,
             grads,
         );
@@ -966,9 +1009,10 @@ impl TrainTape {
         // Each layer's tape is freed once its backward is done: the gradients grow while the
         // tape shrinks, so the peak holds about one of the two, not both.
         let mut layers = self.layers;
-        while let Some(layer) = layers.pop() {
+        while let Some(mut layer) = layers.pop() {
             let recomputed;
-            let input: &[f32] = match (&layer.input, layers.last()) {
+            let kept = layer.input.take();
+            let input: &[f32] = match (&kept, layers.last()) {
                 (Some(input), _) => input,
                 (None, Some(before)) => {
                     recomputed = before.norm2.output();
@@ -976,7 +1020,16 @@ impl TrainTape {
                 }
                 (None, None) => unreachable!("the first layer keeps its input"),
             };
-            layer_backward(&layer, input, &mut dy, dims, &mut collected);
+            // The first layer's input gradient is only read by the embeddings' backward.
+            let needs_input_gradient = !layers.is_empty() || self.embedded.is_some();
+            layer_backward(
+                &mut layer,
+                input,
+                &mut dy,
+                dims,
+                &mut collected,
+                needs_input_gradient,
+            );
             drop(layer);
             if let Some(done) = layer_done.as_mut() {
                 let mut layer_grads = GradientsParams::new();
