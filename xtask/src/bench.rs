@@ -309,7 +309,7 @@ fn train(
         };
         let (h, tape) = match fused {
             Some((h, tape)) => (h, Some(tape)),
-            None => (model.encoder.forward(input.clone()).first_token, None),
+            None => (model.encoder.first_token(input.clone()), None),
         };
         let h_leaf = h.clone();
         let masks = model.heads.sample_dropout_masks(setup.batch, &device);
@@ -329,7 +329,7 @@ fn train(
             module: &model.encoder,
             forward: |encoder: &Encoder| {
                 device.seed(step_seed);
-                encoder.forward(input.clone()).first_token
+                encoder.first_token(input.clone())
             },
         };
         let weighted = weighting.weigh_step(dao::StepInput {
@@ -422,7 +422,7 @@ fn infer(
     let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
     let input = random_input(&config, INFER_BATCH, setup.seq, &device);
     let times = timed(steps, warmup, "infer", || {
-        let h = encoder.forward(input.clone()).first_token;
+        let h = encoder.first_token(input.clone());
         let out = heads.forward(h);
         out.scores.into_data();
         out.logits.into_data();

@@ -60,7 +60,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     for chunk in rows.chunks(args.batch_size) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let input = pad_batch(&refs, tokenizer.pad_id(), &device);
-        let h = model.forward(input).first_token;
+        let h = model.first_token(input);
         let [batch, hidden] = h.dims();
         let values = h
             .into_data()

@@ -647,6 +647,102 @@ fn layer_forward(
     );
 }
 
+/// The last layer for each sequence's first token only, from the layer's input `x`
+/// (`[batch·seq, hidden]`); returns `H` (`[batch, hidden]`). Nothing else of the last layer
+/// reaches `H`: keys and values still come from every token, but the query, the attention,
+/// its output projection, the feed-forward block and both LayerNorms run on `batch` rows
+/// instead of `batch · seq` (10 of the layer's 12 `rows × hidden²` products).
+fn last_layer_first_tokens(
+    layer: &Layer,
+    x: &[f32],
+    keep: &[bool],
+    (batch, seq): (usize, usize),
+    encoder: &Encoder,
+) -> Vec<f32> {
+    let config = encoder.config();
+    let precision = encoder.product_precision();
+    let (hidden, heads) = (config.hidden_size, config.num_attention_heads);
+    let head_dim = hidden / heads;
+    let rows = batch * seq;
+    let self_attention = &layer.attention.self_attention;
+    // Keys and values side by side, `[rows, 2 · hidden]`.
+    let mut kv = vec![0f32; rows * 2 * hidden];
+    for (i, projection) in [&self_attention.key, &self_attention.value]
+        .into_iter()
+        .enumerate()
+    {
+        let weights = host_linear(projection);
+        linear_into(
+            &weights,
+            precision,
+            x,
+            rows,
+            &mut kv,
+            2 * hidden,
+            i * hidden,
+        );
+    }
+    let first: Vec<f32> = (0..batch)
+        .flat_map(|b| &x[b * seq * hidden..b * seq * hidden + hidden])
+        .copied()
+        .collect();
+    let mut query = vec![0f32; batch * hidden];
+    let weights = host_linear(&self_attention.query);
+    linear_into(&weights, precision, &first, batch, &mut query, hidden, 0);
+
+    // softmax(scale · q kᵀ) over the real keys, then · v: one query row per (sequence, head).
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut context = vec![0f32; batch * hidden];
+    context
+        .par_chunks_mut(hidden)
+        .enumerate()
+        .for_each(|(b, context)| {
+            let keep = &keep[b * seq..(b + 1) * seq];
+            let all_kept = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
+            let key_value = |t: usize| &kv[(b * seq + t) * 2 * hidden..][..2 * hidden];
+            let mut scores = vec![0f32; seq];
+            for h in 0..heads {
+                let columns = h * head_dim..(h + 1) * head_dim;
+                let q = &query[b * hidden..][columns.clone()];
+                for (t, score) in scores.iter_mut().enumerate() {
+                    let k = &key_value(t)[columns.clone()];
+                    *score = scale * q.iter().zip(k).map(|(q, k)| q * k).sum::<f32>();
+                }
+                if all_kept {
+                    fastmath::softmax(&mut scores);
+                } else {
+                    fastmath::softmax_masked(&mut scores, keep);
+                }
+                let out = &mut context[columns.clone()];
+                for (t, &p) in scores.iter().enumerate() {
+                    let v = &key_value(t)[hidden..][columns.clone()];
+                    for (o, v) in out.iter_mut().zip(v) {
+                        *o = p.mul_add(*v, *o);
+                    }
+                }
+            }
+        });
+
+    let eps = config.layer_norm_eps;
+    let output = &layer.attention.output;
+    let mut attended = vec![0f32; batch * hidden];
+    let attention_output = host_linear(&output.dense);
+    let bias =
+        linear_into_deferring_bias(&attention_output, precision, &context, batch, &mut attended);
+    let norm = host_layer_norm(&output.layer_norm, eps);
+    add_and_norm(&mut attended, bias, &first, &norm);
+    let mut expanded = vec![0f32; batch * config.intermediate_size];
+    let expand = host_linear(&layer.intermediate.dense);
+    let bias = linear_into_deferring_bias(&expand, precision, &attended, batch, &mut expanded);
+    activation(&mut expanded, bias, config.hidden_act);
+    let mut h = vec![0f32; batch * hidden];
+    let contract = host_linear(&layer.output.dense);
+    let bias = linear_into_deferring_bias(&contract, precision, &expanded, batch, &mut h);
+    let norm = host_layer_norm(&layer.output.layer_norm, eps);
+    add_and_norm(&mut h, bias, &attended, &norm);
+    h
+}
+
 /// [`Encoder::forward`] on the CPU without autodiff: embeddings through burn (a gather and one
 /// LayerNorm), every layer through this module.
 pub(crate) fn forward(
@@ -656,19 +752,8 @@ pub(crate) fn forward(
 ) -> EncoderOutput {
     let [batch, seq, hidden] = embedded.dims();
     let device = embedded.device();
-    let keep = real_tokens(input.attention_mask);
-    let mut x = host(embedded);
-    let config = encoder.config();
-    let rows = batch * seq;
-    let mut scratch = Scratch {
-        qkv: vec![0f32; rows * 3 * hidden],
-        context: vec![0f32; rows * hidden],
-        attended: vec![0f32; rows * hidden],
-        expanded: vec![0f32; rows.min(FFN_ROWS) * config.intermediate_size],
-    };
-    for layer in &encoder.encoder.layer {
-        layer_forward(layer, &mut x, &mut scratch, &keep, (batch, seq), encoder);
-    }
+    let layers = &encoder.encoder.layer[..];
+    let (x, _) = run_layers(encoder, layers, input, embedded);
     let last_hidden_state =
         Tensor::<3>::from_data(TensorData::new(x, [batch, seq, hidden]), &device);
     let first_token = last_hidden_state
@@ -679,4 +764,47 @@ pub(crate) fn forward(
         last_hidden_state,
         first_token,
     }
+}
+
+/// [`Encoder::first_token`] on the CPU without autodiff: [`forward`] with the last layer for
+/// the first tokens only ([`last_layer_first_tokens`]).
+pub(crate) fn first_token(
+    encoder: &Encoder,
+    input: EncoderInput,
+    embedded: Tensor<3>,
+) -> Tensor<2> {
+    let [batch, seq, hidden] = embedded.dims();
+    let device = embedded.device();
+    let layers = &encoder.encoder.layer[..];
+    let Some((last, before)) = layers.split_last() else {
+        return forward(encoder, input, embedded).first_token;
+    };
+    let (x, keep) = run_layers(encoder, before, input, embedded);
+    let h = last_layer_first_tokens(last, &x, &keep, (batch, seq), encoder);
+    Tensor::<2>::from_data(TensorData::new(h, [batch, hidden]), &device)
+}
+
+/// The embeddings' output through `layers`: the last one's output, `[batch·seq, hidden]`, and
+/// which tokens are real.
+fn run_layers(
+    encoder: &Encoder,
+    layers: &[Layer],
+    input: EncoderInput,
+    embedded: Tensor<3>,
+) -> (Vec<f32>, Vec<bool>) {
+    let [batch, seq, hidden] = embedded.dims();
+    let keep = real_tokens(input.attention_mask);
+    let mut x = host(embedded);
+    let config = encoder.config();
+    let rows = batch * seq;
+    let mut scratch = Scratch {
+        qkv: vec![0f32; rows * 3 * hidden],
+        context: vec![0f32; rows * hidden],
+        attended: vec![0f32; rows * hidden],
+        expanded: vec![0f32; rows.min(FFN_ROWS) * config.intermediate_size],
+    };
+    for layer in layers {
+        layer_forward(layer, &mut x, &mut scratch, &keep, (batch, seq), encoder);
+    }
+    (x, keep)
 }

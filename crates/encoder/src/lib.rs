@@ -23,7 +23,7 @@
 //! let model = folder.load_encoder(&device)?;
 //! let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, 128)?;
 //! let row = tokenizer.encode("Shares jumped 12%.", None)?;
-//! let h = model.forward(pad_batch(&[&row], tokenizer.pad_id(), &device)).first_token;
+//! let h = model.first_token(pad_batch(&[&row], tokenizer.pad_id(), &device));
 //! # Ok(()) }
 //! ```
 

@@ -62,7 +62,7 @@ fn batch(golden: &serde_json::Value, device: &Device) -> EncoderInput {
 
 /// `L_r + L_c` (the constant-weight loss with equal weights), heads evaluated once.
 fn loss(model: &Model, input: EncoderInput, device: &Device) -> Tensor<1> {
-    let h = model.encoder.forward(input).first_token;
+    let h = model.encoder.first_token(input);
     let masks = model.heads.sample_dropout_masks(h.dims()[0], device);
     let out = model.heads.forward_with_masks(h, masks.as_ref());
     let y = Tensor::<2>::from_data(

@@ -45,7 +45,7 @@ impl SentimentModel {
     /// # Shapes
     /// - `scores`: `[batch, 1]`, `logits`: `[batch, 5]`.
     pub fn forward(&self, input: EncoderInput, masks: Option<&HeadDropoutMasks>) -> HeadsOutput {
-        let h = self.encoder.forward(input).first_token;
+        let h = self.encoder.first_token(input);
         self.heads.forward_with_masks(h, masks)
     }
 

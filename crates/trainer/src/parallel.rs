@@ -81,7 +81,7 @@ impl DataParallel {
             };
             device.seed(seed.wrapping_add(k as u64));
             let replica = encoder.clone().fork(device);
-            let h = replica.forward(shard).first_token;
+            let h = replica.first_token(shard);
             parts.push(h.to_device(self.main()));
             replicas.push((replica, device.clone()));
         }

@@ -443,7 +443,7 @@ pub fn train(
                 tape = Some(encoder_tape);
                 h
             } else {
-                model.encoder.forward(input.clone()).first_token
+                model.encoder.first_token(input.clone())
             };
             let h_leaf = h.clone();
             // Sampled once: every evaluation of the heads in this step uses the same masks.
@@ -467,7 +467,7 @@ pub fn train(
                 module: &model.encoder,
                 forward: |encoder: &encoder::Encoder| {
                     device.seed(batch_seed);
-                    encoder.forward(input.clone()).first_token
+                    encoder.first_token(input.clone())
                 },
             };
             let shared: Option<&mut dyn dao::SharedParameters> =

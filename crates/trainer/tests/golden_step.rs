@@ -123,7 +123,7 @@ fn dao_step_through_encoder_and_heads_matches_pytorch() {
     };
     let mut dao = Dao::with_module(DaoConfig::default(), module).unwrap();
 
-    let h = encoder.forward(input).first_token;
+    let h = encoder.first_token(input);
     let mut task = |h: Tensor<2>| {
         let out = heads.forward_with_masks(h, None);
         let diff = out.scores.reshape([4]) - y.clone();

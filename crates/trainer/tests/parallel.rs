@@ -111,7 +111,7 @@ fn two_copies_give_the_whole_batch_states_and_gradients() {
     let _ = model.encoder.forward(input.clone());
 
     // One device, the whole batch.
-    let h_one = model.encoder.forward(input.clone()).first_token;
+    let h_one = model.encoder.first_token(input.clone());
     let grads = loss(&model, h_one.clone(), &scores, &classes).backward();
     let one = gradients(&model, &GradientsParams::from_grads(grads, &model));
 

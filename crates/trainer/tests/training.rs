@@ -443,7 +443,7 @@ fn evaluate_predict_and_export_round_trip() {
     let refs: Vec<&encoder::Encoded> = rows.iter().collect();
     let input = encoder::pad_batch(&refs, tokenizer.pad_id(), &device);
     let expected = model.forward(input.clone(), None);
-    let h = encoder.forward(input).first_token;
+    let h = encoder.first_token(input);
     let actual = heads.forward(h);
     let v = |t: burn::tensor::Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap();
     let d_scores = testkit::max_abs_diff(&v(actual.scores), &v(expected.scores));
