@@ -297,6 +297,24 @@ fn linear_into(
     linear_into_with(layer, precision, x, rows, out, out_rs, col0, true);
 }
 
+/// `out = [x W₀ + b₀ | x W₁ + b₁ | …]`, `[rows, Σ d_out]`: projections of one input side by
+/// side (query, key and value).
+fn linear_side_by_side(
+    projections: &[&LoraLinear],
+    precision: ProductPrecision,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    let width = projections.iter().map(|p| p.dims().1).sum();
+    let mut col0 = 0;
+    for projection in projections {
+        let weights = host_linear(projection);
+        linear_into(&weights, precision, x, rows, out, width, col0);
+        col0 += weights.d_out;
+    }
+}
+
 /// [`linear_into`] leaving the bias to the pass that reads the output next, which adds it
 /// to each row while the row is in cache: an f32 product would otherwise start from a copy
 /// of the bias in every row, one more pass over the output. Returns the bias to add (`None`
@@ -558,25 +576,12 @@ fn layer_forward(
     let (hidden, rows) = (config.hidden_size, batch * seq);
     let attention_block = &layer.attention;
     let self_attention = &attention_block.self_attention;
-    for (i, projection) in [
+    let qkv = [
         &self_attention.query,
         &self_attention.key,
         &self_attention.value,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let weights = host_linear(projection);
-        linear_into(
-            &weights,
-            precision,
-            x,
-            rows,
-            &mut scratch.qkv,
-            3 * hidden,
-            i * hidden,
-        );
-    }
+    ];
+    linear_side_by_side(&qkv, precision, x, rows, &mut scratch.qkv);
     attention(
         &scratch.qkv,
         &mut scratch.context,
@@ -667,21 +672,8 @@ fn last_layer_first_tokens(
     let self_attention = &layer.attention.self_attention;
     // Keys and values side by side, `[rows, 2 · hidden]`.
     let mut kv = vec![0f32; rows * 2 * hidden];
-    for (i, projection) in [&self_attention.key, &self_attention.value]
-        .into_iter()
-        .enumerate()
-    {
-        let weights = host_linear(projection);
-        linear_into(
-            &weights,
-            precision,
-            x,
-            rows,
-            &mut kv,
-            2 * hidden,
-            i * hidden,
-        );
-    }
+    let key_value = [&self_attention.key, &self_attention.value];
+    linear_side_by_side(&key_value, precision, x, rows, &mut kv);
     let first: Vec<f32> = (0..batch)
         .flat_map(|b| &x[b * seq * hidden..b * seq * hidden + hidden])
         .copied()
