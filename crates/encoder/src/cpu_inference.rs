@@ -307,38 +307,10 @@ fn linear_side_by_side(
     out: &mut [f32],
 ) {
     let width = projections.iter().map(|p| p.dims().1).sum();
-    let linears: Vec<HostLinear> = projections.iter().map(|p| host_linear(p)).collect();
-    // Without adapters, one product against the weights side by side: the input is packed
-    // once instead of once per projection, and the product is wider.
-    let plain = linears.iter().all(|l| l.adapter.is_none());
-    let biased = linears.iter().all(|l| l.bias.is_some());
-    let d_in = linears.first().map_or(0, |l| l.d_in);
-    if plain && (biased || linears.iter().all(|l| l.bias.is_none())) {
-        let mut weight = Vec::with_capacity(d_in * width);
-        for k in 0..d_in {
-            for l in &linears {
-                weight.extend_from_slice(&l.weight[k * l.d_out..(k + 1) * l.d_out]);
-            }
-        }
-        let bias: Option<Vec<f32>> = biased.then(|| {
-            linears
-                .iter()
-                .flat_map(|l| l.bias.as_deref().unwrap_or(&[]))
-                .copied()
-                .collect()
-        });
-        let dense = Dense {
-            weight: &weight,
-            bias: bias.as_deref(),
-            d_in,
-            d_out: width,
-        };
-        project(dense, precision, x, rows, out, width, 0, None);
-        return;
-    }
     let mut col0 = 0;
-    for weights in &linears {
-        linear_into(weights, precision, x, rows, out, width, col0);
+    for projection in projections {
+        let weights = host_linear(projection);
+        linear_into(&weights, precision, x, rows, out, width, col0);
         col0 += weights.d_out;
     }
 }
