@@ -373,6 +373,12 @@ pub(crate) struct DropoutMasks {
     pub(crate) on_device: bool,
 }
 
+/// Whether the CPU inference path (`cpu_inference.rs`) runs the layers: the CPU without
+/// autodiff (no dropout, no graph).
+fn fused_inference_applies(device: &Device) -> bool {
+    !device.is_autodiff() && *device == Device::flex()
+}
+
 impl DropoutMasks {
     pub(crate) fn new(device: &Device) -> Self {
         let on_device = device.clone().without_autodiff() != Device::flex();
@@ -602,7 +608,7 @@ impl Encoder {
     /// it is [`forward`](Self::forward).
     pub fn first_token(&self, input: EncoderInput) -> Tensor<2> {
         let device = input.input_ids.device();
-        if device.is_autodiff() || device != Device::flex() {
+        if !fused_inference_applies(&device) {
             return self.forward(input).first_token;
         }
         let mut masks = DropoutMasks::new(&device);
@@ -621,8 +627,9 @@ impl Encoder {
     }
 
     fn forward_inner(&self, input: EncoderInput, fused: bool) -> EncoderOutput {
-        let mut masks = DropoutMasks::new(&input.input_ids.device());
-        if fused && masks.seed.is_none() && !masks.on_device {
+        let device = input.input_ids.device();
+        let mut masks = DropoutMasks::new(&device);
+        if fused && fused_inference_applies(&device) {
             let embedded = self.embeddings.forward(
                 input.input_ids.clone(),
                 input.token_type_ids.clone(),
