@@ -366,16 +366,7 @@ impl LinearTape {
         if let Some(adapter) = &self.adapter {
             let rank = adapter.rank;
             if let Some(factors) = &adapter.factors {
-                // The kernel makes the input's gradient with the factors' in one pass; where
-                // nothing reads it, it goes to a scratch buffer.
-                let mut scratch = Vec::new();
-                let dx = match dx {
-                    Some(dx) => dx,
-                    None => {
-                        scratch.resize(rows * d_in, 0f32);
-                        &mut scratch[..]
-                    }
-                };
+                // The kernel makes the input's gradient with the factors' in one pass.
                 let (d_a, d_b) = low_rank::backward(
                     factors,
                     adapter.lazy_mask,

@@ -291,6 +291,16 @@ multiversion! {
 }
 
 multiversion! {
+    /// `dst[i] = src[i] · (scale where keep[i] is 1, else 0)`: [`mask_scale`] on a copy, in
+    /// one pass.
+    fn mask_scale_copy(dst: &mut [f32], src: &[f32], keep: &[u8], scale: f32) {
+        for ((d, s), &k) in dst.iter_mut().zip(src).zip(keep) {
+            *d = s * if k != 0 { scale } else { 0.0 };
+        }
+    }
+}
+
+multiversion! {
     /// `dst[i] += src[i] · (scale where keep[i] is 1, else 0)`.
     fn mask_scale_add(dst: &mut [f32], src: &[f32], keep: &[u8], scale: f32) {
         for ((d, s), &k) in dst.iter_mut().zip(src).zip(keep) {
