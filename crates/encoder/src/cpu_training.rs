@@ -144,10 +144,23 @@ struct Mask {
 }
 
 impl Mask {
-    fn draw(masks: &mut DropoutMasks, dropout: &burn::nn::Dropout, n: usize) -> Option<Self> {
-        masks
-            .host_keep(dropout, n)
-            .map(|(keep, scale)| Mask { keep, scale })
+    /// The mask of `rows` rows of `row_len`, every `step`-th row of the stream's (see
+    /// [`stream_rows`]).
+    fn draw(
+        masks: &mut DropoutMasks,
+        dropout: &burn::nn::Dropout,
+        (rows, row_len, step): (usize, usize, usize),
+    ) -> Option<Self> {
+        let lazy = stream_rows(masks, dropout, (rows, row_len, step))?;
+        let mut keep = vec![0u8; rows * row_len];
+        const CHUNK: usize = 1 << 15;
+        keep.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| lazy.fill(c * CHUNK, chunk));
+        Some(Mask {
+            keep,
+            scale: lazy.scale,
+        })
     }
 
     /// `x[i] *= mask[offset + i]`.
@@ -176,6 +189,22 @@ impl Mask {
         self.apply_at(&mut out, 0);
         out
     }
+}
+
+/// The dropout mask of `rows` rows of `row_len` elements that are every `step`-th row of a
+/// `rows · step`-row block (a layer run for each sequence's first token: `step` = the sequence
+/// length): the stream moves past the whole block, so every later mask, and these rows' bytes,
+/// are those of the layer run for every token.
+fn stream_rows(
+    masks: &mut DropoutMasks,
+    dropout: &burn::nn::Dropout,
+    (rows, row_len, step): (usize, usize, usize),
+) -> Option<LazyKeep> {
+    picked_rows(
+        masks.host_keep_lazy(dropout, rows * step * row_len),
+        row_len,
+        step,
+    )
 }
 
 /// `x[i] *= mask[i]`, the mask made chunk by chunk where it is applied (none is kept: the
@@ -238,14 +267,15 @@ struct AdapterTape {
 }
 
 impl LinearTape {
-    /// `out[.., col0..] = x W + b (+ scaling · dropout(x) A B)`, drawing the adapter's mask;
-    /// the base weight's products (here and in the backward) in `precision`.
+    /// `out[.., col0..] = x W + b (+ scaling · dropout(x) A B)`, drawing the adapter's mask
+    /// (`x`'s rows being every `step`-th of the mask stream's, [`stream_rows`]); the base
+    /// weight's products (here and in the backward) in `precision`.
     #[allow(clippy::too_many_arguments)]
     fn forward(
         layer: &LoraLinear,
         precision: ProductPrecision,
         x: &[f32],
-        rows: usize,
+        (rows, step): (usize, usize),
         out: &mut [f32],
         out_rs: usize,
         col0: usize,
@@ -281,11 +311,11 @@ impl LinearTape {
         let (low, factors, mask, lazy_mask) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
             project(dense, precision, x, rows, out, out_rs, col0, None);
             let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
-            let lazy_mask = masks.host_keep_lazy(&adapter.dropout, rows * d_in);
+            let lazy_mask = stream_rows(masks, &adapter.dropout, (rows, d_in, step));
             let low = low_rank::forward(&factors, lazy_mask, x, &mut out[col0..], out_rs);
             (low, Some(factors), None, lazy_mask)
         } else {
-            let mask = Mask::draw(masks, &adapter.dropout, rows * d_in);
+            let mask = Mask::draw(masks, &adapter.dropout, (rows, d_in, step));
             let dropped = mask.as_ref().map(|mask| mask.applied(x));
             let low_rank = LowRank {
                 input: dropped.as_deref().unwrap_or(x),
@@ -579,6 +609,10 @@ struct LayerTape {
     /// The layer's input, kept by the first layer only: any other's is the output of the
     /// layer before, made again from that layer's `norm2` ([`NormTape::output`]).
     input: Option<Vec<f32>>,
+    /// Run for each sequence's first token only past the keys and values ([`layer_forward`]):
+    /// the queries are those rows of `qkv`, and the buffers and tapes after the attention have
+    /// `batch` rows.
+    first_tokens: bool,
     qkv: Vec<f32>,
     /// Query, key, value.
     projections: Vec<LinearTape>,
@@ -619,7 +653,11 @@ impl Dims {
 }
 
 /// One layer's forward over `x` in place; `keep_input`: keep the layer's input in its tape
-/// (the first layer; see [`LayerTape::input`]).
+/// (the first layer; see [`LayerTape::input`]). `first_tokens`: only each sequence's first
+/// token's output is read (the last layer: `H`), so keys and values are made for every token
+/// and the rest (query, attention, output projection, feed-forward, LayerNorms) for the first
+/// tokens only, with the same dropout bytes those rows get in the whole layer; the other rows
+/// of `x` are then left as they were.
 #[allow(clippy::too_many_arguments)]
 fn layer_forward(
     layer: &Layer,
@@ -629,6 +667,7 @@ fn layer_forward(
     epsilon: f64,
     masks: &mut DropoutMasks,
     keep_input: bool,
+    first_tokens: bool,
     precision: ProductPrecision,
 ) -> LayerTape {
     let Dims {
@@ -639,7 +678,16 @@ fn layer_forward(
         intermediate,
     } = dims;
     let rows = dims.rows();
+    // The rows past the attention, and their step in the mask streams.
+    let (out_rows, step) = if first_tokens {
+        (batch, seq)
+    } else {
+        (rows, 1)
+    };
     let input = x.to_vec();
+    let firsts = first_tokens.then(|| first_rows(&input, dims));
+    // The attention's and feed-forward's residual input, `[out_rows, hidden]`.
+    let residual: &[f32] = firsts.as_deref().unwrap_or(&input);
     let attention = &layer.attention.self_attention;
     let mut qkv = vec![0f32; rows * 3 * hidden];
     let mut projections = Vec::with_capacity(3);
@@ -647,64 +695,88 @@ fn layer_forward(
         .into_iter()
         .enumerate()
     {
+        // Queries of the first tokens only (at their rows of qkv), keys and values of all.
+        let (x, rows_here, step, out_rs) = if i == 0 {
+            (residual, out_rows, step, step * 3 * hidden)
+        } else {
+            (&input[..], rows, 1, 3 * hidden)
+        };
         projections.push(LinearTape::forward(
             projection,
             precision,
-            &input,
-            rows,
+            x,
+            (rows_here, step),
             &mut qkv,
-            3 * hidden,
+            out_rs,
             i * hidden,
             masks,
         ));
     }
 
     // Attention per (sequence, head): softmax(scale · q kᵀ) (padded keys excluded), dropout, · v.
-    let probs_mask = masks.host_keep_lazy(&attention.dropout, batch * heads * seq * seq);
-    let mut context = vec![0f32; rows * hidden];
-    let out = SharedOut::new(&mut context);
-    // Neither the probabilities nor their dropout mask are kept: the backward makes both
-    // again (`attention_probs`, `LazyKeep::fill`).
-    (0..batch * heads).into_par_iter().for_each_init(
-        || (vec![0f32; seq * seq], vec![0u8; seq * seq]),
-        |(p, bytes), pair| {
-            let (b, h) = (pair / heads, pair % heads);
-            let keep = &keep[b * seq..(b + 1) * seq];
-            let dropout = probs_mask.map(|mask| {
-                mask.fill(pair * seq * seq, bytes);
-                (&bytes[..], mask.scale)
-            });
-            // SAFETY: the context block of (b, h) is written by this pair only.
-            unsafe { attend_pair(&qkv, keep, (seq, hidden, heads), (b, h), p, dropout, out) };
-        },
+    let probs_mask = picked_rows(
+        masks.host_keep_lazy(&attention.dropout, batch * heads * seq * seq),
+        seq,
+        step,
     );
+    let mut context = vec![0f32; out_rows * hidden];
+    if first_tokens {
+        context
+            .par_chunks_mut(hidden)
+            .enumerate()
+            .for_each(|(b, context)| {
+                let keep = &keep[b * seq..(b + 1) * seq];
+                first_token_attention(&qkv, keep, dims, b, probs_mask, context);
+            });
+    } else {
+        let out = SharedOut::new(&mut context);
+        // Neither the probabilities nor their dropout mask are kept: the backward makes both
+        // again (`attention_probs`, `LazyKeep::fill`).
+        (0..batch * heads).into_par_iter().for_each_init(
+            || (vec![0f32; seq * seq], vec![0u8; seq * seq]),
+            |(p, bytes), pair| {
+                let (b, h) = (pair / heads, pair % heads);
+                let keep = &keep[b * seq..(b + 1) * seq];
+                let dropout = probs_mask.map(|mask| {
+                    mask.fill(pair * seq * seq, bytes);
+                    (&bytes[..], mask.scale)
+                });
+                // SAFETY: the context block of (b, h) is written by this pair only.
+                unsafe { attend_pair(&qkv, keep, (seq, hidden, heads), (b, h), p, dropout, out) };
+            },
+        );
+    }
 
-    let mut attended = vec![0f32; rows * hidden];
+    let mut attended = vec![0f32; out_rows * hidden];
     let attention_output = LinearTape::forward(
         &layer.attention.output.dense,
         precision,
         &context,
-        rows,
+        (out_rows, step),
         &mut attended,
         hidden,
         0,
         masks,
     );
-    let attention_mask = masks.host_keep_lazy(&layer.attention.output.dropout, rows * hidden);
+    let attention_mask = stream_rows(
+        masks,
+        &layer.attention.output.dropout,
+        (out_rows, hidden, step),
+    );
     apply_mask(&mut attended, attention_mask);
     let norm1 = NormTape::forward(
         &layer.attention.output.layer_norm,
         epsilon,
         &mut attended,
-        &input,
+        residual,
     );
 
-    let mut pre_activation = vec![0f32; rows * intermediate];
+    let mut pre_activation = vec![0f32; out_rows * intermediate];
     let intermediate_tape = LinearTape::forward(
         &layer.intermediate.dense,
         precision,
         &attended,
-        rows,
+        (out_rows, step),
         &mut pre_activation,
         intermediate,
         0,
@@ -713,21 +785,29 @@ fn layer_forward(
     let mut expanded = pre_activation.clone();
     fastmath::map_parallel(&mut expanded, fastmath::gelu_slice);
 
+    let mut first_outputs = vec![0f32; if first_tokens { out_rows * hidden } else { 0 }];
+    let out: &mut [f32] = if first_tokens { &mut first_outputs } else { x };
     let output = LinearTape::forward(
         &layer.output.dense,
         precision,
         &expanded,
-        rows,
-        x,
+        (out_rows, step),
+        out,
         hidden,
         0,
         masks,
     );
-    let output_mask = masks.host_keep_lazy(&layer.output.dropout, rows * hidden);
-    apply_mask(x, output_mask);
-    let norm2 = NormTape::forward(&layer.output.layer_norm, epsilon, x, &attended);
+    let output_mask = stream_rows(masks, &layer.output.dropout, (out_rows, hidden, step));
+    apply_mask(out, output_mask);
+    let norm2 = NormTape::forward(&layer.output.layer_norm, epsilon, out, &attended);
+    if first_tokens {
+        for (b, row) in first_outputs.chunks_exact(hidden).enumerate() {
+            x[b * seq * hidden..][..hidden].copy_from_slice(row);
+        }
+    }
     LayerTape {
         input: keep_input.then_some(input),
+        first_tokens,
         qkv,
         projections,
         keep: keep.to_vec(),
@@ -744,16 +824,157 @@ fn layer_forward(
     }
 }
 
-/// `dy` (the gradient of the layer's output) becomes the gradient of its input.
+/// Each sequence's first row of `x` (`[batch · seq, hidden]`), `[batch, hidden]`.
+fn first_rows(x: &[f32], dims: Dims) -> Vec<f32> {
+    let (seq, hidden) = (dims.seq, dims.hidden);
+    (0..dims.batch)
+        .flat_map(|b| &x[b * seq * hidden..][..hidden])
+        .copied()
+        .collect()
+}
+
+/// [`stream_rows`] for a mask already drawn.
+fn picked_rows(mask: Option<LazyKeep>, row_len: usize, step: usize) -> Option<LazyKeep> {
+    mask.map(|mask| {
+        if step == 1 {
+            mask
+        } else {
+            mask.every_row(row_len, step)
+        }
+    })
+}
+
+/// Sequence `b`'s first query against all its keys, every head: `context` (`[hidden]`) ←
+/// `dropout(softmax(scale · q kᵀ)) · v` (padded keys excluded). `probs_mask` is the first
+/// query rows' mask: pair `(b, h)`'s row at `(b · heads + h) · seq`.
+fn first_token_attention(
+    qkv: &[f32],
+    keep: &[bool],
+    dims: Dims,
+    b: usize,
+    probs_mask: Option<LazyKeep>,
+    context: &mut [f32],
+) {
+    let (seq, hidden, heads) = (dims.seq, dims.hidden, dims.heads);
+    let mut probs = vec![0f32; seq];
+    let mut bytes = vec![0u8; seq];
+    for h in 0..heads {
+        first_query_probs(qkv, keep, dims, (b, h), &mut probs);
+        if let Some(mask) = probs_mask {
+            mask.fill((b * heads + h) * seq, &mut bytes);
+            fastmath::mask_scale(&mut probs, &bytes, mask.scale);
+        }
+        let head_dim = dims.head_dim();
+        let out = &mut context[h * head_dim..(h + 1) * head_dim];
+        out.fill(0.0);
+        for (t, &p) in probs.iter().enumerate() {
+            let v = &qkv[(b * seq + t) * 3 * hidden + 2 * hidden + h * head_dim..][..head_dim];
+            for (o, v) in out.iter_mut().zip(v) {
+                *o = p.mul_add(*v, *o);
+            }
+        }
+    }
+}
+
+/// Pair `(b, h)`'s attention probabilities of its first query, `probs` (`[seq]`).
+fn first_query_probs(
+    qkv: &[f32],
+    keep: &[bool],
+    dims: Dims,
+    (b, h): (usize, usize),
+    probs: &mut [f32],
+) {
+    let (seq, hidden) = (dims.seq, dims.hidden);
+    let head_dim = dims.head_dim();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let row = |t: usize| &qkv[(b * seq + t) * 3 * hidden + h * head_dim..];
+    let q = &row(0)[..head_dim];
+    for (t, score) in probs.iter_mut().enumerate() {
+        let k = &row(t)[hidden..][..head_dim];
+        *score = scale * q.iter().zip(k).map(|(q, k)| q * k).sum::<f32>();
+    }
+    if keep.iter().all(|&k| k) || !keep.iter().any(|&k| k) {
+        fastmath::softmax(probs);
+    } else {
+        fastmath::softmax_masked(probs, keep);
+    }
+}
+
+/// [`first_token_attention`]'s backward for sequence `b`: from `d_context` (`[hidden]`), its
+/// block of `d_qkv` (`[seq, 3 · hidden]`, zeros on entry) gets the first query's gradient and
+/// every key's and value's.
+fn first_token_attention_backward(
+    qkv: &[f32],
+    keep: &[bool],
+    dims: Dims,
+    b: usize,
+    probs_mask: Option<LazyKeep>,
+    d_context: &[f32],
+    d_qkv: &mut [f32],
+) {
+    let (seq, hidden, heads) = (dims.seq, dims.hidden, dims.heads);
+    let head_dim = dims.head_dim();
+    let stride = 3 * hidden;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let row = |t: usize| &qkv[(b * seq + t) * stride..][..stride];
+    let mut probs = vec![0f32; seq];
+    let mut d_probs = vec![0f32; seq];
+    let mut bytes = vec![0u8; seq];
+    for h in 0..heads {
+        let columns = h * head_dim..(h + 1) * head_dim;
+        let dc = &d_context[columns.clone()];
+        first_query_probs(qkv, keep, dims, (b, h), &mut probs);
+        let mask = probs_mask.map(|mask| {
+            mask.fill((b * heads + h) * seq, &mut bytes);
+            mask.scale
+        });
+        let dropped = |t: usize| match mask {
+            Some(scale) => probs[t] * if bytes[t] != 0 { scale } else { 0.0 },
+            None => probs[t],
+        };
+        for t in 0..seq {
+            // dV_t = p̃_t · dC; dp̃_t = dC · v_t (then through the dropout).
+            let v = &row(t)[2 * hidden..][columns.clone()];
+            let weight = dropped(t);
+            let dv = &mut d_qkv[t * stride + 2 * hidden..][columns.clone()];
+            for (d, &c) in dv.iter_mut().zip(dc) {
+                *d = weight * c;
+            }
+            let dp: f32 = dc.iter().zip(v).map(|(c, v)| c * v).sum();
+            d_probs[t] = match mask {
+                Some(scale) => dp * if bytes[t] != 0 { scale } else { 0.0 },
+                None => dp,
+            };
+        }
+        // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
+        fastmath::softmax_backward(&mut d_probs, &probs);
+        let q: Vec<f32> = row(0)[columns.clone()].to_vec();
+        let mut dq = vec![0f32; head_dim];
+        for (t, &ds) in d_probs.iter().enumerate() {
+            // dQ = scale · dS · K; dK_t = scale · dS_t · q.
+            let k = &row(t)[hidden..][columns.clone()];
+            for (d, &k) in dq.iter_mut().zip(k) {
+                *d = (scale * ds).mul_add(k, *d);
+            }
+            let dk = &mut d_qkv[t * stride + hidden..][columns.clone()];
+            for (d, &q) in dk.iter_mut().zip(&q) {
+                *d = scale * ds * q;
+            }
+        }
+        d_qkv[columns].copy_from_slice(&dq);
+    }
+}
+
+/// `dy_out` (the gradient of the layer's output) becomes the gradient of its input.
 /// `input`: the layer's input (kept, or the layer before's output made again). The tape's
 /// GELU input is consumed (turned into GELU's output in place). `needs_input_gradient`:
 /// whether anything reads the input's gradient (not where the first layer's input is the frozen
-/// embeddings': its query, key and value products through `Wᵀ` are skipped, and `dy` is
+/// embeddings': its query, key and value products through `Wᵀ` are skipped, and `dy_out` is
 /// left as the residual path's part).
 fn layer_backward(
     tape: &mut LayerTape,
     input: &[f32],
-    dy: &mut Vec<f32>,
+    dy_out: &mut Vec<f32>,
     dims: Dims,
     grads: &mut Vec<Grad>,
     needs_input_gradient: bool,
@@ -767,6 +988,16 @@ fn layer_backward(
     } = dims;
     let rows = dims.rows();
     let head_dim = dims.head_dim();
+    let first_tokens = tape.first_tokens;
+    // Past the attention a first-tokens layer has `batch` rows: only those rows of `dy` are
+    // read (its other rows are 0: nothing after the layer reads them).
+    let out_rows = if first_tokens { batch } else { rows };
+    let mut d_output = if first_tokens {
+        first_rows(dy_out, dims)
+    } else {
+        std::mem::take(dy_out)
+    };
+    let dy = &mut d_output;
     // Output block: LN2(dropout(expanded W_o + b_o) + attended).
     tape.norm2.backward(dy, grads);
     let mut d_attended = dy.clone(); // the residual path
@@ -778,12 +1009,12 @@ fn layer_backward(
         .par_chunks_mut(1 << 14)
         .zip(gelu_derivative.par_chunks_mut(1 << 14))
         .for_each(|(v, d)| fastmath::gelu_with_derivative_slice(v, d));
-    let mut d_expanded = vec![0f32; rows * intermediate];
+    let mut d_expanded = vec![0f32; out_rows * intermediate];
     tape.output.backward(
         &expanded,
         dy,
         hidden,
-        rows,
+        out_rows,
         Some(&mut d_expanded),
         false,
         grads,
@@ -798,7 +1029,7 @@ fn layer_backward(
         &attended,
         &d_expanded,
         intermediate,
-        rows,
+        out_rows,
         Some(&mut d_attended),
         true,
         grads,
@@ -808,12 +1039,12 @@ fn layer_backward(
     tape.norm1.backward(&mut d_attended, grads);
     let mut d_input = d_attended.clone(); // the residual path
     apply_mask(&mut d_attended, tape.attention_mask);
-    let mut d_context = vec![0f32; rows * hidden];
+    let mut d_context = vec![0f32; out_rows * hidden];
     tape.attention_output.backward(
         &tape.context,
         &d_attended,
         hidden,
-        rows,
+        out_rows,
         Some(&mut d_context),
         false,
         grads,
@@ -823,113 +1054,163 @@ fn layer_backward(
     let stride = 3 * hidden;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut d_qkv = vec![0f32; rows * stride];
-    let out = SharedOut::new(&mut d_qkv);
     let qkv = &tape.qkv;
-    (0..batch * heads).into_par_iter().for_each_init(
-        || {
-            (
-                vec![0f32; seq * seq],
-                vec![0f32; seq * seq],
-                vec![0f32; seq * seq],
-                vec![0u8; seq * seq],
-            )
-        },
-        |(d_probs, dropped, p, bytes), pair| {
-            let (b, h) = (pair / heads, pair % heads);
-            let first = b * seq * stride + h * head_dim;
-            let context_first = b * seq * hidden + h * head_dim;
-            let keep = &tape.keep[b * seq..(b + 1) * seq];
-            attention_probs(qkv, keep, (seq, hidden, heads), (b, h), p);
-            let p = &p[..];
-            let weights: &[f32] = match &tape.probs_mask {
-                Some(mask) => {
-                    mask.fill(pair * seq * seq, bytes);
-                    dropped.copy_from_slice(p);
-                    fastmath::mask_scale(dropped, bytes, mask.scale);
-                    dropped
+    if first_tokens {
+        d_qkv
+            .par_chunks_mut(seq * stride)
+            .zip(d_context.par_chunks(hidden))
+            .enumerate()
+            .for_each(|(b, (d_qkv, d_context))| {
+                let keep = &tape.keep[b * seq..(b + 1) * seq];
+                first_token_attention_backward(
+                    qkv,
+                    keep,
+                    dims,
+                    b,
+                    tape.probs_mask,
+                    d_context,
+                    d_qkv,
+                );
+            });
+    } else {
+        let out = SharedOut::new(&mut d_qkv);
+        (0..batch * heads).into_par_iter().for_each_init(
+            || {
+                (
+                    vec![0f32; seq * seq],
+                    vec![0f32; seq * seq],
+                    vec![0f32; seq * seq],
+                    vec![0u8; seq * seq],
+                )
+            },
+            |(d_probs, dropped, p, bytes), pair| {
+                let (b, h) = (pair / heads, pair % heads);
+                let first = b * seq * stride + h * head_dim;
+                let context_first = b * seq * hidden + h * head_dim;
+                let keep = &tape.keep[b * seq..(b + 1) * seq];
+                attention_probs(qkv, keep, (seq, hidden, heads), (b, h), p);
+                let p = &p[..];
+                let weights: &[f32] = match &tape.probs_mask {
+                    Some(mask) => {
+                        mask.fill(pair * seq * seq, bytes);
+                        dropped.copy_from_slice(p);
+                        fastmath::mask_scale(dropped, bytes, mask.scale);
+                        dropped
+                    }
+                    None => p,
+                };
+                // SAFETY: every block read lies inside qkv / d_context; the d_qkv blocks written
+                // (rows of b, this head's q, k and v columns) belong to this pair only.
+                unsafe {
+                    // dV = P̃ᵀ · dC
+                    product(
+                        (seq, head_dim, seq),
+                        out.ptr().add(first + 2 * hidden),
+                        (stride, 1),
+                        false,
+                        weights.as_ptr(),
+                        (1, seq),
+                        d_context.as_ptr().add(context_first),
+                        (hidden, 1),
+                        1.0,
+                        false,
+                    );
+                    // dP̃ = dC · Vᵀ
+                    product(
+                        (seq, seq, head_dim),
+                        d_probs.as_mut_ptr(),
+                        (seq, 1),
+                        false,
+                        d_context.as_ptr().add(context_first),
+                        (hidden, 1),
+                        qkv.as_ptr().add(first + 2 * hidden),
+                        (1, stride),
+                        1.0,
+                        false,
+                    );
                 }
-                None => p,
-            };
-            // SAFETY: every block read lies inside qkv / d_context; the d_qkv blocks written
-            // (rows of b, this head's q, k and v columns) belong to this pair only.
-            unsafe {
-                // dV = P̃ᵀ · dC
-                product(
-                    (seq, head_dim, seq),
-                    out.ptr().add(first + 2 * hidden),
-                    (stride, 1),
-                    false,
-                    weights.as_ptr(),
-                    (1, seq),
-                    d_context.as_ptr().add(context_first),
-                    (hidden, 1),
-                    1.0,
-                    false,
-                );
-                // dP̃ = dC · Vᵀ
-                product(
-                    (seq, seq, head_dim),
-                    d_probs.as_mut_ptr(),
-                    (seq, 1),
-                    false,
-                    d_context.as_ptr().add(context_first),
-                    (hidden, 1),
-                    qkv.as_ptr().add(first + 2 * hidden),
-                    (1, stride),
-                    1.0,
-                    false,
-                );
-            }
-            if let Some(mask) = &tape.probs_mask {
-                fastmath::mask_scale(d_probs, bytes, mask.scale);
-            }
-            // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
-            for (d, p) in d_probs.chunks_mut(seq).zip(p.chunks(seq)) {
-                fastmath::softmax_backward(d, p);
-            }
-            // SAFETY: as above.
-            unsafe {
-                // dQ = scale · dS · K
-                product(
-                    (seq, head_dim, seq),
-                    out.ptr().add(first),
-                    (stride, 1),
-                    false,
-                    d_probs.as_ptr(),
-                    (seq, 1),
-                    qkv.as_ptr().add(first + hidden),
-                    (stride, 1),
-                    scale,
-                    false,
-                );
-                // dK = scale · dSᵀ · Q
-                product(
-                    (seq, head_dim, seq),
-                    out.ptr().add(first + hidden),
-                    (stride, 1),
-                    false,
-                    d_probs.as_ptr(),
-                    (1, seq),
-                    qkv.as_ptr().add(first),
-                    (stride, 1),
-                    scale,
-                    false,
-                );
-            }
-        },
+                if let Some(mask) = &tape.probs_mask {
+                    fastmath::mask_scale(d_probs, bytes, mask.scale);
+                }
+                // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
+                for (d, p) in d_probs.chunks_mut(seq).zip(p.chunks(seq)) {
+                    fastmath::softmax_backward(d, p);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    // dQ = scale · dS · K
+                    product(
+                        (seq, head_dim, seq),
+                        out.ptr().add(first),
+                        (stride, 1),
+                        false,
+                        d_probs.as_ptr(),
+                        (seq, 1),
+                        qkv.as_ptr().add(first + hidden),
+                        (stride, 1),
+                        scale,
+                        false,
+                    );
+                    // dK = scale · dSᵀ · Q
+                    product(
+                        (seq, head_dim, seq),
+                        out.ptr().add(first + hidden),
+                        (stride, 1),
+                        false,
+                        d_probs.as_ptr(),
+                        (1, seq),
+                        qkv.as_ptr().add(first),
+                        (stride, 1),
+                        scale,
+                        false,
+                    );
+                }
+            },
+        );
+    }
+    if !first_tokens {
+        for (i, projection) in tape.projections.iter().enumerate() {
+            projection.backward(
+                input,
+                &d_qkv[i * hidden..],
+                stride,
+                rows,
+                needs_input_gradient.then_some(&mut d_input[..]),
+                true,
+                grads,
+            );
+        }
+        *dy_out = d_input;
+        return;
+    }
+    // The queries (first tokens, their residual gradient in `d_input`), then keys and values
+    // (every token), then the first tokens' part added at their rows.
+    let firsts = first_rows(input, dims);
+    tape.projections[0].backward(
+        &firsts,
+        &d_qkv,
+        seq * stride,
+        batch,
+        needs_input_gradient.then_some(&mut d_input[..]),
+        true,
+        grads,
     );
-    for (i, projection) in tape.projections.iter().enumerate() {
+    let mut d_all = vec![0f32; rows * hidden];
+    for (i, projection) in tape.projections.iter().enumerate().skip(1) {
         projection.backward(
             input,
             &d_qkv[i * hidden..],
             stride,
             rows,
-            needs_input_gradient.then_some(&mut d_input[..]),
+            needs_input_gradient.then_some(&mut d_all[..]),
             true,
             grads,
         );
     }
-    *dy = d_input;
+    for (b, row) in d_input.chunks_exact(hidden).enumerate() {
+        fastmath::add(&mut d_all[b * seq * hidden..][..hidden], row);
+    }
+    *dy_out = d_all;
 }
 
 /// A training forward's saved state, for [`TrainTape::backward`].
@@ -1128,6 +1409,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
                 config.layer_norm_eps,
                 &mut masks,
                 i == 0,
+                i + 1 == encoder.encoder.layer.len(),
                 encoder.product_precision(),
             )
         })

@@ -478,6 +478,9 @@ pub(crate) struct LazyKeep {
     threshold: u64,
     /// What a kept element is multiplied by, `1 / (1 − p)`.
     pub(crate) scale: f32,
+    /// `(row length, step)`: this mask is every `step`-th row of the stream's (see
+    /// [`every_row`](Self::every_row)).
+    rows: Option<(usize, usize)>,
 }
 
 impl LazyKeep {
@@ -490,11 +493,41 @@ impl LazyKeep {
             // Keep iff a uniform 32-bit draw is below keep · 2³².
             threshold: (keep * 4_294_967_296.0) as u64,
             scale: (1.0 / keep) as f32,
+            rows: None,
+        }
+    }
+
+    /// The mask of rows `0, step, 2·step, …` of this one, its rows `row_len` elements long:
+    /// element `e` is this mask's element `(e / row_len) · step · row_len + e % row_len`. A
+    /// layer run for each sequence's first token only draws the masks of the whole batch and
+    /// keeps these rows, so its values are those of the whole layer's first tokens.
+    pub(crate) fn every_row(self, row_len: usize, step: usize) -> Self {
+        assert!(
+            self.rows.is_none() && row_len > 0,
+            "a mask's rows are picked once"
+        );
+        Self {
+            rows: Some((row_len, step)),
+            ..self
         }
     }
 
     /// The keep bytes (1: kept) of elements `first .. first + keep.len()`.
     pub(crate) fn fill(&self, first: usize, keep: &mut [u8]) {
+        if let Some((row_len, step)) = self.rows {
+            let whole = Self {
+                rows: None,
+                ..*self
+            };
+            let mut done = 0;
+            while done < keep.len() {
+                let (row, column) = ((first + done) / row_len, (first + done) % row_len);
+                let n = (row_len - column).min(keep.len() - done);
+                whole.fill(row * step * row_len + column, &mut keep[done..done + n]);
+                done += n;
+            }
+            return;
+        }
         let pair = self.base + (first / 2) as u64;
         if first.is_multiple_of(2) {
             return fastmath::dropout_keep(keep, self.seed, pair, self.threshold);
@@ -725,6 +758,25 @@ mod tests {
         let none = DropoutConfig::new(0.0).init();
         let x = Tensor::<1>::ones([16], &device);
         assert_eq!(values(masks.apply(&none, x)), vec![1.0; 16]);
+    }
+
+    /// Picking rows of a mask gives those rows' bytes, for any range, odd starts included.
+    #[test]
+    fn a_masks_picked_rows_are_its_rows() {
+        let (row_len, step, rows) = (7, 5, 9);
+        let whole = LazyKeep::new(3, 11, 0.4);
+        let mut all = vec![0u8; rows * step * row_len];
+        whole.fill(0, &mut all);
+        let picked = whole.every_row(row_len, step);
+        let want: Vec<u8> = (0..rows)
+            .flat_map(|r| all[r * step * row_len..][..row_len].to_vec())
+            .collect();
+        for (first, len) in [(0, rows * row_len), (3, 20), (13, 1), (6, 30)] {
+            let mut got = vec![9u8; len];
+            picked.fill(first, &mut got);
+            assert_eq!(got, want[first..first + len], "from {first}, {len} long");
+        }
+        assert!(want.contains(&0) && want.contains(&1));
     }
 
     /// The adapters' input dropout is drawn in training: with hidden and attention
