@@ -200,11 +200,9 @@ fn stream_rows(
     dropout: &burn::nn::Dropout,
     (rows, row_len, step): (usize, usize, usize),
 ) -> Option<LazyKeep> {
-    picked_rows(
-        masks.host_keep_lazy(dropout, rows * step * row_len),
-        row_len,
-        step,
-    )
+    masks
+        .host_keep_lazy(dropout, rows * step * row_len)
+        .map(|mask| mask.every_row(row_len, step))
 }
 
 /// `x[i] *= mask[i]`, the mask made chunk by chunk where it is applied (none is kept: the
@@ -714,11 +712,9 @@ fn layer_forward(
     }
 
     // Attention per (sequence, head): softmax(scale · q kᵀ) (padded keys excluded), dropout, · v.
-    let probs_mask = picked_rows(
-        masks.host_keep_lazy(&attention.dropout, batch * heads * seq * seq),
-        seq,
-        step,
-    );
+    let probs_mask = masks
+        .host_keep_lazy(&attention.dropout, batch * heads * seq * seq)
+        .map(|mask| mask.every_row(seq, step));
     let mut context = vec![0f32; out_rows * hidden];
     if first_tokens {
         context
@@ -831,17 +827,6 @@ fn first_rows(x: &[f32], dims: Dims) -> Vec<f32> {
         .flat_map(|b| &x[b * seq * hidden..][..hidden])
         .copied()
         .collect()
-}
-
-/// [`stream_rows`] for a mask already drawn.
-fn picked_rows(mask: Option<LazyKeep>, row_len: usize, step: usize) -> Option<LazyKeep> {
-    mask.map(|mask| {
-        if step == 1 {
-            mask
-        } else {
-            mask.every_row(row_len, step)
-        }
-    })
 }
 
 /// Sequence `b`'s first query against all its keys, every head: `context` (`[hidden]`) ←

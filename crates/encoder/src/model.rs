@@ -500,8 +500,12 @@ impl LazyKeep {
     /// The mask of rows `0, step, 2·step, …` of this one, its rows `row_len` elements long:
     /// element `e` is this mask's element `(e / row_len) · step · row_len + e % row_len`. A
     /// layer run for each sequence's first token only draws the masks of the whole batch and
-    /// keeps these rows, so its values are those of the whole layer's first tokens.
+    /// keeps these rows, so its values are those of the whole layer's first tokens. A `step`
+    /// of 1 picks every row: the mask itself.
     pub(crate) fn every_row(self, row_len: usize, step: usize) -> Self {
+        if step == 1 {
+            return self;
+        }
         assert!(
             self.rows.is_none() && row_len > 0,
             "a mask's rows are picked once"
