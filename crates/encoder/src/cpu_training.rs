@@ -950,6 +950,124 @@ fn first_token_attention_backward(
     }
 }
 
+/// The attention core's backward, every (sequence, head) pair on its own core: from the
+/// context's gradient (`[rows, hidden]`), that of `qkv` (`[rows, 3 · hidden]`). The
+/// probabilities and their dropout bytes are made again, as the forward made them.
+fn attention_backward(
+    qkv: &[f32],
+    keep: &[bool],
+    probs_mask: Option<LazyKeep>,
+    d_context: &[f32],
+    dims: Dims,
+) -> Vec<f32> {
+    let Dims {
+        batch,
+        seq,
+        hidden,
+        heads,
+        ..
+    } = dims;
+    let head_dim = dims.head_dim();
+    let stride = 3 * hidden;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut d_qkv = vec![0f32; dims.rows() * stride];
+    let out = SharedOut::new(&mut d_qkv);
+    (0..batch * heads).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0f32; seq * seq],
+                vec![0f32; seq * seq],
+                vec![0f32; seq * seq],
+                vec![0u8; seq * seq],
+            )
+        },
+        |(d_probs, dropped, p, bytes), pair| {
+            let (b, h) = (pair / heads, pair % heads);
+            let first = b * seq * stride + h * head_dim;
+            let context_first = b * seq * hidden + h * head_dim;
+            let keep = &keep[b * seq..(b + 1) * seq];
+            attention_probs(qkv, keep, (seq, hidden, heads), (b, h), p);
+            let p = &p[..];
+            let weights: &[f32] = match &probs_mask {
+                Some(mask) => {
+                    mask.fill(pair * seq * seq, bytes);
+                    dropped.copy_from_slice(p);
+                    fastmath::mask_scale(dropped, bytes, mask.scale);
+                    dropped
+                }
+                None => p,
+            };
+            // SAFETY: every block read lies inside qkv / d_context; the d_qkv blocks written
+            // (rows of b, this head's q, k and v columns) belong to this pair only.
+            unsafe {
+                // dV = P̃ᵀ · dC
+                product(
+                    (seq, head_dim, seq),
+                    out.ptr().add(first + 2 * hidden),
+                    (stride, 1),
+                    false,
+                    weights.as_ptr(),
+                    (1, seq),
+                    d_context.as_ptr().add(context_first),
+                    (hidden, 1),
+                    1.0,
+                    false,
+                );
+                // dP̃ = dC · Vᵀ
+                product(
+                    (seq, seq, head_dim),
+                    d_probs.as_mut_ptr(),
+                    (seq, 1),
+                    false,
+                    d_context.as_ptr().add(context_first),
+                    (hidden, 1),
+                    qkv.as_ptr().add(first + 2 * hidden),
+                    (1, stride),
+                    1.0,
+                    false,
+                );
+            }
+            if let Some(mask) = &probs_mask {
+                fastmath::mask_scale(d_probs, bytes, mask.scale);
+            }
+            // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
+            for (d, p) in d_probs.chunks_mut(seq).zip(p.chunks(seq)) {
+                fastmath::softmax_backward(d, p);
+            }
+            // SAFETY: as above.
+            unsafe {
+                // dQ = scale · dS · K
+                product(
+                    (seq, head_dim, seq),
+                    out.ptr().add(first),
+                    (stride, 1),
+                    false,
+                    d_probs.as_ptr(),
+                    (seq, 1),
+                    qkv.as_ptr().add(first + hidden),
+                    (stride, 1),
+                    scale,
+                    false,
+                );
+                // dK = scale · dSᵀ · Q
+                product(
+                    (seq, head_dim, seq),
+                    out.ptr().add(first + hidden),
+                    (stride, 1),
+                    false,
+                    d_probs.as_ptr(),
+                    (1, seq),
+                    qkv.as_ptr().add(first),
+                    (stride, 1),
+                    scale,
+                    false,
+                );
+            }
+        },
+    );
+    d_qkv
+}
+
 /// `dy_out` (the gradient of the layer's output) becomes the gradient of its input.
 /// `input`: the layer's input (kept, or the layer before's output made again). The tape's
 /// GELU input is consumed (turned into GELU's output in place). `needs_input_gradient`:
@@ -968,11 +1086,10 @@ fn layer_backward(
         batch,
         seq,
         hidden,
-        heads,
         intermediate,
+        ..
     } = dims;
     let rows = dims.rows();
-    let head_dim = dims.head_dim();
     let first_tokens = tape.first_tokens;
     // Past the attention a first-tokens layer has `batch` rows: only those rows of `dy` are
     // read (its other rows are 0: nothing after the layer reads them).
@@ -1035,12 +1152,10 @@ fn layer_backward(
         grads,
     );
 
-    // Attention core, per (sequence, head).
+    // Attention core: the gradients of the queries, keys and values.
     let stride = 3 * hidden;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut d_qkv = vec![0f32; rows * stride];
-    let qkv = &tape.qkv;
-    if first_tokens {
+    let d_qkv = if first_tokens {
+        let mut d_qkv = vec![0f32; rows * stride];
         d_qkv
             .par_chunks_mut(seq * stride)
             .zip(d_context.par_chunks(hidden))
@@ -1048,7 +1163,7 @@ fn layer_backward(
             .for_each(|(b, (d_qkv, d_context))| {
                 let keep = &tape.keep[b * seq..(b + 1) * seq];
                 first_token_attention_backward(
-                    qkv,
+                    &tape.qkv,
                     keep,
                     dims,
                     b,
@@ -1057,102 +1172,10 @@ fn layer_backward(
                     d_qkv,
                 );
             });
+        d_qkv
     } else {
-        let out = SharedOut::new(&mut d_qkv);
-        (0..batch * heads).into_par_iter().for_each_init(
-            || {
-                (
-                    vec![0f32; seq * seq],
-                    vec![0f32; seq * seq],
-                    vec![0f32; seq * seq],
-                    vec![0u8; seq * seq],
-                )
-            },
-            |(d_probs, dropped, p, bytes), pair| {
-                let (b, h) = (pair / heads, pair % heads);
-                let first = b * seq * stride + h * head_dim;
-                let context_first = b * seq * hidden + h * head_dim;
-                let keep = &tape.keep[b * seq..(b + 1) * seq];
-                attention_probs(qkv, keep, (seq, hidden, heads), (b, h), p);
-                let p = &p[..];
-                let weights: &[f32] = match &tape.probs_mask {
-                    Some(mask) => {
-                        mask.fill(pair * seq * seq, bytes);
-                        dropped.copy_from_slice(p);
-                        fastmath::mask_scale(dropped, bytes, mask.scale);
-                        dropped
-                    }
-                    None => p,
-                };
-                // SAFETY: every block read lies inside qkv / d_context; the d_qkv blocks written
-                // (rows of b, this head's q, k and v columns) belong to this pair only.
-                unsafe {
-                    // dV = P̃ᵀ · dC
-                    product(
-                        (seq, head_dim, seq),
-                        out.ptr().add(first + 2 * hidden),
-                        (stride, 1),
-                        false,
-                        weights.as_ptr(),
-                        (1, seq),
-                        d_context.as_ptr().add(context_first),
-                        (hidden, 1),
-                        1.0,
-                        false,
-                    );
-                    // dP̃ = dC · Vᵀ
-                    product(
-                        (seq, seq, head_dim),
-                        d_probs.as_mut_ptr(),
-                        (seq, 1),
-                        false,
-                        d_context.as_ptr().add(context_first),
-                        (hidden, 1),
-                        qkv.as_ptr().add(first + 2 * hidden),
-                        (1, stride),
-                        1.0,
-                        false,
-                    );
-                }
-                if let Some(mask) = &tape.probs_mask {
-                    fastmath::mask_scale(d_probs, bytes, mask.scale);
-                }
-                // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
-                for (d, p) in d_probs.chunks_mut(seq).zip(p.chunks(seq)) {
-                    fastmath::softmax_backward(d, p);
-                }
-                // SAFETY: as above.
-                unsafe {
-                    // dQ = scale · dS · K
-                    product(
-                        (seq, head_dim, seq),
-                        out.ptr().add(first),
-                        (stride, 1),
-                        false,
-                        d_probs.as_ptr(),
-                        (seq, 1),
-                        qkv.as_ptr().add(first + hidden),
-                        (stride, 1),
-                        scale,
-                        false,
-                    );
-                    // dK = scale · dSᵀ · Q
-                    product(
-                        (seq, head_dim, seq),
-                        out.ptr().add(first + hidden),
-                        (stride, 1),
-                        false,
-                        d_probs.as_ptr(),
-                        (1, seq),
-                        qkv.as_ptr().add(first),
-                        (stride, 1),
-                        scale,
-                        false,
-                    );
-                }
-            },
-        );
-    }
+        attention_backward(&tape.qkv, &tape.keep, tape.probs_mask, &d_context, dims)
+    };
     if !first_tokens {
         for (i, projection) in tape.projections.iter().enumerate() {
             projection.backward(
