@@ -1139,7 +1139,7 @@ fn layer_backward(
 
     // Attention output block: LN1(dropout(context W_ao + b_ao) + input).
     tape.norm1.backward(&mut d_attended, grads);
-    let mut d_input = d_attended.clone(); // the residual path
+    let d_input = d_attended.clone(); // the residual path
     apply_mask(&mut d_attended, tape.attention_mask);
     let mut d_context = vec![0f32; out_rows * hidden];
     tape.attention_output.backward(
@@ -1176,35 +1176,28 @@ fn layer_backward(
     } else {
         attention_backward(&tape.qkv, &tape.keep, tape.probs_mask, &d_context, dims)
     };
-    if !first_tokens {
-        for (i, projection) in tape.projections.iter().enumerate() {
-            projection.backward(
-                input,
-                &d_qkv[i * hidden..],
-                stride,
-                rows,
-                needs_input_gradient.then_some(&mut d_input[..]),
-                true,
-                grads,
-            );
-        }
-        *dy_out = d_input;
-        return;
+    // The queries of a first-tokens layer (their rows' residual gradient in `d_input`) go
+    // apart and are added at their rows once keys and values (every token) are done.
+    let (mut d_all, mut d_firsts) = if first_tokens {
+        (vec![0f32; rows * hidden], Some(d_input))
+    } else {
+        (d_input, None)
+    };
+    if let Some(d_firsts) = d_firsts.as_mut() {
+        tape.projections[0].backward(
+            &first_rows(input, dims),
+            &d_qkv,
+            seq * stride,
+            batch,
+            needs_input_gradient.then_some(&mut d_firsts[..]),
+            true,
+            grads,
+        );
     }
-    // The queries (first tokens, their residual gradient in `d_input`), then keys and values
-    // (every token), then the first tokens' part added at their rows.
-    let firsts = first_rows(input, dims);
-    tape.projections[0].backward(
-        &firsts,
-        &d_qkv,
-        seq * stride,
-        batch,
-        needs_input_gradient.then_some(&mut d_input[..]),
-        true,
-        grads,
-    );
-    let mut d_all = vec![0f32; rows * hidden];
-    for (i, projection) in tape.projections.iter().enumerate().skip(1) {
+    for (i, projection) in tape.projections.iter().enumerate() {
+        if i == 0 && first_tokens {
+            continue;
+        }
         projection.backward(
             input,
             &d_qkv[i * hidden..],
@@ -1215,8 +1208,10 @@ fn layer_backward(
             grads,
         );
     }
-    for (b, row) in d_input.chunks_exact(hidden).enumerate() {
-        fastmath::add(&mut d_all[b * seq * hidden..][..hidden], row);
+    if let Some(d_firsts) = d_firsts {
+        for (b, row) in d_firsts.chunks_exact(hidden).enumerate() {
+            fastmath::add(&mut d_all[b * seq * hidden..][..hidden], row);
+        }
     }
     *dy_out = d_all;
 }
