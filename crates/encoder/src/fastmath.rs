@@ -459,15 +459,17 @@ multiversion! {
     /// element at a time.
     fn dropout_keep(keep: &mut [u8], seed: u64, first_pair: u64, threshold: u64) {
         let mut pairs = keep.chunks_exact_mut(2);
-        let mut counter = first_pair;
+        // `seed + counter · γ`, stepped by γ: a sum per pair instead of a 64-bit multiply (a
+        // third of the hash's multiplies, the slowest vector instruction here).
+        let mut state = seed.wrapping_add(first_pair.wrapping_mul(GOLDEN_GAMMA));
         for pair in &mut pairs {
-            let r = splitmix64(seed.wrapping_add(counter.wrapping_mul(GOLDEN_GAMMA)));
+            let r = splitmix64(state);
             pair[0] = u8::from((r & 0xffff_ffff) < threshold);
             pair[1] = u8::from((r >> 32) < threshold);
-            counter += 1;
+            state = state.wrapping_add(GOLDEN_GAMMA);
         }
         if let [last] = pairs.into_remainder() {
-            let r = splitmix64(seed.wrapping_add(counter.wrapping_mul(GOLDEN_GAMMA)));
+            let r = splitmix64(state);
             *last = u8::from((r & 0xffff_ffff) < threshold);
         }
     }
