@@ -423,14 +423,56 @@ pub(crate) fn attention_probs(
             false,
         );
     }
-    let all_kept = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
     for row in probs.chunks_mut(seq) {
-        if all_kept {
-            fastmath::softmax(row);
-        } else {
-            fastmath::softmax_masked(row, keep);
+        softmax_over_kept(row, keep);
+    }
+}
+
+/// `scores ← softmax(scores)` over a sequence's real keys (`keep`), over all of them when
+/// every key or none is real.
+fn softmax_over_kept(scores: &mut [f32], keep: &[bool]) {
+    if keep.iter().all(|&k| k) || !keep.iter().any(|&k| k) {
+        fastmath::softmax(scores);
+    } else {
+        fastmath::softmax_masked(scores, keep);
+    }
+}
+
+/// One query's attention probabilities over a sequence: `probs[t] = softmax_t(q · k_t / √d)`
+/// over the real keys, `key(t)` being key `t`'s columns of the query's head (`d` = `q.len()`).
+pub(crate) fn one_query_probs<'a>(
+    q: &[f32],
+    key: impl Fn(usize) -> &'a [f32],
+    keep: &[bool],
+    probs: &mut [f32],
+) {
+    let scale = 1.0 / (q.len() as f32).sqrt();
+    for (t, score) in probs.iter_mut().enumerate() {
+        *score = scale * q.iter().zip(key(t)).map(|(q, k)| q * k).sum::<f32>();
+    }
+    softmax_over_kept(probs, keep);
+}
+
+/// `out = Σ_t weights[t] · value(t)`.
+pub(crate) fn weighted_values<'a>(
+    weights: &[f32],
+    value: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    for (t, &w) in weights.iter().enumerate() {
+        for (o, v) in out.iter_mut().zip(value(t)) {
+            *o = w.mul_add(*v, *o);
         }
     }
+}
+
+/// Each sequence's first row of `x` (`[batch · seq, hidden]`): `[batch, hidden]`.
+pub(crate) fn first_rows(x: &[f32], (batch, seq, hidden): (usize, usize, usize)) -> Vec<f32> {
+    (0..batch)
+        .flat_map(|b| &x[b * seq * hidden..][..hidden])
+        .copied()
+        .collect()
 }
 
 /// One (sequence `b`, head `h`) pair of multi-head attention over `qkv` (`[batch·seq, 3·hidden]`:
@@ -674,44 +716,26 @@ fn last_layer_first_tokens(
     let mut kv = vec![0f32; rows * 2 * hidden];
     let key_value = [&self_attention.key, &self_attention.value];
     linear_side_by_side(&key_value, precision, x, rows, &mut kv);
-    let first: Vec<f32> = (0..batch)
-        .flat_map(|b| &x[b * seq * hidden..b * seq * hidden + hidden])
-        .copied()
-        .collect();
+    let first = first_rows(x, (batch, seq, hidden));
     let mut query = vec![0f32; batch * hidden];
     let weights = host_linear(&self_attention.query);
     linear_into(&weights, precision, &first, batch, &mut query, hidden, 0);
 
     // softmax(scale · q kᵀ) over the real keys, then · v: one query row per (sequence, head).
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let mut context = vec![0f32; batch * hidden];
     context
         .par_chunks_mut(hidden)
         .enumerate()
         .for_each(|(b, context)| {
             let keep = &keep[b * seq..(b + 1) * seq];
-            let all_kept = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
             let key_value = |t: usize| &kv[(b * seq + t) * 2 * hidden..][..2 * hidden];
             let mut scores = vec![0f32; seq];
             for h in 0..heads {
                 let columns = h * head_dim..(h + 1) * head_dim;
                 let q = &query[b * hidden..][columns.clone()];
-                for (t, score) in scores.iter_mut().enumerate() {
-                    let k = &key_value(t)[columns.clone()];
-                    *score = scale * q.iter().zip(k).map(|(q, k)| q * k).sum::<f32>();
-                }
-                if all_kept {
-                    fastmath::softmax(&mut scores);
-                } else {
-                    fastmath::softmax_masked(&mut scores, keep);
-                }
-                let out = &mut context[columns.clone()];
-                for (t, &p) in scores.iter().enumerate() {
-                    let v = &key_value(t)[hidden..][columns.clone()];
-                    for (o, v) in out.iter_mut().zip(v) {
-                        *o = p.mul_add(*v, *o);
-                    }
-                }
+                one_query_probs(q, |t| &key_value(t)[columns.clone()], keep, &mut scores);
+                let value = |t: usize| &key_value(t)[hidden..][columns.clone()];
+                weighted_values(&scores, value, &mut context[columns.clone()]);
             }
         });
 

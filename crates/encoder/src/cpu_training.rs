@@ -31,8 +31,8 @@ use rayon::prelude::*;
 use crate::amx::{self, Start, Strided};
 use crate::config::HiddenAct;
 use crate::cpu_inference::{
-    attend_pair, attention_probs, host, host_view, product, project, real_tokens, Dense,
-    HostTensor, LowRank, SharedOut,
+    self, attend_pair, attention_probs, host, host_view, one_query_probs, product, project,
+    real_tokens, weighted_values, Dense, HostTensor, LowRank, SharedOut,
 };
 use crate::fastmath;
 use crate::low_rank;
@@ -152,13 +152,8 @@ impl Mask {
         (rows, row_len, step): (usize, usize, usize),
     ) -> Option<Self> {
         let lazy = stream_rows(masks, dropout, (rows, row_len, step))?;
-        let mut keep = vec![0u8; rows * row_len];
-        const CHUNK: usize = 1 << 15;
-        keep.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, chunk)| lazy.fill(c * CHUNK, chunk));
         Some(Mask {
-            keep,
+            keep: lazy.bytes(rows * row_len),
             scale: lazy.scale,
         })
     }
@@ -822,11 +817,7 @@ fn layer_forward(
 
 /// Each sequence's first row of `x` (`[batch · seq, hidden]`), `[batch, hidden]`.
 fn first_rows(x: &[f32], dims: Dims) -> Vec<f32> {
-    let (seq, hidden) = (dims.seq, dims.hidden);
-    (0..dims.batch)
-        .flat_map(|b| &x[b * seq * hidden..][..hidden])
-        .copied()
-        .collect()
+    cpu_inference::first_rows(x, (dims.batch, dims.seq, dims.hidden))
 }
 
 /// Sequence `b`'s first query against all its keys, every head: `context` (`[hidden]`) ←
@@ -841,6 +832,7 @@ fn first_token_attention(
     context: &mut [f32],
 ) {
     let (seq, hidden, heads) = (dims.seq, dims.hidden, dims.heads);
+    let head_dim = dims.head_dim();
     let mut probs = vec![0f32; seq];
     let mut bytes = vec![0u8; seq];
     for h in 0..heads {
@@ -849,15 +841,13 @@ fn first_token_attention(
             mask.fill((b * heads + h) * seq, &mut bytes);
             fastmath::mask_scale(&mut probs, &bytes, mask.scale);
         }
-        let head_dim = dims.head_dim();
-        let out = &mut context[h * head_dim..(h + 1) * head_dim];
-        out.fill(0.0);
-        for (t, &p) in probs.iter().enumerate() {
-            let v = &qkv[(b * seq + t) * 3 * hidden + 2 * hidden + h * head_dim..][..head_dim];
-            for (o, v) in out.iter_mut().zip(v) {
-                *o = p.mul_add(*v, *o);
-            }
-        }
+        let value =
+            |t: usize| &qkv[(b * seq + t) * 3 * hidden + 2 * hidden + h * head_dim..][..head_dim];
+        weighted_values(
+            &probs,
+            value,
+            &mut context[h * head_dim..(h + 1) * head_dim],
+        );
     }
 }
 
@@ -871,18 +861,9 @@ fn first_query_probs(
 ) {
     let (seq, hidden) = (dims.seq, dims.hidden);
     let head_dim = dims.head_dim();
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let row = |t: usize| &qkv[(b * seq + t) * 3 * hidden + h * head_dim..];
-    let q = &row(0)[..head_dim];
-    for (t, score) in probs.iter_mut().enumerate() {
-        let k = &row(t)[hidden..][..head_dim];
-        *score = scale * q.iter().zip(k).map(|(q, k)| q * k).sum::<f32>();
-    }
-    if keep.iter().all(|&k| k) || !keep.iter().any(|&k| k) {
-        fastmath::softmax(probs);
-    } else {
-        fastmath::softmax_masked(probs, keep);
-    }
+    let key = |t: usize| &row(t)[hidden..][..head_dim];
+    one_query_probs(&row(0)[..head_dim], key, keep, probs);
 }
 
 /// [`first_token_attention`]'s backward for sequence `b`: from `d_context` (`[hidden]`), its
@@ -913,27 +894,26 @@ fn first_token_attention_backward(
             mask.fill((b * heads + h) * seq, &mut bytes);
             mask.scale
         });
-        let dropped = |t: usize| match mask {
-            Some(scale) => probs[t] * if bytes[t] != 0 { scale } else { 0.0 },
-            None => probs[t],
+        // What the dropout multiplies probability `t` (and so its gradient) by.
+        let factor = |t: usize| match mask {
+            Some(scale) if bytes[t] != 0 => scale,
+            Some(_) => 0.0,
+            None => 1.0,
         };
         for t in 0..seq {
             // dV_t = p̃_t · dC; dp̃_t = dC · v_t (then through the dropout).
             let v = &row(t)[2 * hidden..][columns.clone()];
-            let weight = dropped(t);
+            let weight = probs[t] * factor(t);
             let dv = &mut d_qkv[t * stride + 2 * hidden..][columns.clone()];
             for (d, &c) in dv.iter_mut().zip(dc) {
                 *d = weight * c;
             }
             let dp: f32 = dc.iter().zip(v).map(|(c, v)| c * v).sum();
-            d_probs[t] = match mask {
-                Some(scale) => dp * if bytes[t] != 0 { scale } else { 0.0 },
-                None => dp,
-            };
+            d_probs[t] = dp * factor(t);
         }
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
         fastmath::softmax_backward(&mut d_probs, &probs);
-        let q: Vec<f32> = row(0)[columns.clone()].to_vec();
+        let q = &row(0)[columns.clone()];
         let mut dq = vec![0f32; head_dim];
         for (t, &ds) in d_probs.iter().enumerate() {
             // dQ = scale · dS · K; dK_t = scale · dS_t · q.
@@ -942,7 +922,7 @@ fn first_token_attention_backward(
                 *d = (scale * ds).mul_add(k, *d);
             }
             let dk = &mut d_qkv[t * stride + hidden..][columns.clone()];
-            for (d, &q) in dk.iter_mut().zip(&q) {
+            for (d, &q) in dk.iter_mut().zip(q) {
                 *d = scale * ds * q;
             }
         }

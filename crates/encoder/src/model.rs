@@ -447,12 +447,7 @@ impl DropoutMasks {
     /// them here, in the burn path's order, so both paths see the same masks.
     pub(crate) fn host_keep(&mut self, dropout: &Dropout, n: usize) -> Option<(Vec<u8>, f32)> {
         let lazy = self.host_keep_lazy(dropout, n)?;
-        let mut mask = vec![0u8; n];
-        const CHUNK: usize = 1 << 15; // elements, even
-        mask.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, chunk)| lazy.fill(c * CHUNK, chunk));
-        Some((mask, lazy.scale))
+        Some((lazy.bytes(n), lazy.scale))
     }
 
     /// The mask [`host_keep`](Self::host_keep) would draw, left undrawn: its place in the
@@ -514,6 +509,16 @@ impl LazyKeep {
             rows: Some((row_len, step)),
             ..self
         }
+    }
+
+    /// The keep bytes of elements `0 .. n`, made in parallel chunks.
+    pub(crate) fn bytes(&self, n: usize) -> Vec<u8> {
+        let mut keep = vec![0u8; n];
+        const CHUNK: usize = 1 << 15; // elements, even
+        keep.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| self.fill(c * CHUNK, chunk));
+        keep
     }
 
     /// The keep bytes (1: kept) of elements `first .. first + keep.len()`.
