@@ -8,12 +8,17 @@
 //! accumulators stay in registers, so each input element is loaded once per four ranks and
 //! each factor element once per four rows. The factors are padded to a multiple of four ranks
 //! with zero rows ([`Factors`]), which contribute nothing. Above [`ROW_KERNEL_MAX_RANK`] the
-//! products are real matrix products and the caller uses `gemm`.
+//! products are real matrix products and the caller uses `gemm`. On CPUs with AVX-512 the
+//! [`avx512`] kernels run instead: eight ranks at a time in registers, each update's targets
+//! held across a block of rows (these portable kernels stay for every other CPU).
 
 use rayon::prelude::*;
 
 use crate::fastmath::{self, multiversion};
 use crate::model::LazyKeep;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// The largest rank these kernels are used for (≈ where `gemm` catches up on this CPU).
 pub(crate) const ROW_KERNEL_MAX_RANK: usize = 32;
@@ -27,8 +32,31 @@ const TILE: usize = 4;
 /// Vector lanes the tiles accumulate in.
 const LANES: usize = 16;
 
+/// The factors' ranks are padded to a multiple of this: the AVX-512 kernels' group of ranks
+/// held in registers (a multiple of [`TILE`]).
+const PADDING: usize = 8;
+
+#[cfg(test)]
+thread_local! {
+    /// Set by the tests to run the portable kernels on a CPU that has AVX-512 (this thread's
+    /// calls only).
+    static PORTABLE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the AVX-512 kernels run here.
+fn wide() -> bool {
+    #[cfg(test)]
+    if PORTABLE_ONLY.with(std::cell::Cell::get) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    return avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// An adapter's factors laid out for the kernels: `A` transposed (`[padded, d_in]`) and `B`
-/// (`[padded, d_out]`), `padded` = the rank rounded up to a multiple of [`TILE`] (zero rows),
+/// (`[padded, d_out]`), `padded` = the rank rounded up to a multiple of [`PADDING`] (zero rows),
 /// and its scaling `s`.
 pub(crate) struct Factors {
     a_transposed: Vec<f32>,
@@ -48,7 +76,7 @@ impl Factors {
         scaling: f32,
         (d_in, rank, d_out): (usize, usize, usize),
     ) -> Self {
-        let padded = rank.div_ceil(TILE) * TILE;
+        let padded = rank.div_ceil(PADDING) * PADDING;
         let mut a_transposed = vec![0f32; padded * d_in];
         transpose(&a[..d_in * rank], rank, &mut a_transposed);
         let mut b_padded = vec![0f32; padded * d_out];
@@ -113,23 +141,26 @@ pub(crate) fn forward(
     let rows = x.len() / d_in;
     assert!(rows == 0 || out.len() >= (rows - 1) * out_rs + d_out);
     let mut low = vec![0f32; rows * padded];
+    let wide = wide();
     out.par_chunks_mut(BLOCK * out_rs)
         .zip(low.par_chunks_mut(BLOCK * padded))
         .enumerate()
         .for_each_init(
-            || vec![0f32; TILE * d_in],
-            |masked, (block, (out, low))| {
+            || (vec![0f32; TILE * d_in], Vec::new()),
+            |(masked, keep), (block, (out, low))| {
                 let first = block * BLOCK;
                 let n = low.len() / padded;
-                forward_rows(
-                    factors,
-                    rows_of(dropout, first, d_in),
-                    &x[first * d_in..(first + n) * d_in],
-                    out,
-                    out_rs,
-                    low,
-                    masked,
-                );
+                let dropout = rows_of(dropout, first, d_in);
+                let x = &x[first * d_in..(first + n) * d_in];
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: `wide` says the CPU has the kernels' features.
+                    return unsafe {
+                        avx512::forward_rows(factors, dropout, x, (out, out_rs), low, keep)
+                    };
+                }
+                let _ = (wide, keep);
+                forward_rows(factors, dropout, x, out, out_rs, low, masked);
             },
         );
     low
@@ -158,14 +189,16 @@ pub(crate) fn backward(
     let rows = x.len() / d_in;
     assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + d_out);
     assert!(dx.as_ref().is_none_or(|dx| dx.len() >= rows * d_in) && low.len() >= rows * padded);
-    // (dAᵀ, dB) partial sums, padded like the factors; scratch rows.
+    // (dAᵀ, dB) partial sums, padded like the factors; scratch: rows for the portable
+    // kernel, the AVX-512 one's `∂L/∂low` and keep bytes.
     let partial = || {
         (
             vec![0f32; padded * d_in],
             vec![0f32; padded * d_out],
-            vec![0f32; 2 * TILE * d_in],
+            (vec![0f32; 2 * TILE * d_in], Vec::new(), Vec::new()),
         )
     };
+    let wide = wide();
     let blocks: Vec<Option<&mut [f32]>> = match dx {
         Some(dx) => dx[..rows * d_in]
             .chunks_mut(BLOCK * d_in)
@@ -180,16 +213,41 @@ pub(crate) fn backward(
         .fold(partial, |(mut d_at, mut d_b, mut scratch), (block, dx)| {
             let first = block * BLOCK;
             let n = BLOCK.min(rows - first);
-            backward_rows(
-                factors,
-                rows_of(dropout, first, d_in),
+            let dropout = rows_of(dropout, first, d_in);
+            let (x, low) = (
                 &x[first * d_in..(first + n) * d_in],
                 &low[first * padded..(first + n) * padded],
-                &dy[first * dy_rs..],
+            );
+            let dy = &dy[first * dy_rs..];
+            let (rows_scratch, d_low, keep) = &mut scratch;
+            #[cfg(target_arch = "x86_64")]
+            if wide {
+                // SAFETY: `wide` says the CPU has the kernels' features.
+                unsafe {
+                    avx512::backward_rows(
+                        factors,
+                        dropout,
+                        x,
+                        low,
+                        (dy, dy_rs),
+                        dx,
+                        (&mut d_at, &mut d_b),
+                        (d_low, keep),
+                    )
+                };
+                return (d_at, d_b, scratch);
+            }
+            let _ = (wide, d_low, keep);
+            backward_rows(
+                factors,
+                dropout,
+                x,
+                low,
+                dy,
                 dy_rs,
                 dx,
                 (&mut d_at, &mut d_b),
-                &mut scratch,
+                rows_scratch,
             );
             (d_at, d_b, scratch)
         })
@@ -495,6 +553,14 @@ mod tests {
     /// multiple of 4, lengths not a multiple of 16, strided outputs and gradients.
     #[test]
     fn row_kernels_equal_the_definitions() {
+        for portable in [false, true] {
+            // Both kernels where the CPU has AVX-512 (elsewhere the portable one twice).
+            PORTABLE_ONLY.with(|only| only.set(portable));
+            row_kernels_equal_the_definitions_here();
+        }
+    }
+
+    fn row_kernels_equal_the_definitions_here() {
         for (rows, d_in, rank, d_out, with_dropout) in [
             (70, 37, 5, 21, true),
             (131, 40, 8, 48, false),

@@ -1,0 +1,345 @@
+//! The row kernels on AVX-512, eight ranks at a time with the rank dimension in registers.
+//!
+//! The portable kernels ([`super::forward_rows`], [`super::backward_rows`]) add each 4 × 4 tile
+//! of products into `out`, `dAᵀ`, `dB` and a scratch `dx` row by row: every multiply-add reads
+//! and writes its target, and for the wide adapters (`d = 1536`) the targets live in L2, not in
+//! registers (`perf annotate`: the stores and the loads feeding them were the hottest lines).
+//! Here each product keeps its targets in registers for a whole block of rows instead:
+//! - a dot product (`(m ⊙ x) Aᵀ`, `dy Bᵀ`) is a 2-row × 8-rank tile of sixteen sums;
+//! - an update along the long dimension (`out += s · low B`, `dB += low dy`, `dAᵀ += d_low
+//!   (m ⊙ x)`, `dx += m ⊙ d_low A`) runs column chunk by column chunk, with the eight factor
+//!   rows (or eight gradient rows) of the chunk in registers and the block's rows streamed
+//!   past them; the input gradient's dropout is applied as it is stored, with no scratch row.
+//!
+//! The factors are padded to a multiple of [`GROUP`] ranks with zero rows ([`Factors`]).
+
+// The register tiles are indexed by rank and row, as the formulas are.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::{BlockDropout, Factors};
+
+/// Ranks per register group.
+pub(super) const GROUP: usize = 8;
+
+/// f32 lanes of a vector register.
+const LANES: usize = 16;
+
+/// Whether the CPU runs these kernels.
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+}
+
+/// The lanes of the chunk at `o` in a row of `n`: all sixteen, or the tail's.
+#[inline(always)]
+fn lanes(n: usize, o: usize) -> __mmask16 {
+    if n - o >= LANES {
+        0xffff
+    } else {
+        (1u16 << (n - o)) - 1
+    }
+}
+
+/// The dropout of a block: its keep bytes (`[n, d]`, made once for the block) and the scale.
+#[derive(Clone, Copy)]
+struct Keep<'a> {
+    bytes: &'a [u8],
+    scale: f32,
+}
+
+impl Keep<'_> {
+    /// The keep bits of the chunk at `offset` (lanes `m`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    fn bits(self, offset: usize, m: __mmask16) -> __mmask16 {
+        assert!(offset + m.count_ones() as usize <= self.bytes.len());
+        // SAFETY: the lanes `m` covers lie inside `bytes` (asserted); masked lanes are not read.
+        let bytes = unsafe { _mm_maskz_loadu_epi8(m, self.bytes.as_ptr().add(offset).cast()) };
+        _mm_mask_test_epi8_mask(m, bytes, bytes)
+    }
+}
+
+/// Asks for the cache lines of `n` rows of `len` floats (row `i` at `i · stride` of `data`)
+/// to be brought into L2. The column-chunk loops below visit a block's rows one cache line
+/// each before moving on, a stride the hardware prefetcher does not follow: without this
+/// pass, most of their time was spent waiting on those loads (`perf annotate`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn prefetch_rows(data: &[f32], n: usize, stride: usize, len: usize) {
+    const LINE: usize = 16; // floats per 64-byte line
+    for i in 0..n {
+        let row = &data[i * stride..i * stride + len];
+        for o in (0..len).step_by(LINE) {
+            // SAFETY: a prefetch of an address inside `row`; it reads nothing.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(row.as_ptr().add(o).cast()) };
+        }
+    }
+}
+
+/// The block's keep bytes into `buffer` (`n · d` of them), or `None` without dropout.
+fn block_keep(dropout: BlockDropout, n: usize, d: usize, buffer: &mut Vec<u8>) -> Option<Keep<'_>> {
+    let (mask, first) = dropout?;
+    buffer.resize(n * d, 0);
+    mask.fill(first, &mut buffer[..n * d]);
+    Some(Keep {
+        bytes: &buffer[..n * d],
+        scale: mask.scale,
+    })
+}
+
+/// `x` masked by `keep` (× scale) where there is dropout, chunk at `offset` of the block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn dropped(x: __m512, keep: Option<Keep<'_>>, offset: usize, m: __mmask16) -> __m512 {
+    match keep {
+        Some(keep) => _mm512_maskz_mul_ps(keep.bits(offset, m), x, _mm512_set1_ps(keep.scale)),
+        None => x,
+    }
+}
+
+/// `[rows[t] · vectors[k]]` for two rows and the [`GROUP`] vectors of length `d` at
+/// `vectors[k · d ..]`, each row masked by its keep bytes first (at `keep_at[t]`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn dots(
+    rows: [&[f32]; 2],
+    keep: Option<Keep<'_>>,
+    keep_at: [usize; 2],
+    vectors: &[f32],
+    d: usize,
+) -> [[f32; GROUP]; 2] {
+    assert!(rows.iter().all(|r| r.len() >= d) && vectors.len() >= GROUP * d);
+    let mut acc = [[_mm512_setzero_ps(); GROUP]; 2];
+    let mut o = 0;
+    while o < d {
+        let m = lanes(d, o);
+        // SAFETY: lanes o..d of every row and vector (lengths asserted above).
+        let x = unsafe {
+            [
+                _mm512_maskz_loadu_ps(m, rows[0].as_ptr().add(o)),
+                _mm512_maskz_loadu_ps(m, rows[1].as_ptr().add(o)),
+            ]
+        };
+        let x = [
+            dropped(x[0], keep, keep_at[0] + o, m),
+            dropped(x[1], keep, keep_at[1] + o, m),
+        ];
+        for k in 0..GROUP {
+            // SAFETY: as above.
+            let v = unsafe { _mm512_maskz_loadu_ps(m, vectors.as_ptr().add(k * d + o)) };
+            acc[0][k] = _mm512_fmadd_ps(x[0], v, acc[0][k]);
+            acc[1][k] = _mm512_fmadd_ps(x[1], v, acc[1][k]);
+        }
+        o += LANES;
+    }
+    acc.map(|sums| sums.map(|s| _mm512_reduce_add_ps(s)))
+}
+
+/// `low[i, g·8 ..][k] = (rows_i ⊙ m_i) · vectors_g[k]` (scaled by `scale`) for the `n` rows of
+/// `source` (row `i` at `i · stride`, length `d`) and every group `g` of `vectors`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+fn low_products(
+    source: &[f32],
+    stride: usize,
+    d: usize,
+    n: usize,
+    keep: Option<Keep<'_>>,
+    vectors: &[f32],
+    padded: usize,
+    scale: f32,
+    low: &mut [f32],
+) {
+    for i0 in (0..n).step_by(2) {
+        // An odd last row is paired with itself; its second copy is not stored.
+        let i1 = (i0 + 1).min(n - 1);
+        let rows = [&source[i0 * stride..], &source[i1 * stride..]];
+        for g in 0..padded / GROUP {
+            let sums = dots(rows, keep, [i0 * d, i1 * d], &vectors[g * GROUP * d..], d);
+            for (t, sums) in sums.iter().enumerate().take(n - i0) {
+                let at = (i0 + t) * padded + g * GROUP;
+                for (l, s) in low[at..at + GROUP].iter_mut().zip(sums) {
+                    *l = scale * s;
+                }
+            }
+        }
+    }
+}
+
+/// [`super::forward`] over one block of rows (`low.len() / padded` of them).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) fn forward_rows(
+    factors: &Factors,
+    dropout: BlockDropout,
+    x: &[f32],
+    (out, out_rs): (&mut [f32], usize),
+    low: &mut [f32],
+    keep_buffer: &mut Vec<u8>,
+) {
+    let Factors {
+        d_in,
+        padded,
+        d_out,
+        scaling,
+        ..
+    } = *factors;
+    let n = low.len() / padded;
+    assert!(n > 0 && x.len() >= n * d_in && out.len() >= (n - 1) * out_rs + d_out);
+    let keep = block_keep(dropout, n, d_in, keep_buffer);
+    low_products(
+        x,
+        d_in,
+        d_in,
+        n,
+        keep,
+        &factors.a_transposed,
+        padded,
+        1.0,
+        low,
+    );
+    // out_i += Σ_k low[i, k] · (s B_k): the chunk's eight rows of s·B in registers.
+    prefetch_rows(out, n, out_rs, d_out);
+    let scaling = _mm512_set1_ps(scaling);
+    for g in 0..padded / GROUP {
+        let b = &factors.b[g * GROUP * d_out..(g + 1) * GROUP * d_out];
+        for o in (0..d_out).step_by(LANES) {
+            let m = lanes(d_out, o);
+            let b: [__m512; GROUP] = std::array::from_fn(|k| {
+                // SAFETY: lanes o..d_out of row k of b.
+                let v = unsafe { _mm512_maskz_loadu_ps(m, b.as_ptr().add(k * d_out + o)) };
+                _mm512_mul_ps(scaling, v)
+            });
+            for i in 0..n {
+                let l = &low[i * padded + g * GROUP..][..GROUP];
+                let target = &mut out[i * out_rs + o..];
+                assert!(target.len() >= m.count_ones() as usize);
+                // SAFETY: lanes o..d_out of row i of out (asserted).
+                let mut acc = unsafe { _mm512_maskz_loadu_ps(m, target.as_ptr()) };
+                for k in 0..GROUP {
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(l[k]), b[k], acc);
+                }
+                // SAFETY: as above.
+                unsafe { _mm512_mask_storeu_ps(target.as_mut_ptr(), m, acc) };
+            }
+        }
+    }
+}
+
+/// [`super::backward`] over one block of rows, adding into the task's `dAᵀ` and `dB` partial
+/// sums; `d_low` is scratch of `rows · padded` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_rows(
+    factors: &Factors,
+    dropout: BlockDropout,
+    x: &[f32],
+    low: &[f32],
+    (dy, dy_rs): (&[f32], usize),
+    mut dx: Option<&mut [f32]>,
+    (d_a_transposed, d_b): (&mut [f32], &mut [f32]),
+    (d_low, keep_buffer): (&mut Vec<f32>, &mut Vec<u8>),
+) {
+    let Factors {
+        d_in,
+        padded,
+        d_out,
+        scaling,
+        ..
+    } = *factors;
+    let n = x.len() / d_in;
+    assert!(n > 0 && low.len() >= n * padded && dy.len() >= (n - 1) * dy_rs + d_out);
+    assert!(d_a_transposed.len() >= padded * d_in && d_b.len() >= padded * d_out);
+    assert!(dx.as_ref().is_none_or(|dx| dx.len() >= n * d_in));
+    // ∂L/∂low = s · dy Bᵀ.
+    d_low.resize(n * padded, 0.0);
+    low_products(
+        dy, dy_rs, d_out, n, None, &factors.b, padded, scaling, d_low,
+    );
+    let keep = block_keep(dropout, n, d_in, keep_buffer);
+    prefetch_rows(x, n, d_in, d_in);
+    if let Some(dx) = dx.as_deref() {
+        prefetch_rows(dx, n, d_in, d_in);
+    }
+    for g in 0..padded / GROUP {
+        // ∂L/∂B_k += s · Σ_i low[i, k] · dy_i: the chunk's eight sums in registers.
+        for o in (0..d_out).step_by(LANES) {
+            let m = lanes(d_out, o);
+            let mut acc = [_mm512_setzero_ps(); GROUP];
+            for i in 0..n {
+                // SAFETY: lanes o..d_out of row i of dy (its length asserted above).
+                let y = unsafe { _mm512_maskz_loadu_ps(m, dy.as_ptr().add(i * dy_rs + o)) };
+                let l = &low[i * padded + g * GROUP..][..GROUP];
+                for k in 0..GROUP {
+                    acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(l[k]), y, acc[k]);
+                }
+            }
+            for (k, acc) in acc.iter().enumerate() {
+                let p = &mut d_b[(g * GROUP + k) * d_out + o..][..m.count_ones() as usize];
+                // SAFETY: lanes o..d_out of row g·8 + k of d_b (the slice just taken).
+                unsafe {
+                    let sum = _mm512_fmadd_ps(
+                        _mm512_set1_ps(scaling),
+                        *acc,
+                        _mm512_maskz_loadu_ps(m, p.as_ptr()),
+                    );
+                    _mm512_mask_storeu_ps(p.as_mut_ptr(), m, sum);
+                }
+            }
+        }
+        // ∂L/∂Aᵀ_k += Σ_i d_low[i, k] · (m ⊙ x)_i and dx_i += m ⊙ Σ_k d_low[i, k] · Aᵀ_k, the
+        // chunk's eight sums and eight rows of Aᵀ in registers.
+        let a = &factors.a_transposed[g * GROUP * d_in..(g + 1) * GROUP * d_in];
+        for o in (0..d_in).step_by(LANES) {
+            let m = lanes(d_in, o);
+            // SAFETY: lanes o..d_in of row k of a.
+            let a: [__m512; GROUP] = std::array::from_fn(|k| unsafe {
+                _mm512_maskz_loadu_ps(m, a.as_ptr().add(k * d_in + o))
+            });
+            let mut acc = [_mm512_setzero_ps(); GROUP];
+            for i in 0..n {
+                let at = i * d_in + o;
+                // SAFETY: lanes o..d_in of row i of x (x.len() ≥ n · d_in).
+                let input = unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().add(at)) };
+                let bits = keep.map(|keep| keep.bits(at, m));
+                let input = match (bits, keep) {
+                    (Some(bits), Some(keep)) => {
+                        _mm512_maskz_mul_ps(bits, input, _mm512_set1_ps(keep.scale))
+                    }
+                    _ => input,
+                };
+                let coefficients = &d_low[i * padded + g * GROUP..][..GROUP];
+                let c: [__m512; GROUP] = std::array::from_fn(|k| _mm512_set1_ps(coefficients[k]));
+                for k in 0..GROUP {
+                    acc[k] = _mm512_fmadd_ps(c[k], input, acc[k]);
+                }
+                let Some(dx) = dx.as_deref_mut() else {
+                    continue;
+                };
+                let mut through = _mm512_mul_ps(c[0], a[0]);
+                for k in 1..GROUP {
+                    through = _mm512_fmadd_ps(c[k], a[k], through);
+                }
+                if let (Some(bits), Some(keep)) = (bits, keep) {
+                    through = _mm512_maskz_mul_ps(bits, through, _mm512_set1_ps(keep.scale));
+                }
+                // SAFETY: lanes o..d_in of row i of dx (dx.len() ≥ n · d_in, asserted).
+                unsafe {
+                    let p = dx.as_mut_ptr().add(at);
+                    let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), through);
+                    _mm512_mask_storeu_ps(p, m, sum);
+                }
+            }
+            for (k, acc) in acc.iter().enumerate() {
+                let p =
+                    &mut d_a_transposed[(g * GROUP + k) * d_in + o..][..m.count_ones() as usize];
+                // SAFETY: lanes o..d_in of row g·8 + k of dAᵀ (the slice just taken).
+                unsafe {
+                    let sum = _mm512_add_ps(*acc, _mm512_maskz_loadu_ps(m, p.as_ptr()));
+                    _mm512_mask_storeu_ps(p.as_mut_ptr(), m, sum);
+                }
+            }
+        }
+    }
+}
