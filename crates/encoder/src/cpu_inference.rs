@@ -423,16 +423,14 @@ pub(crate) fn attention_probs(
             false,
         );
     }
-    for row in probs.chunks_mut(seq) {
-        softmax_over_kept(row, keep);
-    }
+    softmax_over_kept(probs, keep);
 }
 
-/// `scores ← softmax(scores)` over a sequence's real keys (`keep`), over all of them when
-/// every key or none is real.
+/// `scores ← softmax(scores)` for each row (`keep.len()` entries) over a sequence's real keys
+/// (`keep`), over all of them when every key or none is real (checked once for all the rows).
 fn softmax_over_kept(scores: &mut [f32], keep: &[bool]) {
     if keep.iter().all(|&k| k) || !keep.iter().any(|&k| k) {
-        fastmath::softmax(scores);
+        fastmath::softmax(scores, keep.len());
     } else {
         fastmath::softmax_masked(scores, keep);
     }

@@ -912,7 +912,7 @@ fn first_token_attention_backward(
             d_probs[t] = dp * factor(t);
         }
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
-        fastmath::softmax_backward(&mut d_probs, &probs);
+        fastmath::softmax_backward(&mut d_probs, &probs, seq);
         let q = &row(0)[columns.clone()];
         let mut dq = vec![0f32; head_dim];
         for (t, &ds) in d_probs.iter().enumerate() {
@@ -1011,9 +1011,7 @@ fn attention_backward(
                 fastmath::mask_scale(d_probs, bytes, mask.scale);
             }
             // dS = P ⊙ (dP − rowsum(dP ⊙ P)); padded keys have P = 0, so dS = 0 there.
-            for (d, p) in d_probs.chunks_mut(seq).zip(p.chunks(seq)) {
-                fastmath::softmax_backward(d, p);
-            }
+            fastmath::softmax_backward(d_probs, p, seq);
             // SAFETY: as above.
             unsafe {
                 // dQ = scale · dS · K

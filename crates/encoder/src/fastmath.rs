@@ -255,28 +255,35 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     sum
 }
 
+/// A softmax over `row` in place.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = max_of(row);
+    let inv = 1.0 / exp_shifted_sum(row, max);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
 multiversion! {
-    /// A softmax over `row` in place, ignoring (and zeroing) the entries where `keep` is
-    /// false; `row` and `keep` have the same length, and some entry is kept.
-    fn softmax_masked(row: &mut [f32], keep: &[bool]) {
-        for (v, &k) in row.iter_mut().zip(keep) {
-            *v = if k { *v } else { f32::NEG_INFINITY };
-        }
-        let max = max_of(row);
-        let inv = 1.0 / exp_shifted_sum(row, max);
-        for v in row.iter_mut() {
-            *v *= inv;
+    /// A softmax over each row (`keep.len()` entries) of `rows` in place, ignoring (and
+    /// zeroing) the entries where `keep` is false; some entry is kept.
+    fn softmax_masked(rows: &mut [f32], keep: &[bool]) {
+        for row in rows.chunks_exact_mut(keep.len()) {
+            for (v, &k) in row.iter_mut().zip(keep) {
+                *v = if k { *v } else { f32::NEG_INFINITY };
+            }
+            softmax_row(row);
         }
     }
 }
 
 multiversion! {
-    /// A softmax over `row` in place.
-    fn softmax(row: &mut [f32]) {
-        let max = max_of(row);
-        let inv = 1.0 / exp_shifted_sum(row, max);
-        for v in row.iter_mut() {
-            *v *= inv;
+    /// A softmax over each row (`row_len` entries) of `rows` in place (one dispatch for all
+    /// of them: the rows of an attention head are short).
+    fn softmax(rows: &mut [f32], row_len: usize) {
+        for row in rows.chunks_exact_mut(row_len) {
+            softmax_row(row);
         }
     }
 }
@@ -339,10 +346,12 @@ multiversion! {
 
 multiversion! {
     /// Softmax's backward over one row: `d ← p ⊙ (d − Σ d ⊙ p)`.
-    fn softmax_backward(d: &mut [f32], p: &[f32]) {
-        let dot = lane_sum(d, p, |d, p| d * p);
-        for (d, p) in d.iter_mut().zip(p) {
-            *d = p * (*d - dot);
+    fn softmax_backward(d: &mut [f32], p: &[f32], row_len: usize) {
+        for (d, p) in d.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)) {
+            let dot = lane_sum(d, p, |d, p| d * p);
+            for (d, p) in d.iter_mut().zip(p) {
+                *d = p * (*d - dot);
+            }
         }
     }
 }
@@ -571,8 +580,10 @@ mod tests {
             .map(|i| ((i * 7919) % 23) as f32 * 0.7 - 8.0)
             .collect();
         let keep: Vec<bool> = (0..37).map(|i| i % 5 != 3).collect();
-        let mut ours = row.clone();
+        // Two rows, each its own softmax (the same values: the same result).
+        let mut ours = [row.clone(), row.clone()].concat();
         softmax_masked(&mut ours, &keep);
+        assert_eq!(ours[..37], ours[37..]);
         let max = row
             .iter()
             .zip(&keep)
@@ -593,9 +604,10 @@ mod tests {
             };
             assert!((*o as f64 - expected).abs() <= 1e-7, "{o} vs {expected}");
         }
-        let mut plain = row.clone();
-        softmax(&mut plain);
-        let mut all_kept = row.clone();
+        let reversed: Vec<f32> = row.iter().rev().copied().collect();
+        let mut plain = [reversed.clone(), row.clone()].concat();
+        softmax(&mut plain, 37);
+        let mut all_kept = [reversed, row].concat();
         softmax_masked(&mut all_kept, &[true; 37]);
         assert_eq!(plain, all_kept);
     }
