@@ -6,7 +6,7 @@
 //! gradient) per adapter. Here rows are taken four at a time, masked on the fly into a small
 //! buffer, and every product is a 4 × 4 tile of dot products (or of `axpy`s) whose sixteen
 //! accumulators stay in registers, so each input element is loaded once per four ranks and
-//! each factor element once per four rows. The factors are padded to a multiple of four ranks
+//! each factor element once per four rows. The factors are padded to a multiple of eight ranks
 //! with zero rows ([`Factors`]), which contribute nothing. Above [`ROW_KERNEL_MAX_RANK`] the
 //! products are real matrix products and the caller uses `gemm`. On CPUs with AVX-512 the
 //! [`avx512`] kernels run instead: eight ranks at a time in registers, each update's targets
@@ -35,6 +35,8 @@ const LANES: usize = 16;
 /// The factors' ranks are padded to a multiple of this: the AVX-512 kernels' group of ranks
 /// held in registers (a multiple of [`TILE`]).
 const PADDING: usize = 8;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(PADDING % avx512::GROUP == 0 && PADDING % TILE == 0);
 
 #[cfg(test)]
 thread_local! {

@@ -69,8 +69,8 @@ impl Keep<'_> {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn prefetch_rows(data: &[f32], n: usize, stride: usize, len: usize) {
     const LINE: usize = 16; // floats per 64-byte line
-    // Row by row: the order of the lines in memory (the loops' order, each row's first line
-    // then each row's second, was slower: 32 % of the backward kernel waiting on `x`).
+                            // Row by row: the order of the lines in memory (the loops' order, each row's first line
+                            // then each row's second, was slower: 32 % of the backward kernel waiting on `x`).
     for i in 0..n {
         let row = &data[i * stride..i * stride + len];
         for o in (0..len).step_by(LINE) {
