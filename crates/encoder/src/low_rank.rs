@@ -36,7 +36,7 @@ const LANES: usize = 16;
 /// held in registers (a multiple of [`TILE`]).
 const PADDING: usize = 8;
 #[cfg(target_arch = "x86_64")]
-const _: () = assert!(PADDING % avx512::GROUP == 0 && PADDING % TILE == 0);
+const _: () = assert!(PADDING.is_multiple_of(avx512::GROUP) && PADDING.is_multiple_of(TILE));
 
 #[cfg(test)]
 thread_local! {
