@@ -279,7 +279,7 @@ impl LinearTape {
         let weight_tensor = weight.val();
         let w = host_view(weight_tensor.clone());
         let bias_values = bias.as_ref().map(|b| host_view(b.val()));
-        let dense = Dense {
+        let mut dense = Dense {
             weight: &w,
             bias: bias_values.as_deref(),
             d_in,
@@ -302,10 +302,13 @@ impl LinearTape {
         let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
         let x = &x[..rows * d_in];
         let (low, factors, mask, lazy_mask) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
+            // The bias is added with the adapter's output (one pass over `out` fewer).
+            let bias = dense.bias.take();
             project(dense, precision, x, rows, out, out_rs, col0, None);
             let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
             let lazy_mask = stream_rows(masks, &adapter.dropout, (rows, d_in, step));
-            let low = low_rank::forward(&factors, lazy_mask, x, &mut out[col0..], out_rs);
+            let out = (&mut out[col0..], out_rs);
+            let low = low_rank::forward(&factors, lazy_mask, x, out, bias);
             (low, Some(factors), None, lazy_mask)
         } else {
             let mask = Mask::draw(masks, &adapter.dropout, (rows, d_in, step));

@@ -124,15 +124,16 @@ pub(crate) type Dropout = Option<LazyKeep>;
 /// The dropout of one block of rows: the mask and the index of the block's first element.
 type BlockDropout = Option<(LazyKeep, usize)>;
 
-/// `out[i, ..d_out] += s · (m ⊙ x)_i A B` for every row `i` of `x` (`[rows, d_in]`; `out`
-/// starts at the adapter's first output column, row stride `out_rs`). Returns `(m ⊙ x) A`
-/// as `[rows, padded rank]`, what [`backward`] reads.
+/// `out[i, ..d_out] += (bias +) s · (m ⊙ x)_i A B` for every row `i` of `x` (`[rows, d_in]`;
+/// `out` starts at the adapter's first output column, row stride `out_rs`). Returns
+/// `(m ⊙ x) A` as `[rows, padded rank]`, what [`backward`] reads. The base layer's bias comes
+/// here rather than into its product's starting value: one pass over `out` fewer.
 pub(crate) fn forward(
     factors: &Factors,
     dropout: Dropout,
     x: &[f32],
-    out: &mut [f32],
-    out_rs: usize,
+    (out, out_rs): (&mut [f32], usize),
+    bias: Option<&[f32]>,
 ) -> Vec<f32> {
     let Factors {
         d_in,
@@ -142,6 +143,7 @@ pub(crate) fn forward(
     } = *factors;
     let rows = x.len() / d_in;
     assert!(rows == 0 || out.len() >= (rows - 1) * out_rs + d_out);
+    assert!(bias.is_none_or(|bias| bias.len() == d_out));
     let mut low = vec![0f32; rows * padded];
     let wide = wide();
     out.par_chunks_mut(BLOCK * out_rs)
@@ -158,10 +160,15 @@ pub(crate) fn forward(
                 if wide {
                     // SAFETY: `wide` says the CPU has the kernels' features.
                     return unsafe {
-                        avx512::forward_rows(factors, dropout, x, (out, out_rs), low, keep)
+                        avx512::forward_rows(factors, dropout, x, (out, out_rs), bias, low, keep)
                     };
                 }
                 let _ = (wide, keep);
+                if let Some(bias) = bias {
+                    for row in out.chunks_mut(out_rs).take(n) {
+                        fastmath::add(&mut row[..d_out], bias);
+                    }
+                }
                 forward_rows(factors, dropout, x, out, out_rs, low, masked);
             },
         );
@@ -617,7 +624,9 @@ mod tests {
             let factors = Factors::new(&a, &b, scaling, (d_in, rank, d_out));
             let start: Vec<f32> = (0..rows * out_rs).map(|i| value(i + 50_000)).collect();
             let mut out = start.clone();
-            let ours_low = forward(&factors, dropout, &x, &mut out[col0..], out_rs);
+            let bias: Vec<f32> = (0..d_out).map(|i| value(i + 40_000)).collect();
+            let bias = with_dropout.then_some(&bias[..]);
+            let ours_low = forward(&factors, dropout, &x, (&mut out[col0..], out_rs), bias);
             let close = |got: f32, want: f64, what: &str| {
                 assert!(
                     (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
@@ -629,6 +638,7 @@ mod tests {
                     let want = if c >= col0 && c < col0 + d_out {
                         let o = c - col0;
                         f64::from(start[i * out_rs + c])
+                            + bias.map_or(0.0, |bias| f64::from(bias[o]))
                             + f64::from(scaling)
                                 * (0..rank)
                                     .map(|k| low[i * rank + k] * f64::from(b[k * d_out + o]))

@@ -177,6 +177,7 @@ pub(super) fn forward_rows(
     dropout: BlockDropout,
     x: &[f32],
     (out, out_rs): (&mut [f32], usize),
+    bias: Option<&[f32]>,
     low: &mut [f32],
     keep_buffer: &mut Vec<u8>,
 ) {
@@ -201,8 +202,9 @@ pub(super) fn forward_rows(
         1.0,
         low,
     );
-    // out_i += Σ_k low[i, k] · (s B_k): the chunk's eight rows of s·B in registers.
+    // out_i += (bias +) Σ_k low[i, k] · (s B_k): the chunk's eight rows of s·B in registers.
     prefetch_rows(out, n, out_rs, d_out);
+    assert!(bias.is_none_or(|bias| bias.len() >= d_out));
     let scaling = _mm512_set1_ps(scaling);
     for g in 0..padded / GROUP {
         let b = &factors.b[g * GROUP * d_out..(g + 1) * GROUP * d_out];
@@ -213,12 +215,19 @@ pub(super) fn forward_rows(
                 let v = unsafe { _mm512_maskz_loadu_ps(m, b.as_ptr().add(k * d_out + o)) };
                 _mm512_mul_ps(scaling, v)
             });
+            // The bias with the first group of ranks.
+            let start = match bias.filter(|_| g == 0) {
+                // SAFETY: lanes o..d_out of the bias (asserted above).
+                Some(bias) => unsafe { _mm512_maskz_loadu_ps(m, bias.as_ptr().add(o)) },
+                None => _mm512_setzero_ps(),
+            };
             for i in 0..n {
                 let l = &low[i * padded + g * GROUP..][..GROUP];
                 let target = &mut out[i * out_rs + o..];
                 assert!(target.len() >= m.count_ones() as usize);
                 // SAFETY: lanes o..d_out of row i of out (asserted).
-                let mut acc = unsafe { _mm512_maskz_loadu_ps(m, target.as_ptr()) };
+                let mut acc =
+                    _mm512_add_ps(start, unsafe { _mm512_maskz_loadu_ps(m, target.as_ptr()) });
                 for k in 0..GROUP {
                     acc = _mm512_fmadd_ps(_mm512_set1_ps(l[k]), b[k], acc);
                 }
