@@ -543,13 +543,14 @@ impl NormTape {
         }
     }
 
-    /// The LayerNorm's output, made again from the normalised rows (the same values as the
-    /// forward wrote): cheaper to redo than to keep, one pass over `[rows, d]`.
-    fn output(&self) -> Vec<f32> {
+    /// The LayerNorm's output into `out` (resized; every value overwritten), made again from
+    /// the normalised rows (the same values as the forward wrote): cheaper to redo than to
+    /// keep, one pass over `[rows, d]`.
+    fn output_into(&self, out: &mut Vec<f32>) {
         let d = self.gamma.len();
         let zeros = vec![0f32; d];
         let beta: &[f32] = self.beta.as_deref().unwrap_or(&zeros);
-        let mut out = vec![0f32; self.normalized.len()];
+        out.resize(self.normalized.len(), 0.0);
         out.par_chunks_mut(d * 64)
             .zip(self.normalized.par_chunks(d * 64))
             .for_each(|(out, hat)| {
@@ -557,7 +558,6 @@ impl NormTape {
                     fastmath::scale_shift(out, hat, &self.gamma, beta);
                 }
             });
-        out
     }
 
     /// `∂L/∂(input)` from `∂L/∂(output)` (in place), with γ's and β's gradients.
@@ -1049,6 +1049,23 @@ fn attention_backward(
     d_qkv
 }
 
+/// Buffers a layer's backward overwrites whole, kept from one layer to the next: zeroed (and
+/// faulted in) once a step rather than once a layer.
+#[derive(Default)]
+struct BackwardScratch {
+    gelu_derivative: Vec<f32>,
+    d_expanded: Vec<f32>,
+    d_context: Vec<f32>,
+    /// The attention block's output, made again.
+    attended: Vec<f32>,
+}
+
+/// `buffer` as `len` floats, holding whatever it held (its user overwrites every one).
+fn reused(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.resize(len, 0.0);
+    buffer
+}
+
 /// `dy_out` (the gradient of the layer's output) becomes the gradient of its input.
 /// `input`: the layer's input (kept, or the layer before's output made again). The tape's
 /// GELU input is consumed (turned into GELU's output in place). `needs_input_gradient`:
@@ -1062,6 +1079,7 @@ fn layer_backward(
     dims: Dims,
     grads: &mut Vec<Grad>,
     needs_input_gradient: bool,
+    scratch: &mut BackwardScratch,
 ) {
     let Dims {
         batch,
@@ -1087,18 +1105,18 @@ fn layer_backward(
     apply_mask(dy, tape.output_mask);
     // GELU's output where its input was: the tape's last reader of it.
     let mut expanded = std::mem::take(&mut tape.pre_activation);
-    let mut gelu_derivative = vec![0f32; expanded.len()];
+    let gelu_derivative = reused(&mut scratch.gelu_derivative, expanded.len());
     expanded
         .par_chunks_mut(1 << 14)
         .zip(gelu_derivative.par_chunks_mut(1 << 14))
         .for_each(|(v, d)| fastmath::gelu_with_derivative_slice(v, d));
-    let mut d_expanded = vec![0f32; out_rows * intermediate];
+    let d_expanded = reused(&mut scratch.d_expanded, out_rows * intermediate);
     tape.output.backward(
         &expanded,
         dy,
         hidden,
         out_rows,
-        Some(&mut d_expanded),
+        Some(&mut *d_expanded),
         false,
         grads,
     );
@@ -1107,10 +1125,10 @@ fn layer_backward(
         .par_chunks_mut(1 << 14)
         .zip(gelu_derivative.par_chunks(1 << 14))
         .for_each(|(g, d)| fastmath::multiply(g, d));
-    let attended = tape.norm1.output();
+    tape.norm1.output_into(&mut scratch.attended);
     tape.intermediate.backward(
-        &attended,
-        &d_expanded,
+        &scratch.attended,
+        d_expanded,
         intermediate,
         out_rows,
         Some(&mut d_attended),
@@ -1122,16 +1140,17 @@ fn layer_backward(
     tape.norm1.backward(&mut d_attended, grads);
     let d_input = d_attended.clone(); // the residual path
     apply_mask(&mut d_attended, tape.attention_mask);
-    let mut d_context = vec![0f32; out_rows * hidden];
+    let d_context = reused(&mut scratch.d_context, out_rows * hidden);
     tape.attention_output.backward(
         &tape.context,
         &d_attended,
         hidden,
         out_rows,
-        Some(&mut d_context),
+        Some(&mut *d_context),
         false,
         grads,
     );
+    let d_context = &*d_context;
 
     // Attention core: the gradients of the queries, keys and values.
     let stride = 3 * hidden;
@@ -1155,7 +1174,7 @@ fn layer_backward(
             });
         d_qkv
     } else {
-        attention_backward(&tape.qkv, &tape.keep, tape.probs_mask, &d_context, dims)
+        attention_backward(&tape.qkv, &tape.keep, tape.probs_mask, d_context, dims)
     };
     // The queries of a first-tokens layer (their rows' residual gradient in `d_input`) go
     // apart and are added at their rows once keys and values (every token) are done.
@@ -1261,17 +1280,18 @@ impl TrainTape {
                 .copy_from_slice(&grad_h[b * hidden..(b + 1) * hidden]);
         }
         let mut collected = Vec::new();
+        let mut scratch = BackwardScratch::default();
         let inner = self.device.clone().without_autodiff();
         // Each layer's tape is freed once its backward is done: the gradients grow while the
         // tape shrinks, so the peak holds about one of the two, not both.
         let mut layers = self.layers;
+        let mut recomputed = Vec::new();
         while let Some(mut layer) = layers.pop() {
-            let recomputed;
             let kept = layer.input.take();
             let input: &[f32] = match (&kept, layers.last()) {
                 (Some(input), _) => input,
                 (None, Some(before)) => {
-                    recomputed = before.norm2.output();
+                    before.norm2.output_into(&mut recomputed);
                     &recomputed
                 }
                 (None, None) => unreachable!("the first layer keeps its input"),
@@ -1285,6 +1305,7 @@ impl TrainTape {
                 dims,
                 &mut collected,
                 needs_input_gradient,
+                &mut scratch,
             );
             drop(layer);
             if let Some(done) = layer_done.as_mut() {
