@@ -244,8 +244,8 @@ struct LinearTape {
 struct AdapterTape {
     a: HostTensor,
     /// The factors laid out for the small-rank kernels ([`low_rank`]) where they run this
-    /// adapter (then `low` is `[rows, padded rank]`).
-    factors: Option<low_rank::Factors>,
+    /// adapter, and what their forward left (then `low` is empty).
+    kernels: Option<(low_rank::Factors, low_rank::Saved)>,
     b: HostTensor,
     rank: usize,
     scaling: f32,
@@ -255,7 +255,7 @@ struct AdapterTape {
     /// made where it is used (`None`: no dropout).
     mask: Option<Mask>,
     lazy_mask: low_rank::Dropout,
-    /// `dropout(x) · A`, `[rows, rank]`.
+    /// `dropout(x) · A`, `[rows, rank]` (the `gemm` path's).
     low: Vec<f32>,
 }
 
@@ -301,15 +301,15 @@ impl LinearTape {
         let b = host_view(adapter.lora_b.weight.val());
         let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
         let x = &x[..rows * d_in];
-        let (low, factors, mask, lazy_mask) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
+        let (low, kernels, mask, lazy_mask) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
             // The bias is added with the adapter's output (one pass over `out` fewer).
             let bias = dense.bias.take();
             project(dense, precision, x, rows, out, out_rs, col0, None);
             let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
             let lazy_mask = stream_rows(masks, &adapter.dropout, (rows, d_in, step));
             let out = (&mut out[col0..], out_rs);
-            let low = low_rank::forward(&factors, lazy_mask, x, out, bias);
-            (low, Some(factors), None, lazy_mask)
+            let saved = low_rank::forward(&factors, lazy_mask, x, out, bias);
+            (Vec::new(), Some((factors, saved)), None, lazy_mask)
         } else {
             let mask = Mask::draw(masks, &adapter.dropout, (rows, d_in, step));
             let dropped = mask.as_ref().map(|mask| mask.applied(x));
@@ -328,7 +328,7 @@ impl LinearTape {
             a_id: trains(&adapter.lora_a.weight).then_some(adapter.lora_a.weight.id),
             b_id: trains(&adapter.lora_b.weight).then_some(adapter.lora_b.weight.id),
             a,
-            factors,
+            kernels,
             b,
             rank,
             scaling,
@@ -391,13 +391,13 @@ impl LinearTape {
         }
         if let Some(adapter) = &self.adapter {
             let rank = adapter.rank;
-            if let Some(factors) = &adapter.factors {
+            if let Some((factors, saved)) = &adapter.kernels {
                 // The kernel makes the input's gradient with the factors' in one pass.
                 let (d_a, d_b) = low_rank::backward(
                     factors,
                     adapter.lazy_mask,
                     &x[..rows * d_in],
-                    &adapter.low,
+                    saved,
                     dy,
                     dy_rs,
                     dx,

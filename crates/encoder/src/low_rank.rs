@@ -124,17 +124,25 @@ pub(crate) type Dropout = Option<LazyKeep>;
 /// The dropout of one block of rows: the mask and the index of the block's first element.
 type BlockDropout = Option<(LazyKeep, usize)>;
 
+/// What the forward leaves for [`backward`].
+pub(crate) struct Saved {
+    /// `(m ⊙ x) A`, `[rows, padded rank]`.
+    low: Vec<f32>,
+    /// The dropout mask as bits, one `u16` per 16 elements, where the AVX-512 kernels ran with
+    /// dropout and `d_in` is a multiple of 16 (else the backward hashes the mask again).
+    kept_bits: Option<Vec<u16>>,
+}
+
 /// `out[i, ..d_out] += (bias +) s · (m ⊙ x)_i A B` for every row `i` of `x` (`[rows, d_in]`;
-/// `out` starts at the adapter's first output column, row stride `out_rs`). Returns
-/// `(m ⊙ x) A` as `[rows, padded rank]`, what [`backward`] reads. The base layer's bias comes
-/// here rather than into its product's starting value: one pass over `out` fewer.
+/// `out` starts at the adapter's first output column, row stride `out_rs`). The base layer's
+/// bias comes here rather than into its product's starting value: one pass over `out` fewer.
 pub(crate) fn forward(
     factors: &Factors,
     dropout: Dropout,
     x: &[f32],
     (out, out_rs): (&mut [f32], usize),
     bias: Option<&[f32]>,
-) -> Vec<f32> {
+) -> Saved {
     let Factors {
         d_in,
         padded,
@@ -146,24 +154,33 @@ pub(crate) fn forward(
     assert!(bias.is_none_or(|bias| bias.len() == d_out));
     let mut low = vec![0f32; rows * padded];
     let wide = wide();
+    // 16 mask bits to a u16 (a block's 64 rows always fill whole ones).
+    let mut kept_bits = (wide && dropout.is_some() && d_in.is_multiple_of(16))
+        .then(|| vec![0u16; rows * d_in / 16]);
+    let bit_blocks: Vec<Option<&mut [u16]>> = match kept_bits.as_mut() {
+        Some(bits) => bits.chunks_mut(BLOCK * d_in / 16).map(Some).collect(),
+        None => (0..rows.div_ceil(BLOCK)).map(|_| None).collect(),
+    };
     out.par_chunks_mut(BLOCK * out_rs)
         .zip(low.par_chunks_mut(BLOCK * padded))
+        .zip(bit_blocks)
         .enumerate()
         .for_each_init(
             || (vec![0f32; TILE * d_in], Vec::new()),
-            |(masked, keep), (block, (out, low))| {
+            |(masked, keep), (block, ((out, low), bits))| {
                 let first = block * BLOCK;
                 let n = low.len() / padded;
                 let dropout = rows_of(dropout, first, d_in);
                 let x = &x[first * d_in..(first + n) * d_in];
                 #[cfg(target_arch = "x86_64")]
                 if wide {
+                    let out = (out, out_rs);
                     // SAFETY: `wide` says the CPU has the kernels' features.
                     return unsafe {
-                        avx512::forward_rows(factors, dropout, x, (out, out_rs), bias, low, keep)
+                        avx512::forward_rows(factors, dropout, x, out, bias, low, (keep, bits))
                     };
                 }
-                let _ = (wide, keep);
+                let _ = (wide, keep, bits);
                 if let Some(bias) = bias {
                     for row in out.chunks_mut(out_rs).take(n) {
                         fastmath::add(&mut row[..d_out], bias);
@@ -172,7 +189,7 @@ pub(crate) fn forward(
                 forward_rows(factors, dropout, x, out, out_rs, low, masked);
             },
         );
-    low
+    Saved { low, kept_bits }
 }
 
 /// The adapter's gradients `(dA [d_in, rank], dB [rank, d_out])`, adding the input's gradient
@@ -183,11 +200,12 @@ pub(crate) fn backward(
     factors: &Factors,
     dropout: Dropout,
     x: &[f32],
-    low: &[f32],
+    saved: &Saved,
     dy: &[f32],
     dy_rs: usize,
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
+    let low = &saved.low[..];
     let Factors {
         d_in,
         rank,
@@ -231,11 +249,13 @@ pub(crate) fn backward(
             let (rows_scratch, d_low, keep) = &mut scratch;
             #[cfg(target_arch = "x86_64")]
             if wide {
+                let bits = saved.kept_bits.as_deref();
+                let bits = bits.map(|bits| &bits[first * d_in / 16..(first + n) * d_in / 16]);
                 // SAFETY: `wide` says the CPU has the kernels' features.
                 unsafe {
                     avx512::backward_rows(
                         factors,
-                        dropout,
+                        (dropout, bits),
                         x,
                         low,
                         (dy, dy_rs),
@@ -575,6 +595,8 @@ mod tests {
             (131, 40, 8, 48, false),
             (3, 17, 1, 5, true),
             (64, 16, 32, 33, true),
+            // d_in a multiple of 16: the AVX-512 forward keeps the mask as bits.
+            (150, 48, 8, 21, true),
         ] {
             let (out_rs, col0, dy_rs) = (d_out + 7, 3, d_out + 2);
             let x: Vec<f32> = (0..rows * d_in).map(value).collect();
@@ -626,7 +648,7 @@ mod tests {
             let mut out = start.clone();
             let bias: Vec<f32> = (0..d_out).map(|i| value(i + 40_000)).collect();
             let bias = with_dropout.then_some(&bias[..]);
-            let ours_low = forward(&factors, dropout, &x, (&mut out[col0..], out_rs), bias);
+            let saved = forward(&factors, dropout, &x, (&mut out[col0..], out_rs), bias);
             let close = |got: f32, want: f64, what: &str| {
                 assert!(
                     (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
@@ -652,7 +674,7 @@ mod tests {
 
             let dx_start: Vec<f32> = (0..rows * d_in).map(|i| value(i + 60_000)).collect();
             let mut dx = dx_start.clone();
-            let (d_a, d_b) = backward(&factors, dropout, &x, &ours_low, &dy, dy_rs, Some(&mut dx));
+            let (d_a, d_b) = backward(&factors, dropout, &x, &saved, &dy, dy_rs, Some(&mut dx));
             for j in 0..d_in {
                 for k in 0..rank {
                     let want: f64 = (0..rows).map(|i| masked(i, j) * d_low[i * rank + k]).sum();
@@ -670,7 +692,7 @@ mod tests {
             }
             // Without an input gradient to make, the factors' gradients are the same (up to
             // the order the threads' partial sums are added in).
-            let (no_dx_a, no_dx_b) = backward(&factors, dropout, &x, &ours_low, &dy, dy_rs, None);
+            let (no_dx_a, no_dx_b) = backward(&factors, dropout, &x, &saved, &dy, dy_rs, None);
             for (got, want) in no_dx_a.iter().zip(&d_a).chain(no_dx_b.iter().zip(&d_b)) {
                 close(*got, f64::from(*want), "without dx");
             }

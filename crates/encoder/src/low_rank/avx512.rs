@@ -43,11 +43,18 @@ fn lanes(n: usize, o: usize) -> __mmask16 {
     }
 }
 
-/// The dropout of a block: its keep bytes (`[n, d]`, made once for the block) and the scale.
+/// The dropout of a block (`[n, d]`): its keep bytes, made for the block, or the bits the
+/// forward kept (`d` a multiple of 16: one `u16` per chunk), and the scale.
 #[derive(Clone, Copy)]
 struct Keep<'a> {
-    bytes: &'a [u8],
+    source: KeepSource<'a>,
     scale: f32,
+}
+
+#[derive(Clone, Copy)]
+enum KeepSource<'a> {
+    Bytes(&'a [u8]),
+    Bits(&'a [u16]),
 }
 
 impl Keep<'_> {
@@ -55,10 +62,27 @@ impl Keep<'_> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
     fn bits(self, offset: usize, m: __mmask16) -> __mmask16 {
-        assert!(offset + m.count_ones() as usize <= self.bytes.len());
-        // SAFETY: the lanes `m` covers lie inside `bytes` (asserted); masked lanes are not read.
-        let bytes = unsafe { _mm_maskz_loadu_epi8(m, self.bytes.as_ptr().add(offset).cast()) };
-        _mm_mask_test_epi8_mask(m, bytes, bytes)
+        match self.source {
+            KeepSource::Bytes(bytes) => {
+                assert!(offset + m.count_ones() as usize <= bytes.len());
+                // SAFETY: the lanes `m` covers lie inside `bytes` (asserted); masked lanes are
+                // not read.
+                let chunk = unsafe { _mm_maskz_loadu_epi8(m, bytes.as_ptr().add(offset).cast()) };
+                _mm_mask_test_epi8_mask(m, chunk, chunk)
+            }
+            KeepSource::Bits(bits) => bits[offset / LANES] & m,
+        }
+    }
+}
+
+/// The block's keep bits (`n · d / 16` of them, `d` a multiple of 16) from its keep bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn pack_bits(bytes: &[u8], bits: &mut [u16]) {
+    assert!(bytes.len() == bits.len() * LANES);
+    for (chunk, bits) in bytes.chunks_exact(LANES).zip(bits) {
+        // SAFETY: 16 bytes of `chunk`.
+        let chunk = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
+        *bits = _mm_test_epi8_mask(chunk, chunk);
     }
 }
 
@@ -68,9 +92,10 @@ impl Keep<'_> {
 /// pass, most of their time was spent waiting on those loads (`perf annotate`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 fn prefetch_rows(data: &[f32], n: usize, stride: usize, len: usize) {
-    const LINE: usize = 16; // floats per 64-byte line
-                            // Row by row: the order of the lines in memory (the loops' order, each row's first line
-                            // then each row's second, was slower: 32 % of the backward kernel waiting on `x`).
+    // Floats per 64-byte line. Row by row: the order of the lines in memory (the loops' order,
+    // each row's first line then each row's second, was slower: 32 % of the backward kernel
+    // waiting on `x`).
+    const LINE: usize = 16;
     for i in 0..n {
         let row = &data[i * stride..i * stride + len];
         for o in (0..len).step_by(LINE) {
@@ -86,7 +111,7 @@ fn block_keep(dropout: BlockDropout, n: usize, d: usize, buffer: &mut Vec<u8>) -
     buffer.resize(n * d, 0);
     mask.fill(first, &mut buffer[..n * d]);
     Some(Keep {
-        bytes: &buffer[..n * d],
+        source: KeepSource::Bytes(&buffer[..n * d]),
         scale: mask.scale,
     })
 }
@@ -179,7 +204,7 @@ pub(super) fn forward_rows(
     (out, out_rs): (&mut [f32], usize),
     bias: Option<&[f32]>,
     low: &mut [f32],
-    keep_buffer: &mut Vec<u8>,
+    (keep_buffer, kept_bits): (&mut Vec<u8>, Option<&mut [u16]>),
 ) {
     let Factors {
         d_in,
@@ -191,6 +216,16 @@ pub(super) fn forward_rows(
     let n = low.len() / padded;
     assert!(n > 0 && x.len() >= n * d_in && out.len() >= (n - 1) * out_rs + d_out);
     let keep = block_keep(dropout, n, d_in, keep_buffer);
+    if let (
+        Some(bits),
+        Some(Keep {
+            source: KeepSource::Bytes(bytes),
+            ..
+        }),
+    ) = (kept_bits, keep)
+    {
+        pack_bits(bytes, bits);
+    }
     low_products(
         x,
         d_in,
@@ -244,7 +279,7 @@ pub(super) fn forward_rows(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward_rows(
     factors: &Factors,
-    dropout: BlockDropout,
+    (dropout, kept_bits): (BlockDropout, Option<&[u16]>),
     x: &[f32],
     low: &[f32],
     (dy, dy_rs): (&[f32], usize),
@@ -268,7 +303,17 @@ pub(super) fn backward_rows(
     low_products(
         dy, dy_rs, d_out, n, None, &factors.b, padded, scaling, d_low,
     );
-    let keep = block_keep(dropout, n, d_in, keep_buffer);
+    // The forward's bits where it kept them, else the bytes made again.
+    let keep = match (dropout, kept_bits) {
+        (Some((mask, _)), Some(bits)) => {
+            assert!(d_in.is_multiple_of(LANES) && bits.len() * LANES == n * d_in);
+            Some(Keep {
+                source: KeepSource::Bits(bits),
+                scale: mask.scale,
+            })
+        }
+        _ => block_keep(dropout, n, d_in, keep_buffer),
+    };
     prefetch_rows(x, n, d_in, d_in);
     if let Some(dx) = dx.as_deref() {
         prefetch_rows(dx, n, d_in, d_in);
