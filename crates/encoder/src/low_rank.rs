@@ -117,8 +117,9 @@ fn transpose(src: &[f32], columns: usize, dst: &mut [f32]) {
     }
 }
 
-/// The adapter's input dropout over `[rows, d_in]`, made row by row where it is used (the
-/// same bytes in the forward and the backward; none kept in between).
+/// The adapter's input dropout over `[rows, d_in]`, made block by block where it is used (the
+/// same bytes in the forward and the backward; the AVX-512 forward keeps them as bits for the
+/// backward, see [`Saved`]).
 pub(crate) type Dropout = Option<LazyKeep>;
 
 /// The dropout of one block of rows: the mask and the index of the block's first element.
