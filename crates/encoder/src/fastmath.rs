@@ -345,7 +345,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// Softmax's backward over one row: `d ← p ⊙ (d − Σ d ⊙ p)`.
+    /// Softmax's backward over each row (`row_len` entries): `d ← p ⊙ (d − Σ d ⊙ p)`.
     fn softmax_backward(d: &mut [f32], p: &[f32], row_len: usize) {
         for (d, p) in d.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)) {
             let dot = lane_sum(d, p, |d, p| d * p);

@@ -70,7 +70,10 @@ impl Keep<'_> {
                 let chunk = unsafe { _mm_maskz_loadu_epi8(m, bytes.as_ptr().add(offset).cast()) };
                 _mm_mask_test_epi8_mask(m, chunk, chunk)
             }
-            KeepSource::Bits(bits) => bits[offset / LANES] & m,
+            KeepSource::Bits(bits) => {
+                debug_assert!(offset.is_multiple_of(LANES), "rows of whole chunks");
+                bits[offset / LANES] & m
+            }
         }
     }
 }
