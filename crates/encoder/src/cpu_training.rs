@@ -14,7 +14,8 @@
 //!
 //! Memory: what is cheap to make again is not kept — the attention probabilities (the same
 //! product and softmax), the dropout masks of the attention, of the hidden states and of the
-//! low-rank adapters ([`LazyKeep`]: a mask is a function of the element's index), each
+//! low-rank adapters ([`LazyKeep`]: a mask is a function of the element's index; the
+//! adapters' AVX-512 kernels keep theirs as bits, a 32nd of their input's size), each
 //! layer's input and its attention block's output (the LayerNorm outputs, from their
 //! normalised rows) — and each layer's tape is freed once its backward is done (its GELU
 //! input becomes GELU's output in place). Weights are read in place from burn's storage
