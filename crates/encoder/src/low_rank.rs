@@ -94,6 +94,11 @@ impl Factors {
         }
     }
 
+    /// `(d_in, padded rank, d_out, scaling)`.
+    fn layout(&self) -> (usize, usize, usize, f32) {
+        (self.d_in, self.padded, self.d_out, self.scaling)
+    }
+
     /// `Aᵀ`'s rows `TILE·g ..` (ranks of tile `g`).
     fn a_rows(&self, g: usize) -> [&[f32]; TILE] {
         let d = self.d_in;

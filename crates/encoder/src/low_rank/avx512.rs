@@ -209,13 +209,7 @@ pub(super) fn forward_rows(
     low: &mut [f32],
     (keep_buffer, kept_bits): (&mut Vec<u8>, Option<&mut [u16]>),
 ) {
-    let Factors {
-        d_in,
-        padded,
-        d_out,
-        scaling,
-        ..
-    } = *factors;
+    let (d_in, padded, d_out, scaling) = factors.layout();
     let n = low.len() / padded;
     assert!(n > 0 && x.len() >= n * d_in && out.len() >= (n - 1) * out_rs + d_out);
     let keep = block_keep(dropout, n, d_in, keep_buffer);
@@ -290,13 +284,7 @@ pub(super) fn backward_rows(
     (d_a_transposed, d_b): (&mut [f32], &mut [f32]),
     (d_low, keep_buffer): (&mut Vec<f32>, &mut Vec<u8>),
 ) {
-    let Factors {
-        d_in,
-        padded,
-        d_out,
-        scaling,
-        ..
-    } = *factors;
+    let (d_in, padded, d_out, scaling) = factors.layout();
     let n = x.len() / d_in;
     assert!(n > 0 && low.len() >= n * padded && dy.len() >= (n - 1) * dy_rs + d_out);
     assert!(d_a_transposed.len() >= padded * d_in && d_b.len() >= padded * d_out);
