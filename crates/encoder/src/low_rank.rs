@@ -4,9 +4,8 @@
 //! At small ranks these products are tall and thin (`[rows, d] × [d, r]`): `gemm` spends its
 //! time packing the wide operand, and the dropout needs a masked copy of the input (and of its
 //! gradient) per adapter. Here rows are taken four at a time, masked on the fly into a small
-//! buffer, and every product is a 4 × 4 tile of dot products (or of `axpy`s) whose sixteen
-//! accumulators stay in registers, so each input element is loaded once per four ranks and
-//! each factor element once per four rows. The factors are padded to a multiple of eight ranks
+//! buffer, and every product is a 4 × 4 tile of dot products (or of `axpy`s), so each input
+//! element is loaded once per four ranks and each factor element once per four rows. The factors are padded to a multiple of eight ranks
 //! with zero rows ([`Factors`]), which contribute nothing. Above [`ROW_KERNEL_MAX_RANK`] the
 //! products are real matrix products and the caller uses `gemm`. On CPUs with AVX-512 the
 //! [`avx512`] kernels run instead: eight ranks at a time in registers, each update's targets
@@ -304,11 +303,6 @@ fn rows_of(dropout: Dropout, first: usize, d_in: usize) -> BlockDropout {
 /// `result[i][k] = rows[i] · vectors[k]` (all of length `n`, the rows' length).
 #[inline(always)]
 fn dots(rows: [&[f32]; TILE], vectors: [&[f32]; TILE]) -> [[f32; TILE]; TILE] {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        return unsafe { dots_avx512(rows, vectors) };
-    }
     // Not `rows.map(…)`: a closure is compiled without its caller's target features.
     [
         dot4(rows[0], vectors),
@@ -316,43 +310,6 @@ fn dots(rows: [&[f32]; TILE], vectors: [&[f32]; TILE]) -> [[f32; TILE]; TILE] {
         dot4(rows[2], vectors),
         dot4(rows[3], vectors),
     ]
-}
-
-/// [`dots`] with its sixteen sums in sixteen vector registers. The portable [`dot4`] keeps
-/// its `[[f32; LANES]; TILE]` sums on the stack (LLVM does not promote them): every
-/// multiply-add then waits on a store and a load (`perf annotate`: the row kernels' hottest
-/// instructions; these kernels fell from 10.6 % to 7.6 % of a LoRA step with this).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn dots_avx512(rows: [&[f32]; TILE], vectors: [&[f32]; TILE]) -> [[f32; TILE]; TILE] {
-    use std::arch::x86_64::*;
-    let n = rows[0].len();
-    let rows = rows.map(|r| &r[..n]);
-    let vectors = vectors.map(|v| &v[..n]);
-    let mut acc = [[_mm512_setzero_ps(); TILE]; TILE];
-    let mut o = 0;
-    while o < n {
-        // The last chunk is partial when n is not a multiple of LANES: masked loads read zeros.
-        let lanes: __mmask16 = if n - o >= LANES {
-            0xffff
-        } else {
-            (1u16 << (n - o)) - 1
-        };
-        // SAFETY: the mask covers only the elements o..n, inside every slice (length n).
-        let (x, v) = unsafe {
-            (
-                rows.map(|r| _mm512_maskz_loadu_ps(lanes, r.as_ptr().add(o))),
-                vectors.map(|v| _mm512_maskz_loadu_ps(lanes, v.as_ptr().add(o))),
-            )
-        };
-        for i in 0..TILE {
-            for k in 0..TILE {
-                acc[i][k] = _mm512_fmadd_ps(x[i], v[k], acc[i][k]);
-            }
-        }
-        o += LANES;
-    }
-    acc.map(|sums| sums.map(|s| _mm512_reduce_add_ps(s)))
 }
 
 /// `[x · v₀, x · v₁, x · v₂, x · v₃]`: one pass over `x`, four sets of [`LANES`] partial sums.
