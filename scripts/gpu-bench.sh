@@ -20,7 +20,8 @@
 # with the same dtype reuses them, ≈ 11 s), so the default runs fit one call of about 8 min;
 # the inference rows need a second call (PARTS=ours BENCH_RUNS="f32:infer bf16:infer").
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
-# BENCH_RUNS ("f32:constant f32:dao f32:lora8-dao bf16:constant"; also f32:infer, bf16:infer),
+# BENCH_RUNS ("f32:constant f32:dao f32:lora8-dao bf16:constant"; also f32:infer, bf16:infer,
+# and f32:matmul, bf16:matmul: the rate of burn's product at the step's largest shape),
 # TORCH_PRECISIONS (fp32,tf32,bf16), OURS_LIMIT (300 s for all of ours), TORCH_LIMIT (90 s),
 # OUT (where the JSON goes),
 # PARTS (checks,torch,ours: which parts run),
@@ -58,6 +59,9 @@ for r in ours["results"]:
         print(f"{name} {r['error']}")
         continue
     gib = (r.get("device_mem_bytes") or 0) / 2**30
+    if r["mode"] == "matmul":
+        print(f"{name} {r['matmul_ms']:>9.3f} ms per product {r['shape']}: {r['tflops']:.1f} TFLOP/s")
+        continue
     if r["mode"] == "infer":
         print(f"{name} {'':>9} {'':>13} {gib:>10.2f} {r['sentences_per_s']:>11.1f}")
         continue
@@ -106,7 +110,7 @@ run | check)
     else
         device=cpu torch_device=cpu
         model=minilm shape=tiny seq=16 batch=2 precisions=fp32
-        runs="f32:constant f32:dao f32:lora8-dao f32:infer"
+        runs="f32:constant f32:dao f32:lora8-dao f32:infer f32:matmul"
     fi
     unpack() { # $1: binary name → a runnable copy
         if [ -f "$bundle/$1.xz" ]; then

@@ -31,8 +31,8 @@ use serde_json::{json, Value};
 pub const MODES: [&str; 5] = ["constant", "dao", "lora8-dao", "infer", "infer-bf16"];
 
 // Modes not run by default: other LoRA ranks (`lora{r}-dao`), DAO over the shared parameters
-// (`dao-shared`), and `lora8-dao-p0` (`lora8-dao` with the adapters' dropout off, to price
-// that dropout).
+// (`dao-shared`), `lora8-dao-p0` (`lora8-dao` with the adapters' dropout off, to price
+// that dropout), and `matmul` (the rate of the device's products at the step's largest shape).
 
 /// `lora{r}-dao[-p0]` → (rank, dropout).
 fn lora_mode(mode: &str) -> Option<(usize, f64)> {
@@ -49,7 +49,10 @@ fn lora_mode(mode: &str) -> Option<(usize, f64)> {
 
 fn known_mode(mode: &str) -> bool {
     let (mode, _) = products_of(mode);
-    MODES.contains(&mode) || mode == "dao-shared" || lora_mode(mode).is_some()
+    MODES.contains(&mode)
+        || mode == "dao-shared"
+        || mode == "matmul"
+        || lora_mode(mode).is_some()
 }
 
 /// A mode's `-bf16` suffix: the encoder's weight products in bf16 on AMX tiles
@@ -439,6 +442,43 @@ fn infer(
     Ok(result)
 }
 
+/// The rate burn's product reaches on the device at the step's largest shape, the
+/// feed-forward up-projection `[batch·seq, hidden] × [hidden, intermediate]`: what the
+/// training step's time can be read against (its products are ⅔ or more of its work).
+fn matmul(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Result<Value> {
+    // Products per timed step: one takes well under a millisecond on a GPU, so a single one
+    // would time the launch and the sync.
+    const REPEATS: usize = 20;
+    let config = shape(model_name)?;
+    let device = setup.device()?;
+    device.seed(42);
+    let (m, k, n) = (
+        setup.batch * setup.seq,
+        config.hidden_size,
+        config.intermediate_size,
+    );
+    let a = Tensor::<2>::random([m, k], Distribution::Default, &device);
+    let b = Tensor::<2>::random([k, n], Distribution::Default, &device);
+    let times = timed(steps, warmup, "matmul", || {
+        for _ in 0..REPEATS {
+            drop(a.clone().matmul(b.clone()));
+        }
+        device.sync()?;
+        Ok(())
+    })?;
+    let seconds = median(times.wall.clone()) / REPEATS as f64;
+    let mut result = json!({
+        "model": model_name, "mode": "matmul", "dtype": setup.dtype,
+        "shape": [m, k, n],
+        "matmul_ms": 1e3 * seconds,
+        "tflops": 2.0 * (m * k * n) as f64 / seconds / 1e12,
+        "peak_mem_bytes": peak_rss_bytes()?,
+        "device_mem_bytes": device_mem_bytes(&device),
+    });
+    merge(&mut result, times.fields());
+    Ok(result)
+}
+
 fn merge(into: &mut Value, from: Value) {
     if let (Value::Object(into), Value::Object(from)) = (into, from) {
         into.extend(from);
@@ -457,6 +497,8 @@ pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
     let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
     let result = if mode.starts_with("infer") {
         infer(model, mode, setup, steps, warmup)?
+    } else if mode == "matmul" {
+        matmul(model, setup, steps, warmup)?
     } else {
         train(model, mode, setup, steps, warmup)?
     };
@@ -590,6 +632,17 @@ fn print_table(results: &[Value], setup: &Setup) {
                 model,
                 r["mode"].as_str().unwrap_or(""),
                 r["dtype"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        if let Some(tflops) = r["tflops"].as_f64() {
+            println!(
+                "{:14} {:15} {:5} {:>10.3} ms per product {:?}, {tflops:.1} TFLOP/s",
+                model,
+                "matmul",
+                r["dtype"].as_str().unwrap_or(""),
+                r["matmul_ms"].as_f64().unwrap_or(f64::NAN),
+                r["shape"],
             );
             continue;
         }
