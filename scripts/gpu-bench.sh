@@ -16,13 +16,15 @@
 #
 # `run` needs: nvidia-smi, python3 with torch and transformers (the GPU image has both).
 # Measured on an H200 (BENCHMARKS.md): parity + the training run + PyTorch ≈ 165 s; the first
-# step of each of our processes compiles and autotunes its kernels (75–125 s; a later process
-# with the same dtype reuses them, ≈ 11 s), so the default runs fit one call of about 8 min;
-# the inference rows need a second call (PARTS=ours BENCH_RUNS="f32:infer bf16:infer").
+# step of each of our processes compiles and autotunes its kernels (75–125 s per new set of
+# kernels: f32, LoRA's, bf16; a later process that needs no new ones starts in ≈ 20 s), so the
+# default runs fit one call of about 8 min, the bf16 row last to go when compiling is slow;
+# the product rates and inference rows take a second call of about 3 min on the same warm
+# machine (PARTS=ours BENCH_RUNS="f32:matmul bf16:matmul f32:infer bf16:infer").
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
 # BENCH_RUNS ("f32:constant f32:dao f32:lora8-dao bf16:constant"; also f32:infer, bf16:infer,
 # and f32:matmul, bf16:matmul: the rate of burn's product at the step's largest shape),
-# TORCH_PRECISIONS (fp32,tf32,bf16), OURS_LIMIT (300 s for all of ours), TORCH_LIMIT (90 s),
+# TORCH_PRECISIONS (fp32,tf32,bf16), OURS_LIMIT (330 s for all of ours), TORCH_LIMIT (90 s),
 # OUT (where the JSON goes),
 # PARTS (checks,torch,ours: which parts run),
 # XTASK and CLI (our binaries; default the bundled ones, else target/release/), PYTHON.
@@ -156,15 +158,17 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
     [ -f "$torch_script" ] || torch_script=scripts/torch_step_bench.py
     [[ ",$parts," == *,torch,* ]] || precisions=""
     [[ ",$parts," == *,ours,* ]] || runs=""
-    [ -n "$precisions" ] && timeout "${TORCH_LIMIT:-90}" "${PYTHON:-python3}" "$torch_script" --shape "$shape" \
-        --batch "$batch" --seq "$seq" --device "$torch_device" --precision "$precisions" \
-        --json "$out/torch.json" >"$out/torch.log" 2>&1
-    echo "pytorch: exit $?"
-    tail -n 5 "$out/torch.log"
+    if [ -n "$precisions" ]; then
+        timeout "${TORCH_LIMIT:-90}" "${PYTHON:-python3}" "$torch_script" --shape "$shape" \
+            --batch "$batch" --seq "$seq" --device "$torch_device" --precision "$precisions" \
+            --json "$out/torch.json" >"$out/torch.log" 2>&1
+        echo "pytorch: exit $?"
+        tail -n 5 "$out/torch.log"
+    fi
     # Ours, one (dtype, mode) per process, most wanted first; each result line is kept as it
     # comes, so a time limit loses only what had not run yet.
     : >"$out/ours.jsonl"
-    deadline=$((SECONDS + ${OURS_LIMIT:-300}))
+    deadline=$((SECONDS + ${OURS_LIMIT:-330}))
     for run in $runs; do
         dtype=${run%%:*} mode=${run#*:}
         left=$((deadline - SECONDS))
