@@ -38,15 +38,30 @@ fn horner<const N: usize>(x: f32, c: &[f32; N]) -> f32 {
 /// per element (15 % of `cli embed`'s time in `perf`, all in padded rows).
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    exp_reduced_by(x, |clamped, n| (clamped - n * LN2_HI) - n * LN2_LO)
+}
+
+/// `e^{big + small}` for an exactly known `big` (as low as −87) and a `small` of order one: the
+/// reduction takes `n` from the sum but subtracts `n ln 2` from `big` alone, where it is exact
+/// (the two lie within a few units of each other on a grid both are on), and adds `small`
+/// after, so the sum's rounding (a relative `|big| · 2⁻²⁴`, 3·10⁻⁶ at −50) never reaches the
+/// result. Otherwise as [`exp`].
+#[inline(always)]
+fn exp_of_sum(big: f32, small: f32) -> f32 {
+    exp_reduced_by(big + small, |_, n| ((big - n * LN2_HI) - n * LN2_LO) + small)
+}
+
+/// [`exp`]'s steps, the remainder `r = x − n ln 2` made by `remainder(clamped x, n)`.
+#[inline(always)]
+fn exp_reduced_by(x: f32, remainder: impl Fn(f32, f32) -> f32) -> f32 {
     let clamped = if x > 88.0 { 88.0 } else { x };
     let clamped = if clamped < -87.0 { -87.0 } else { clamped };
     // `shifted`'s low mantissa bits hold n (two's complement, offset by ROUND's bits): read
     // them as an integer rather than by a (saturating, non-vectorising) float → int cast.
     let shifted = clamped * LOG2_E + ROUND;
     let n = shifted - ROUND;
-    let r = (clamped - n * LN2_HI) - n * LN2_LO;
     let p = horner(
-        r,
+        remainder(clamped, n),
         &[
             1.0,
             1.0,
@@ -69,9 +84,10 @@ pub(crate) fn exp(x: f32) -> f32 {
 
 /// `(Φ(−|x|), e^{−x²/2})`: the normal distribution's lower tail at −|x| through
 /// *Numerical Recipes*' Chebyshev fit `erfc(z) = t·exp(−z² + P(t))`, `t = 1/(1 + z/2)`,
-/// `z = |x|/√2`. `e^{−x²/2}` is computed as `e^{−h²/2} · e^{−l(|x|+h)/2}` with `h` the top 12
-/// bits of |x| (`h²` exact) and `l = |x| − h`: rounding `x²/2` first would cost a relative
-/// error of `x²/2 · 2⁻²⁴` (10⁻⁶ at x = −4).
+/// `z = |x|/√2`. The exponent `−x²/2` is `−h²/2 − l(|x|+h)/2` with `h` the top 12 bits of |x|
+/// (`h²` exact) and `l = |x| − h`, its large part exact for [`exp_of_sum`]: rounding `x²/2`
+/// first would cost a relative error of `x²/2 · 2⁻²⁴` (10⁻⁶ at x = −4). One exponential
+/// for the tail, one more for the density where it is used.
 #[inline(always)]
 fn lower_tail_and_gaussian(x: f32) -> (f32, f32) {
     let a = x.abs();
@@ -93,10 +109,13 @@ fn lower_tail_and_gaussian(x: f32) -> (f32, f32) {
     );
     let high = f32::from_bits(a.to_bits() & 0xffff_f000);
     let low = a - high;
-    let coarse = exp(-0.5 * high * high);
+    let coarse = -0.5 * high * high;
     let fine = -0.5 * low * (a + high);
-    // The fit's own factor joins the small exponent (both of order 1: no precision lost).
-    (0.5 * t * coarse * exp(fine + poly), coarse * exp(fine))
+    // The fit's own factor joins the small part (both of order 1: no precision lost).
+    (
+        0.5 * t * exp_of_sum(coarse, fine + poly),
+        exp_of_sum(coarse, fine),
+    )
 }
 
 /// `gelu(x) = x·Φ(x)` (the exact, erf form), without cancellation for x < 0.
