@@ -62,7 +62,7 @@ for r in ours["results"]:
         continue
     gib = (r.get("device_mem_bytes") or 0) / 2**30
     if r["mode"] == "matmul":
-        print(f"{name} {r['matmul_ms']:>9.3f} ms per product {r['shape']}: {r['tflops']:.1f} TFLOP/s")
+        print(f"{name} {r['matmul_ms']:>9.3f} ms per product {r['shape']}: {r['tflops']:.3f} TFLOP/s")
         continue
     if r["mode"] == "infer":
         print(f"{name} {'':>9} {'':>13} {gib:>10.2f} {r['sentences_per_s']:>11.1f}")

@@ -48,7 +48,9 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// result. Otherwise as [`exp`].
 #[inline(always)]
 fn exp_of_sum(big: f32, small: f32) -> f32 {
-    exp_reduced_by(big + small, |_, n| ((big - n * LN2_HI) - n * LN2_LO) + small)
+    exp_reduced_by(big + small, |_, n| {
+        ((big - n * LN2_HI) - n * LN2_LO) + small
+    })
 }
 
 /// [`exp`]'s steps, the remainder `r = x − n ln 2` made by `remainder(clamped x, n)`.
