@@ -505,6 +505,70 @@ multiversion! {
     }
 }
 
+/// [`dropout_keep`]'s decisions as bits, sixteen to a `u16` (bit `i` of `bits[c]` for element
+/// `16c + i`, a pair's low half first). On AVX-512 a vector of eight draws is compared as its
+/// sixteen 32-bit halves straight into the mask: no byte per element to store and pack again.
+pub(crate) fn dropout_keep_bits(bits: &mut [u16], seed: u64, first_pair: u64, threshold: u64) {
+    #[cfg(target_arch = "x86_64")]
+    if let Ok(threshold) = u32::try_from(threshold) {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the features were just detected.
+            return unsafe { dropout_keep_bits_avx512(bits, seed, first_pair, threshold) };
+        }
+    }
+    dropout_keep_bits_portable(bits, seed, first_pair, threshold);
+}
+
+fn dropout_keep_bits_portable(bits: &mut [u16], seed: u64, first_pair: u64, threshold: u64) {
+    let mut state = seed.wrapping_add(first_pair.wrapping_mul(GOLDEN_GAMMA));
+    for word in bits {
+        *word = 0;
+        for k in 0..8 {
+            let r = splitmix64(state);
+            *word |= u16::from((r & 0xffff_ffff) < threshold) << (2 * k);
+            *word |= u16::from((r >> 32) < threshold) << (2 * k + 1);
+            state = state.wrapping_add(GOLDEN_GAMMA);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn dropout_keep_bits_avx512(bits: &mut [u16], seed: u64, first_pair: u64, threshold: u32) {
+    use std::arch::x86_64::*;
+    let start = seed.wrapping_add(first_pair.wrapping_mul(GOLDEN_GAMMA));
+    let lane = |k: u64| start.wrapping_add(k.wrapping_mul(GOLDEN_GAMMA)) as i64;
+    let mut state = _mm512_set_epi64(
+        lane(7),
+        lane(6),
+        lane(5),
+        lane(4),
+        lane(3),
+        lane(2),
+        lane(1),
+        lane(0),
+    );
+    let step = _mm512_set1_epi64(8u64.wrapping_mul(GOLDEN_GAMMA) as i64);
+    let gamma = _mm512_set1_epi64(GOLDEN_GAMMA as i64);
+    let (c1, c2) = (
+        _mm512_set1_epi64(0xbf58_476d_1ce4_e5b9_u64 as i64),
+        _mm512_set1_epi64(0x94d0_49bb_1331_11eb_u64 as i64),
+    );
+    let threshold = _mm512_set1_epi32(threshold as i32);
+    for word in bits {
+        // splitmix64 of each lane's counter, as [`splitmix64`].
+        let mut z = _mm512_add_epi64(state, gamma);
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64::<30>(z)), c1);
+        z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64::<27>(z)), c2);
+        z = _mm512_xor_si512(z, _mm512_srli_epi64::<31>(z));
+        // 32-bit lane 2k is draw k's low half, lane 2k + 1 its high half: element order.
+        *word = _mm512_cmplt_epu32_mask(z, threshold);
+        state = _mm512_add_epi64(state, step);
+    }
+}
+
 /// Runs `kernel` over chunks of `values` on every core.
 pub(crate) fn map_parallel(values: &mut [f32], kernel: fn(&mut [f32])) {
     values.par_chunks_mut(1 << 14).for_each(kernel);
@@ -561,6 +625,35 @@ mod tests {
         for x in grid(-3.0, 8.0, 10_000) {
             let (a, b) = (gelu(x), burn_style(x));
             assert!((a - b).abs() <= 4e-7 * a.abs().max(1.0), "{x}: {a} vs {b}");
+        }
+    }
+
+    /// The bit form of the dropout draws is the byte form's, on both paths and at every
+    /// threshold (none kept, all kept, the usual ones).
+    #[test]
+    fn keep_bits_are_the_keep_bytes() {
+        for (seed, first_pair, threshold) in [
+            (7, 0, 3_865_470_566),
+            (u64::MAX, 12_345, 2_147_483_648),
+            (42, 3, 0),
+            (1, 99, 1 << 32),
+        ] {
+            let words = 37;
+            let mut bytes = vec![0u8; 16 * words];
+            dropout_keep(&mut bytes, seed, first_pair, threshold);
+            let want: Vec<u16> = bytes
+                .chunks(16)
+                .map(|c| (0..16).map(|i| u16::from(c[i]) << i).sum())
+                .collect();
+            let mut got = vec![0u16; words];
+            dropout_keep_bits(&mut got, seed, first_pair, threshold);
+            assert_eq!(got, want, "seed {seed}, threshold {threshold}");
+            let mut portable = vec![0u16; words];
+            dropout_keep_bits_portable(&mut portable, seed, first_pair, threshold);
+            assert_eq!(
+                portable, want,
+                "seed {seed}, threshold {threshold} (portable)"
+            );
         }
     }
 

@@ -521,6 +521,33 @@ impl LazyKeep {
         keep
     }
 
+    /// The keep bits of elements `first .. first + 16 · bits.len()`, sixteen to a `u16` (bit
+    /// `i` of `bits[c]` for element `first + 16c + i`): [`fill`](Self::fill)'s bytes, packed.
+    /// `first`, and a picked row's length ([`every_row`](Self::every_row)), multiples of 16.
+    pub(crate) fn fill_bits(&self, first: usize, bits: &mut [u16]) {
+        assert!(first.is_multiple_of(16), "whole words of bits");
+        if let Some((row_len, step)) = self.rows {
+            assert!(row_len.is_multiple_of(16), "rows of whole words of bits");
+            let whole = Self {
+                rows: None,
+                ..*self
+            };
+            let (mut done, total) = (0, 16 * bits.len());
+            while done < total {
+                let (row, column) = ((first + done) / row_len, (first + done) % row_len);
+                let n = (row_len - column).min(total - done);
+                whole.fill_bits(
+                    row * step * row_len + column,
+                    &mut bits[done / 16..(done + n) / 16],
+                );
+                done += n;
+            }
+            return;
+        }
+        let pair = self.base + (first / 2) as u64;
+        fastmath::dropout_keep_bits(bits, self.seed, pair, self.threshold);
+    }
+
     /// The keep bytes (1: kept) of elements `first .. first + keep.len()`.
     pub(crate) fn fill(&self, first: usize, keep: &mut [u8]) {
         if let Some((row_len, step)) = self.rows {
@@ -786,6 +813,24 @@ mod tests {
             assert_eq!(got, want[first..first + len], "from {first}, {len} long");
         }
         assert!(want.contains(&0) && want.contains(&1));
+        // And as bits, for rows of whole words.
+        let (row_len, step, rows) = (32, 3, 6);
+        let mut all = vec![0u8; rows * step * row_len];
+        whole.fill(0, &mut all);
+        let picked = whole.every_row(row_len, step);
+        let want: Vec<u16> = (0..rows)
+            .flat_map(|r| all[r * step * row_len..][..row_len].chunks(16))
+            .map(|c| (0..16).map(|i| u16::from(c[i]) << i).sum())
+            .collect();
+        for (first, words) in [(0, rows * row_len / 16), (16, 5), (48, 2)] {
+            let mut got = vec![7u16; words];
+            picked.fill_bits(first, &mut got);
+            assert_eq!(
+                got,
+                want[first / 16..first / 16 + words],
+                "bits from {first}"
+            );
+        }
     }
 
     /// The adapters' input dropout is drawn in training: with hidden and attention

@@ -78,17 +78,6 @@ impl Keep<'_> {
     }
 }
 
-/// The block's keep bits (`n · d / 16` of them, `d` a multiple of 16) from its keep bytes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn pack_bits(bytes: &[u8], bits: &mut [u16]) {
-    assert!(bytes.len() == bits.len() * LANES);
-    for (chunk, bits) in bytes.chunks_exact(LANES).zip(bits) {
-        // SAFETY: 16 bytes of `chunk`.
-        let chunk = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
-        *bits = _mm_test_epi8_mask(chunk, chunk);
-    }
-}
-
 /// Asks for the cache lines of `n` rows of `len` floats (row `i` at `i · stride` of `data`)
 /// to be brought into L2. The column-chunk loops below visit a block's rows one cache line
 /// each before moving on, a stride the hardware prefetcher does not follow: without this
@@ -212,17 +201,18 @@ pub(super) fn forward_rows(
     let (d_in, padded, d_out, scaling) = factors.layout();
     let n = low.len() / padded;
     assert!(n > 0 && x.len() >= n * d_in && out.len() >= (n - 1) * out_rs + d_out);
-    let keep = block_keep(dropout, n, d_in, keep_buffer);
-    if let (
-        Some(bits),
-        Some(Keep {
-            source: KeepSource::Bytes(bytes),
-            ..
-        }),
-    ) = (kept_bits, keep)
-    {
-        pack_bits(bytes, bits);
-    }
+    let keep = match (dropout, kept_bits) {
+        // Drawn straight into the bits the backward reads.
+        (Some((mask, first)), Some(bits)) => {
+            assert!(d_in.is_multiple_of(LANES) && bits.len() * LANES == n * d_in);
+            mask.fill_bits(first, bits);
+            Some(Keep {
+                source: KeepSource::Bits(bits),
+                scale: mask.scale,
+            })
+        }
+        _ => block_keep(dropout, n, d_in, keep_buffer),
+    };
     low_products(
         x,
         d_in,
