@@ -777,8 +777,7 @@ fn layer_forward(
         0,
         masks,
     );
-    let mut expanded = pre_activation.clone();
-    fastmath::map_parallel(&mut expanded, fastmath::gelu_slice);
+    let expanded = fastmath::gelu_of(&pre_activation);
 
     let mut first_outputs = vec![0f32; if first_tokens { out_rows * hidden } else { 0 }];
     let out: &mut [f32] = if first_tokens { &mut first_outputs } else { x };

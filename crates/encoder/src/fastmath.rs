@@ -569,6 +569,29 @@ fn dropout_keep_bits_avx512(bits: &mut [u16], seed: u64, first_pair: u64, thresh
     }
 }
 
+multiversion! {
+    /// `out[i] = gelu(values[i])` into `out`'s first `values.len()` (uninitialised) places.
+    fn gelu_into_slice(values: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
+        for (o, v) in out.iter_mut().zip(values) {
+            o.write(gelu(*v));
+        }
+    }
+}
+
+/// `gelu` of every value, as a new buffer written once, on every core: a copy then GELU in
+/// place passes over the buffer twice.
+pub(crate) fn gelu_of(values: &[f32]) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
+    let mut out = Vec::with_capacity(values.len());
+    out.spare_capacity_mut()[..values.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(out, values)| gelu_into_slice(values, out));
+    // SAFETY: the chunks above wrote every one of the first `values.len()` places.
+    unsafe { out.set_len(values.len()) };
+    out
+}
+
 /// Runs `kernel` over chunks of `values` on every core.
 pub(crate) fn map_parallel(values: &mut [f32], kernel: fn(&mut [f32])) {
     values.par_chunks_mut(1 << 14).for_each(kernel);
@@ -654,6 +677,16 @@ mod tests {
                 portable, want,
                 "seed {seed}, threshold {threshold} (portable)"
             );
+        }
+    }
+
+    #[test]
+    fn gelu_of_a_buffer_is_gelu_of_each_value() {
+        let values = grid(-8.0, 8.0, 40_000);
+        let out = gelu_of(&values);
+        assert_eq!(out.len(), values.len());
+        for (x, y) in values.iter().zip(&out) {
+            assert_eq!(y.to_bits(), gelu(*x).to_bits(), "{x}");
         }
     }
 
