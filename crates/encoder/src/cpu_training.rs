@@ -1338,11 +1338,25 @@ impl TrainTape {
                     // (rows of tokens absent from the batch stay 0, as in burn and PyTorch).
                     let rows = host(grad);
                     let mut table = vec![0f32; word.vocab * hidden];
+                    // A token's first row is written, not added: the table is fresh zeroed
+                    // memory from the kernel, whose pages a read maps to the shared zero page
+                    // and a write after it must copy, flushing every core's TLB, page by page
+                    // (≈ 1 % of a full MiniLM step).
+                    let mut seen = vec![false; word.vocab];
                     for (&token, row) in word.ids.iter().zip(rows.chunks_exact(hidden)) {
                         // Ids were checked by the lookup in the forward; never index past.
-                        let start = usize::try_from(token).unwrap_or(usize::MAX / 2) * hidden;
-                        if let Some(target) = table.get_mut(start..start + hidden) {
+                        let index = usize::try_from(token).unwrap_or(usize::MAX / 2);
+                        let start = index.saturating_mul(hidden);
+                        let (Some(target), Some(seen)) = (
+                            table.get_mut(start..start.saturating_add(hidden)),
+                            seen.get_mut(index),
+                        ) else {
+                            continue;
+                        };
+                        if std::mem::replace(seen, true) {
                             fastmath::add(target, row);
+                        } else {
+                            target.copy_from_slice(row);
                         }
                     }
                     grads.register(
