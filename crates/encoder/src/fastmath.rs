@@ -521,16 +521,12 @@ pub(crate) fn dropout_keep_bits(bits: &mut [u16], seed: u64, first_pair: u64, th
     dropout_keep_bits_portable(bits, seed, first_pair, threshold);
 }
 
+/// Elsewhere: [`dropout_keep`]'s bytes, packed.
 fn dropout_keep_bits_portable(bits: &mut [u16], seed: u64, first_pair: u64, threshold: u64) {
-    let mut state = seed.wrapping_add(first_pair.wrapping_mul(GOLDEN_GAMMA));
-    for word in bits {
-        *word = 0;
-        for k in 0..8 {
-            let r = splitmix64(state);
-            *word |= u16::from((r & 0xffff_ffff) < threshold) << (2 * k);
-            *word |= u16::from((r >> 32) < threshold) << (2 * k + 1);
-            state = state.wrapping_add(GOLDEN_GAMMA);
-        }
+    let mut bytes = vec![0u8; 16 * bits.len()];
+    dropout_keep(&mut bytes, seed, first_pair, threshold);
+    for (word, chunk) in bits.iter_mut().zip(bytes.chunks_exact(16)) {
+        *word = (0..16).map(|i| u16::from(chunk[i]) << i).sum();
     }
 }
 

@@ -5,8 +5,9 @@
 //! time packing the wide operand, and the dropout needs a masked copy of the input (and of its
 //! gradient) per adapter. Here rows are taken four at a time, masked on the fly into a small
 //! buffer, and every product is a 4 × 4 tile of dot products (or of `axpy`s), so each input
-//! element is loaded once per four ranks and each factor element once per four rows. The factors are padded to a multiple of eight ranks
-//! with zero rows ([`Factors`]), which contribute nothing. Above [`ROW_KERNEL_MAX_RANK`] the
+//! element is loaded once per four ranks and each factor element once per four rows. The
+//! factors are padded to a multiple of eight ranks with zero rows ([`Factors`]), which
+//! contribute nothing. Above [`ROW_KERNEL_MAX_RANK`] the
 //! products are real matrix products and the caller uses `gemm`. On CPUs with AVX-512 the
 //! [`avx512`] kernels run instead: eight ranks at a time in registers, each update's targets
 //! held across a block of rows (these portable kernels stay for every other CPU).
@@ -122,8 +123,8 @@ fn transpose(src: &[f32], columns: usize, dst: &mut [f32]) {
 }
 
 /// The adapter's input dropout over `[rows, d_in]`, made block by block where it is used (the
-/// same bytes in the forward and the backward; the AVX-512 forward keeps them as bits for the
-/// backward, see [`Saved`]).
+/// same draws in the forward and the backward; the AVX-512 forward draws them as bits and
+/// keeps those for the backward, see [`Saved`]).
 pub(crate) type Dropout = Option<LazyKeep>;
 
 /// The dropout of one block of rows: the mask and the index of the block's first element.

@@ -19,6 +19,7 @@
 use std::arch::x86_64::*;
 
 use super::{BlockDropout, Factors};
+use crate::model::LazyKeep;
 
 /// Ranks per register group.
 pub(super) const GROUP: usize = 8;
@@ -57,7 +58,16 @@ enum KeepSource<'a> {
     Bits(&'a [u16]),
 }
 
-impl Keep<'_> {
+impl<'a> Keep<'a> {
+    /// The block's (`[n, d]`) mask as bits, one `u16` per chunk of 16.
+    fn from_bits(mask: &LazyKeep, bits: &'a [u16], n: usize, d: usize) -> Self {
+        assert!(d.is_multiple_of(LANES) && bits.len() * LANES == n * d);
+        Keep {
+            source: KeepSource::Bits(bits),
+            scale: mask.scale,
+        }
+    }
+
     /// The keep bits of the chunk at `offset` (lanes `m`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     #[inline]
@@ -204,12 +214,8 @@ pub(super) fn forward_rows(
     let keep = match (dropout, kept_bits) {
         // Drawn straight into the bits the backward reads.
         (Some((mask, first)), Some(bits)) => {
-            assert!(d_in.is_multiple_of(LANES) && bits.len() * LANES == n * d_in);
             mask.fill_bits(first, bits);
-            Some(Keep {
-                source: KeepSource::Bits(bits),
-                scale: mask.scale,
-            })
+            Some(Keep::from_bits(&mask, bits, n, d_in))
         }
         _ => block_keep(dropout, n, d_in, keep_buffer),
     };
@@ -286,13 +292,7 @@ pub(super) fn backward_rows(
     );
     // The forward's bits where it kept them, else the bytes made again.
     let keep = match (dropout, kept_bits) {
-        (Some((mask, _)), Some(bits)) => {
-            assert!(d_in.is_multiple_of(LANES) && bits.len() * LANES == n * d_in);
-            Some(Keep {
-                source: KeepSource::Bits(bits),
-                scale: mask.scale,
-            })
-        }
+        (Some((mask, _)), Some(bits)) => Some(Keep::from_bits(&mask, bits, n, d_in)),
         _ => block_keep(dropout, n, d_in, keep_buffer),
     };
     prefetch_rows(x, n, d_in, d_in);
