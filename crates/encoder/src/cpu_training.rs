@@ -348,13 +348,26 @@ impl LinearTape {
         }
     }
 
+    /// Whether only the adapter's small-rank kernels read this projection's input in the
+    /// backward (its base weight does not train), so that the input may be given before its
+    /// activation ([`low_rank::Input::Activated`]).
+    fn takes_activation_input(&self) -> bool {
+        self.weight_id.is_none()
+            && self
+                .adapter
+                .as_ref()
+                .is_some_and(|adapter| adapter.kernels.is_some())
+    }
+
     /// Gradients of the weights into `grads`, and `dx (+)= dy · ∂out/∂x` (`None`: nothing
     /// reads the input's gradient). `dy` is the `[rows, d_out]` block at row stride `dy_rs`;
-    /// `x` the forward's input.
+    /// `input` the forward's input ([`low_rank::Input::Activated`] only where
+    /// [`takes_activation_input`](Self::takes_activation_input): then `dx` is the gradient
+    /// of the activation's input, and `accumulate` must be false).
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
-        x: &[f32],
+        input: low_rank::Input<'_>,
         dy: &[f32],
         dy_rs: usize,
         rows: usize,
@@ -363,6 +376,13 @@ impl LinearTape {
         grads: &mut Vec<Grad>,
     ) {
         let (d_in, d_out) = (self.d_in, self.d_out);
+        let x = match input {
+            low_rank::Input::Rows(x) => x,
+            low_rank::Input::Activated(..) => {
+                assert!(self.takes_activation_input() && !accumulate);
+                &[]
+            }
+        };
         if let Some(id) = self.weight_id {
             grads.push(Grad {
                 id,
@@ -394,15 +414,14 @@ impl LinearTape {
             let rank = adapter.rank;
             if let Some((factors, saved)) = &adapter.kernels {
                 // The kernel makes the input's gradient with the factors' in one pass.
-                let (d_a, d_b) = low_rank::backward(
-                    factors,
-                    adapter.lazy_mask,
-                    &x[..rows * d_in],
-                    saved,
-                    dy,
-                    dy_rs,
-                    dx,
-                );
+                let input = match input {
+                    low_rank::Input::Rows(x) => low_rank::Input::Rows(&x[..rows * d_in]),
+                    low_rank::Input::Activated(pre, activation) => {
+                        low_rank::Input::Activated(&pre[..rows * d_in], activation)
+                    }
+                };
+                let (d_a, d_b) =
+                    low_rank::backward(factors, adapter.lazy_mask, input, saved, dy, dy_rs, dx);
                 if let Some(id) = adapter.a_id {
                     grads.push(Grad {
                         id,
@@ -1103,31 +1122,47 @@ fn layer_backward(
     tape.norm2.backward(dy, grads);
     let mut d_attended = dy.clone(); // the residual path
     apply_mask(dy, tape.output_mask);
-    // GELU's output where its input was: the tape's last reader of it.
-    let mut expanded = std::mem::take(&mut tape.pre_activation);
-    let gelu_derivative = reused(&mut scratch.gelu_derivative, expanded.len());
-    expanded
-        .par_chunks_mut(1 << 14)
-        .zip(gelu_derivative.par_chunks_mut(1 << 14))
-        .for_each(|(v, d)| fastmath::gelu_with_derivative_slice(v, d));
     let d_expanded = reused(&mut scratch.d_expanded, out_rows * intermediate);
-    tape.output.backward(
-        &expanded,
-        dy,
-        hidden,
-        out_rows,
-        Some(&mut *d_expanded),
-        false,
-        grads,
-    );
-    drop(expanded);
-    d_expanded
-        .par_chunks_mut(1 << 14)
-        .zip(gelu_derivative.par_chunks(1 << 14))
-        .for_each(|(g, d)| fastmath::multiply(g, d));
+    let pre_activation = std::mem::take(&mut tape.pre_activation);
+    if tape.output.takes_activation_input() {
+        // LoRA: only the adapter reads GELU's output, and its kernels make it (and the
+        // derivative, applied to `d_expanded`) block by block.
+        let gelu = fastmath::gelu_with_derivative_slice;
+        tape.output.backward(
+            low_rank::Input::Activated(&pre_activation, gelu),
+            dy,
+            hidden,
+            out_rows,
+            Some(&mut *d_expanded),
+            false,
+            grads,
+        );
+    } else {
+        // GELU's output where its input was: the tape's last reader of it.
+        let mut expanded = pre_activation;
+        let gelu_derivative = reused(&mut scratch.gelu_derivative, expanded.len());
+        expanded
+            .par_chunks_mut(1 << 14)
+            .zip(gelu_derivative.par_chunks_mut(1 << 14))
+            .for_each(|(v, d)| fastmath::gelu_with_derivative_slice(v, d));
+        tape.output.backward(
+            low_rank::Input::Rows(&expanded),
+            dy,
+            hidden,
+            out_rows,
+            Some(&mut *d_expanded),
+            false,
+            grads,
+        );
+        drop(expanded);
+        d_expanded
+            .par_chunks_mut(1 << 14)
+            .zip(gelu_derivative.par_chunks(1 << 14))
+            .for_each(|(g, d)| fastmath::multiply(g, d));
+    }
     tape.norm1.output_into(&mut scratch.attended);
     tape.intermediate.backward(
-        &scratch.attended,
+        low_rank::Input::Rows(&scratch.attended),
         d_expanded,
         intermediate,
         out_rows,
@@ -1142,7 +1177,7 @@ fn layer_backward(
     apply_mask(&mut d_attended, tape.attention_mask);
     let d_context = reused(&mut scratch.d_context, out_rows * hidden);
     tape.attention_output.backward(
-        &tape.context,
+        low_rank::Input::Rows(&tape.context),
         &d_attended,
         hidden,
         out_rows,
@@ -1185,7 +1220,7 @@ fn layer_backward(
     };
     if let Some(d_firsts) = d_firsts.as_mut() {
         tape.projections[0].backward(
-            &first_rows(input, dims),
+            low_rank::Input::Rows(&first_rows(input, dims)),
             &d_qkv,
             seq * stride,
             batch,
@@ -1199,7 +1234,7 @@ fn layer_backward(
             continue;
         }
         projection.backward(
-            input,
+            low_rank::Input::Rows(input),
             &d_qkv[i * hidden..],
             stride,
             rows,

@@ -198,19 +198,40 @@ pub(crate) fn forward(
     Saved { low, kept_bits }
 }
 
+/// An activation with its derivative, over a slice in place: `values[i] → f(values[i])`,
+/// `derivative[i] = f'(values[i])` (as `fastmath::gelu_with_derivative_slice`).
+pub(crate) type Activation = fn(&mut [f32], &mut [f32]);
+
+/// The adapter's input as its backward is given it.
+#[derive(Clone, Copy)]
+pub(crate) enum Input<'a> {
+    /// The input rows, `[rows, d_in]`.
+    Rows(&'a [f32]),
+    /// The rows before an activation: the input is `f(pre)` and the gradient of `pre`, not of
+    /// the input, is wanted. Where nothing else reads the activation's output or its
+    /// derivative (LoRA's frozen output projection), both are made here block by block, and
+    /// the input gradient multiplied by the derivative while the block is in cache: no
+    /// activation-sized buffers, and two passes over the input gradient fewer.
+    Activated(&'a [f32], Activation),
+}
+
 /// The adapter's gradients `(dA [d_in, rank], dB [rank, d_out])`, adding the input's gradient
-/// to `dx` (`[rows, d_in]`; `None`: nothing reads it, so it is not made). `dy` is
-/// `[rows, d_out]` at row stride `dy_rs`; `x` and `low` are the forward's input and return
-/// value.
+/// to `dx` (`[rows, d_in]`; `None`: nothing reads it, so it is not made; with
+/// [`Input::Activated`], `dx` is then multiplied by the activation's derivative). `dy` is
+/// `[rows, d_out]` at row stride `dy_rs`; `input` and `saved` are the forward's input and
+/// return value.
 pub(crate) fn backward(
     factors: &Factors,
     dropout: Dropout,
-    x: &[f32],
+    input: Input<'_>,
     saved: &Saved,
     dy: &[f32],
     dy_rs: usize,
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
+    let x = match input {
+        Input::Rows(x) | Input::Activated(x, _) => x,
+    };
     let low = &saved.low[..];
     let Factors {
         d_in,
@@ -223,12 +244,18 @@ pub(crate) fn backward(
     assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + d_out);
     assert!(dx.as_ref().is_none_or(|dx| dx.len() >= rows * d_in) && low.len() >= rows * padded);
     // (dAᵀ, dB) partial sums, padded like the factors; scratch: rows for the portable
-    // kernel, the AVX-512 one's `∂L/∂low` and keep bytes.
+    // kernel, the AVX-512 one's `∂L/∂low` and keep bytes, and a block's activation and
+    // derivative.
     let partial = || {
         (
             vec![0f32; padded * d_in],
             vec![0f32; padded * d_out],
-            (vec![0f32; 2 * TILE * d_in], Vec::new(), Vec::new()),
+            (
+                vec![0f32; 2 * TILE * d_in],
+                Vec::new(),
+                Vec::new(),
+                (Vec::new(), Vec::new()),
+            ),
         )
     };
     let wide = wide();
@@ -243,49 +270,70 @@ pub(crate) fn backward(
         .into_par_iter()
         .enumerate()
         .with_min_len(2)
-        .fold(partial, |(mut d_at, mut d_b, mut scratch), (block, dx)| {
-            let first = block * BLOCK;
-            let n = BLOCK.min(rows - first);
-            let dropout = rows_of(dropout, first, d_in);
-            let (x, low) = (
-                &x[first * d_in..(first + n) * d_in],
-                &low[first * padded..(first + n) * padded],
-            );
-            let dy = &dy[first * dy_rs..];
-            let (rows_scratch, d_low, keep) = &mut scratch;
-            #[cfg(target_arch = "x86_64")]
-            if wide {
-                let bits = saved.kept_bits.as_deref();
-                let bits = bits.map(|bits| &bits[first * d_in / 16..(first + n) * d_in / 16]);
-                // SAFETY: `wide` says the CPU has the kernels' features.
-                unsafe {
-                    avx512::backward_rows(
-                        factors,
-                        (dropout, bits),
-                        x,
-                        low,
-                        (dy, dy_rs),
-                        dx,
-                        (&mut d_at, &mut d_b),
-                        (d_low, keep),
-                    )
+        .fold(
+            partial,
+            |(mut d_at, mut d_b, mut scratch), (block, mut dx)| {
+                let first = block * BLOCK;
+                let n = BLOCK.min(rows - first);
+                let dropout = rows_of(dropout, first, d_in);
+                let (x, low) = (
+                    &x[first * d_in..(first + n) * d_in],
+                    &low[first * padded..(first + n) * padded],
+                );
+                let dy = &dy[first * dy_rs..];
+                let (rows_scratch, d_low, keep, (activated, derivative)) = &mut scratch;
+                let x = match input {
+                    Input::Rows(_) => x,
+                    Input::Activated(_, activation) => {
+                        activated.clear();
+                        activated.extend_from_slice(x);
+                        derivative.resize(x.len(), 0.0);
+                        activation(activated, derivative);
+                        &activated[..]
+                    }
                 };
-                return (d_at, d_b, scratch);
-            }
-            let _ = (wide, d_low, keep);
-            backward_rows(
-                factors,
-                dropout,
-                x,
-                low,
-                dy,
-                dy_rs,
-                dx,
-                (&mut d_at, &mut d_b),
-                rows_scratch,
-            );
-            (d_at, d_b, scratch)
-        })
+                // The block's input gradient times the derivative, once the adapter's part is in.
+                let chain = |dx: Option<&mut [f32]>| {
+                    if let (Input::Activated(..), Some(dx)) = (input, dx) {
+                        fastmath::multiply(&mut dx[..n * d_in], derivative);
+                    }
+                };
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    let bits = saved.kept_bits.as_deref();
+                    let bits = bits.map(|bits| &bits[first * d_in / 16..(first + n) * d_in / 16]);
+                    // SAFETY: `wide` says the CPU has the kernels' features.
+                    unsafe {
+                        avx512::backward_rows(
+                            factors,
+                            (dropout, bits),
+                            x,
+                            low,
+                            (dy, dy_rs),
+                            dx.as_deref_mut(),
+                            (&mut d_at, &mut d_b),
+                            (d_low, keep),
+                        )
+                    };
+                    chain(dx);
+                    return (d_at, d_b, scratch);
+                }
+                let _ = (wide, d_low, keep);
+                backward_rows(
+                    factors,
+                    dropout,
+                    x,
+                    low,
+                    dy,
+                    dy_rs,
+                    dx.as_deref_mut(),
+                    (&mut d_at, &mut d_b),
+                    rows_scratch,
+                );
+                chain(dx);
+                (d_at, d_b, scratch)
+            },
+        )
         .reduce(partial, |(mut a1, mut b1, scratch), (a2, b2, _)| {
             a1.iter_mut().zip(a2).for_each(|(a, b)| *a += b);
             b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
@@ -638,7 +686,15 @@ mod tests {
 
             let dx_start: Vec<f32> = (0..rows * d_in).map(|i| value(i + 60_000)).collect();
             let mut dx = dx_start.clone();
-            let (d_a, d_b) = backward(&factors, dropout, &x, &saved, &dy, dy_rs, Some(&mut dx));
+            let (d_a, d_b) = backward(
+                &factors,
+                dropout,
+                Input::Rows(&x),
+                &saved,
+                &dy,
+                dy_rs,
+                Some(&mut dx),
+            );
             for j in 0..d_in {
                 for k in 0..rank {
                     let want: f64 = (0..rows).map(|i| masked(i, j) * d_low[i * rank + k]).sum();
@@ -656,7 +712,8 @@ mod tests {
             }
             // Without an input gradient to make, the factors' gradients are the same (up to
             // the order the threads' partial sums are added in).
-            let (no_dx_a, no_dx_b) = backward(&factors, dropout, &x, &saved, &dy, dy_rs, None);
+            let (no_dx_a, no_dx_b) =
+                backward(&factors, dropout, Input::Rows(&x), &saved, &dy, dy_rs, None);
             for (got, want) in no_dx_a.iter().zip(&d_a).chain(no_dx_b.iter().zip(&d_b)) {
                 close(*got, f64::from(*want), "without dx");
             }
@@ -669,6 +726,55 @@ mod tests {
                     let want = f64::from(dx_start[i * d_in + j]) + mask_of(i, j) * through;
                     close(dx[i * d_in + j], want, "dx");
                 }
+            }
+
+            // The input given before an activation: the same gradients as with the
+            // activation's output given, and the input gradient times the derivative.
+            let mut activated = x.clone();
+            let mut derivative = vec![0f32; x.len()];
+            fastmath::gelu_with_derivative_slice(&mut activated, &mut derivative);
+            let mut out = start.clone();
+            let saved = forward(
+                &factors,
+                dropout,
+                &activated,
+                (&mut out[col0..], out_rs),
+                bias,
+            );
+            let mut dx_rows = dx_start.clone();
+            let (rows_a, rows_b) = backward(
+                &factors,
+                dropout,
+                Input::Rows(&activated),
+                &saved,
+                &dy,
+                dy_rs,
+                Some(&mut dx_rows),
+            );
+            let mut dx_pre = dx_start.clone();
+            let gelu = Input::Activated(&x, fastmath::gelu_with_derivative_slice);
+            let (pre_a, pre_b) = backward(
+                &factors,
+                dropout,
+                gelu,
+                &saved,
+                &dy,
+                dy_rs,
+                Some(&mut dx_pre),
+            );
+            for (got, want) in pre_a.iter().zip(&rows_a).chain(pre_b.iter().zip(&rows_b)) {
+                close(*got, f64::from(*want), "factors through the activation");
+            }
+            for ((got, through), derivative) in dx_pre.iter().zip(&dx_rows).zip(&derivative) {
+                assert_eq!(
+                    *got,
+                    through * derivative,
+                    "input gradient through the activation"
+                );
+            }
+            let (alone_a, _) = backward(&factors, dropout, gelu, &saved, &dy, dy_rs, None);
+            for (got, want) in alone_a.iter().zip(&rows_a) {
+                close(*got, f64::from(*want), "through the activation without dx");
             }
         }
     }
