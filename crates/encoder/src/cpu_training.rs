@@ -383,59 +383,17 @@ impl LinearTape {
                 &[]
             }
         };
-        if let Some(id) = self.weight_id {
-            grads.push(Grad {
-                id,
-                shape: vec![d_in, d_out],
-                values: weight_gradient(self.precision, x, dy, dy_rs, (rows, d_in, d_out), 1.0),
-            });
-        }
-        if let Some(id) = self.bias_id {
-            grads.push(Grad {
-                id,
-                shape: vec![d_out],
-                values: column_sums(dy, dy_rs, rows, d_out),
-            });
-        }
-        if let Some(dx) = dx.as_deref_mut() {
-            let weight = host_view(self.weight.clone());
-            input_gradient(
-                self.precision,
-                dy,
-                dy_rs,
-                &weight,
-                (rows, d_in, d_out),
-                dx,
-                accumulate,
-                1.0,
-            );
-        }
+        self.base_backward(x, dy, dy_rs, rows, dx.as_deref_mut(), accumulate, grads);
         if let Some(adapter) = &self.adapter {
             let rank = adapter.rank;
-            if let Some((factors, saved)) = &adapter.kernels {
-                // The kernel makes the input's gradient with the factors' in one pass.
+            if adapter.kernels.is_some() {
                 let input = match input {
                     low_rank::Input::Rows(x) => low_rank::Input::Rows(&x[..rows * d_in]),
                     low_rank::Input::Activated(pre, activation) => {
                         low_rank::Input::Activated(&pre[..rows * d_in], activation)
                     }
                 };
-                let (d_a, d_b) =
-                    low_rank::backward(factors, adapter.lazy_mask, input, saved, dy, dy_rs, dx);
-                if let Some(id) = adapter.a_id {
-                    grads.push(Grad {
-                        id,
-                        shape: vec![d_in, rank],
-                        values: d_a,
-                    });
-                }
-                if let Some(id) = adapter.b_id {
-                    grads.push(Grad {
-                        id,
-                        shape: vec![rank, d_out],
-                        values: d_b,
-                    });
-                }
+                Self::kernels_backward(&[(self, dy)], input, dy_rs, dx, grads);
                 return;
             }
             if let Some(id) = adapter.b_id {
@@ -516,6 +474,130 @@ impl LinearTape {
                 }
             }
         }
+    }
+}
+
+impl LinearTape {
+    /// The base weight's and bias's gradients (where they train) and `dx (+)= dy · Wᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    fn base_backward(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        dy_rs: usize,
+        rows: usize,
+        dx: Option<&mut [f32]>,
+        accumulate: bool,
+        grads: &mut Vec<Grad>,
+    ) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        if let Some(id) = self.weight_id {
+            grads.push(Grad {
+                id,
+                shape: vec![d_in, d_out],
+                values: weight_gradient(self.precision, x, dy, dy_rs, (rows, d_in, d_out), 1.0),
+            });
+        }
+        if let Some(id) = self.bias_id {
+            grads.push(Grad {
+                id,
+                shape: vec![d_out],
+                values: column_sums(dy, dy_rs, rows, d_out),
+            });
+        }
+        if let Some(dx) = dx {
+            let weight = host_view(self.weight.clone());
+            input_gradient(
+                self.precision,
+                dy,
+                dy_rs,
+                &weight,
+                (rows, d_in, d_out),
+                dx,
+                accumulate,
+                1.0,
+            );
+        }
+    }
+
+    /// The adapters' gradients of projections that read the same `input` and whose adapters
+    /// run on the small-rank kernels (each with its output's gradient, at row stride
+    /// `dy_rs`), adding each input gradient to `dx`: [`low_rank::backward`], one pass over
+    /// the input and `dx` for all of them.
+    fn kernels_backward(
+        tapes: &[(&LinearTape, &[f32])],
+        input: low_rank::Input<'_>,
+        dy_rs: usize,
+        dx: Option<&mut [f32]>,
+        grads: &mut Vec<Grad>,
+    ) {
+        let adapters: Vec<(&AdapterTape, low_rank::Adapter<'_>)> = tapes
+            .iter()
+            .map(|&(tape, dy)| {
+                let adapter = tape.adapter.as_ref().expect("a tape with an adapter");
+                let (factors, saved) = adapter.kernels.as_ref().expect("the kernels' adapter");
+                let kernel = low_rank::Adapter {
+                    factors,
+                    dropout: adapter.lazy_mask,
+                    saved,
+                    dy,
+                    dy_rs,
+                };
+                (adapter, kernel)
+            })
+            .collect();
+        let kernels: Vec<low_rank::Adapter<'_>> =
+            adapters.iter().map(|(_, kernel)| kernel.clone()).collect();
+        let gradients = low_rank::backward(&kernels, input, dx);
+        for (((adapter, _), (tape, _)), (d_a, d_b)) in adapters.iter().zip(tapes).zip(gradients) {
+            let rank = adapter.rank;
+            if let Some(id) = adapter.a_id {
+                grads.push(Grad {
+                    id,
+                    shape: vec![tape.d_in, rank],
+                    values: d_a,
+                });
+            }
+            if let Some(id) = adapter.b_id {
+                grads.push(Grad {
+                    id,
+                    shape: vec![rank, tape.d_out],
+                    values: d_b,
+                });
+            }
+        }
+    }
+
+    /// [`backward`](Self::backward) of projections that read the same input rows (`x`,
+    /// `[rows, d_in]`), accumulating into `dx`: where all their adapters run on the
+    /// small-rank kernels, the base products first, then the adapters together
+    /// ([`kernels_backward`](Self::kernels_backward)).
+    fn backward_sharing_input(
+        tapes: &[(&LinearTape, &[f32])],
+        x: &[f32],
+        dy_rs: usize,
+        rows: usize,
+        mut dx: Option<&mut [f32]>,
+        grads: &mut Vec<Grad>,
+    ) {
+        let together = tapes.iter().all(|(tape, _)| {
+            tape.adapter
+                .as_ref()
+                .is_some_and(|adapter| adapter.kernels.is_some())
+        });
+        if !together {
+            for &(tape, dy) in tapes {
+                let input = low_rank::Input::Rows(x);
+                tape.backward(input, dy, dy_rs, rows, dx.as_deref_mut(), true, grads);
+            }
+            return;
+        }
+        for &(tape, dy) in tapes {
+            tape.base_backward(x, dy, dy_rs, rows, dx.as_deref_mut(), true, grads);
+        }
+        let d_in = tapes.first().map_or(0, |(tape, _)| tape.d_in);
+        let input = low_rank::Input::Rows(&x[..rows * d_in]);
+        Self::kernels_backward(tapes, input, dy_rs, dx, grads);
     }
 }
 
@@ -1127,7 +1209,7 @@ fn layer_backward(
     if tape.output.takes_activation_input() {
         // LoRA: only the adapter reads GELU's output, and its kernels make it (and the
         // derivative, applied to `d_expanded`) block by block.
-        let gelu = fastmath::gelu_with_derivative_slice;
+        let gelu = fastmath::gelu_with_derivative_into;
         tape.output.backward(
             low_rank::Input::Activated(&pre_activation, gelu),
             dy,
@@ -1229,20 +1311,22 @@ fn layer_backward(
             grads,
         );
     }
-    for (i, projection) in tape.projections.iter().enumerate() {
-        if i == 0 && first_tokens {
-            continue;
-        }
-        projection.backward(
-            low_rank::Input::Rows(input),
-            &d_qkv[i * hidden..],
-            stride,
-            rows,
-            needs_input_gradient.then_some(&mut d_all[..]),
-            true,
-            grads,
-        );
-    }
+    // Keys and values (and queries, but in a first-tokens layer) read the same input.
+    let sharing: Vec<(&LinearTape, &[f32])> = tape
+        .projections
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !(i == 0 && first_tokens))
+        .map(|(i, projection)| (projection, &d_qkv[i * hidden..]))
+        .collect();
+    LinearTape::backward_sharing_input(
+        &sharing,
+        input,
+        stride,
+        rows,
+        needs_input_gradient.then_some(&mut d_all[..]),
+        grads,
+    );
     if let Some(d_firsts) = d_firsts {
         for (b, row) in d_firsts.chunks_exact(hidden).enumerate() {
             fastmath::add(&mut d_all[b * seq * hidden..][..hidden], row);

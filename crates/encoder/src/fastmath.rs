@@ -237,6 +237,19 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// `values[i] = gelu(source[i])`, `derivative[i] = gelu'(source[i])` (same lengths): as
+    /// [`gelu_with_derivative_slice`] from a source left as it is (no copy of it first).
+    fn gelu_with_derivative_into(source: &[f32], values: &mut [f32], derivative: &mut [f32]) {
+        assert!(values.len() == source.len() && derivative.len() == source.len());
+        for ((v, d), x) in values.iter_mut().zip(derivative.iter_mut()).zip(source) {
+            let (y, dy) = gelu_and_derivative(*x);
+            *v = y;
+            *d = dy;
+        }
+    }
+}
+
 /// Lanes of the partial maxima and sums: independent accumulators the compiler keeps in one
 /// vector register (a single running sum would have to be added in order, one at a time).
 const LANES: usize = 16;

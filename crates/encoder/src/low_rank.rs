@@ -198,9 +198,9 @@ pub(crate) fn forward(
     Saved { low, kept_bits }
 }
 
-/// An activation with its derivative, over a slice in place: `values[i] → f(values[i])`,
-/// `derivative[i] = f'(values[i])` (as `fastmath::gelu_with_derivative_slice`).
-pub(crate) type Activation = fn(&mut [f32], &mut [f32]);
+/// An activation with its derivative: `(source, values, derivative)` ↦ `values[i] =
+/// f(source[i])`, `derivative[i] = f'(source[i])` (as `fastmath::gelu_with_derivative_into`).
+pub(crate) type Activation = fn(&[f32], &mut [f32], &mut [f32]);
 
 /// The adapter's input as its backward is given it.
 #[derive(Clone, Copy)]
@@ -215,48 +215,66 @@ pub(crate) enum Input<'a> {
     Activated(&'a [f32], Activation),
 }
 
-/// The adapter's gradients `(dA [d_in, rank], dB [rank, d_out])`, adding the input's gradient
-/// to `dx` (`[rows, d_in]`; `None`: nothing reads it, so it is not made; with
-/// [`Input::Activated`], `dx` is then multiplied by the activation's derivative). `dy` is
-/// `[rows, d_out]` at row stride `dy_rs`; `input` and `saved` are the forward's input and
-/// return value.
+/// One of the adapters whose gradients [`backward`] makes: its factors and dropout, what its
+/// forward left, and its output's gradient (`[rows, d_out]` at row stride `dy_rs`).
+#[derive(Clone)]
+pub(crate) struct Adapter<'a> {
+    pub factors: &'a Factors,
+    pub dropout: Dropout,
+    pub saved: &'a Saved,
+    pub dy: &'a [f32],
+    pub dy_rs: usize,
+}
+
+/// The gradients `(dA [d_in, rank], dB [rank, d_out])` of adapters that read the same input
+/// (a layer's query, key and value), adding the input's gradient of each to `dx`
+/// (`[rows, d_in]`; `None`: nothing reads it, so it is not made; with [`Input::Activated`],
+/// `dx` is then multiplied by the activation's derivative). Block by block of rows, every
+/// adapter in turn: a block of the input and of `dx` is read from memory once for all of
+/// them, the others find it in cache.
 pub(crate) fn backward(
-    factors: &Factors,
-    dropout: Dropout,
+    adapters: &[Adapter<'_>],
     input: Input<'_>,
-    saved: &Saved,
-    dy: &[f32],
-    dy_rs: usize,
     dx: Option<&mut [f32]>,
-) -> (Vec<f32>, Vec<f32>) {
+) -> Vec<(Vec<f32>, Vec<f32>)> {
     let x = match input {
         Input::Rows(x) | Input::Activated(x, _) => x,
     };
-    let low = &saved.low[..];
-    let Factors {
-        d_in,
-        rank,
-        padded,
-        d_out,
-        ..
-    } = *factors;
+    let Some(d_in) = adapters.first().map(|adapter| adapter.factors.d_in) else {
+        return Vec::new();
+    };
     let rows = x.len() / d_in;
-    assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + d_out);
-    assert!(dx.as_ref().is_none_or(|dx| dx.len() >= rows * d_in) && low.len() >= rows * padded);
-    // (dAᵀ, dB) partial sums, padded like the factors; scratch: rows for the portable
-    // kernel, the AVX-512 one's `∂L/∂low` and keep bytes, and a block's activation and
-    // derivative.
+    for Adapter {
+        factors,
+        saved,
+        dy,
+        dy_rs,
+        ..
+    } in adapters
+    {
+        let (padded, d_out) = (factors.padded, factors.d_out);
+        assert!(factors.d_in == d_in && saved.low.len() >= rows * padded);
+        assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + d_out);
+    }
+    assert!(dx.as_ref().is_none_or(|dx| dx.len() >= rows * d_in));
+    // Each adapter's (dAᵀ, dB) partial sums, padded like its factors; scratch: rows for the
+    // portable kernel, the AVX-512 one's `∂L/∂low` and keep bytes, and a block's activation
+    // and derivative.
     let partial = || {
-        (
-            vec![0f32; padded * d_in],
-            vec![0f32; padded * d_out],
-            (
-                vec![0f32; 2 * TILE * d_in],
-                Vec::new(),
-                Vec::new(),
-                (Vec::new(), Vec::new()),
-            ),
-        )
+        let sums: Vec<(Vec<f32>, Vec<f32>)> = adapters
+            .iter()
+            .map(|adapter| {
+                let (d_in, padded, d_out, _) = adapter.factors.layout();
+                (vec![0f32; padded * d_in], vec![0f32; padded * d_out])
+            })
+            .collect();
+        let scratch = (
+            vec![0f32; 2 * TILE * d_in],
+            Vec::new(),
+            Vec::new(),
+            (Vec::new(), Vec::new()),
+        );
+        (sums, scratch)
     };
     let wide = wide();
     let blocks: Vec<Option<&mut [f32]>> = match dx {
@@ -266,41 +284,33 @@ pub(crate) fn backward(
             .collect(),
         None => (0..rows.div_ceil(BLOCK)).map(|_| None).collect(),
     };
-    let (d_a_transposed, d_b_padded, _) = blocks
+    let (sums, _) = blocks
         .into_par_iter()
         .enumerate()
         .with_min_len(2)
-        .fold(
-            partial,
-            |(mut d_at, mut d_b, mut scratch), (block, mut dx)| {
-                let first = block * BLOCK;
-                let n = BLOCK.min(rows - first);
-                let dropout = rows_of(dropout, first, d_in);
-                let (x, low) = (
-                    &x[first * d_in..(first + n) * d_in],
-                    &low[first * padded..(first + n) * padded],
-                );
-                let dy = &dy[first * dy_rs..];
-                let (rows_scratch, d_low, keep, (activated, derivative)) = &mut scratch;
-                let x = match input {
-                    Input::Rows(_) => x,
-                    Input::Activated(_, activation) => {
-                        activated.clear();
-                        activated.extend_from_slice(x);
-                        derivative.resize(x.len(), 0.0);
-                        activation(activated, derivative);
-                        &activated[..]
-                    }
-                };
-                // The block's input gradient times the derivative, once the adapter's part is in.
-                let chain = |dx: Option<&mut [f32]>| {
-                    if let (Input::Activated(..), Some(dx)) = (input, dx) {
-                        fastmath::multiply(&mut dx[..n * d_in], derivative);
-                    }
-                };
+        .fold(partial, |(mut sums, mut scratch), (block, mut dx)| {
+            let first = block * BLOCK;
+            let n = BLOCK.min(rows - first);
+            let x = &x[first * d_in..(first + n) * d_in];
+            let (rows_scratch, d_low, keep, (activated, derivative)) = &mut scratch;
+            let x = match input {
+                Input::Rows(_) => x,
+                Input::Activated(_, activation) => {
+                    activated.resize(x.len(), 0.0);
+                    derivative.resize(x.len(), 0.0);
+                    activation(x, activated, derivative);
+                    &activated[..]
+                }
+            };
+            for (adapter, (d_at, d_b)) in adapters.iter().zip(sums.iter_mut()) {
+                let factors = adapter.factors;
+                let padded = factors.padded;
+                let dropout = rows_of(adapter.dropout, first, d_in);
+                let low = &adapter.saved.low[first * padded..(first + n) * padded];
+                let dy = &adapter.dy[first * adapter.dy_rs..];
                 #[cfg(target_arch = "x86_64")]
                 if wide {
-                    let bits = saved.kept_bits.as_deref();
+                    let bits = adapter.saved.kept_bits.as_deref();
                     let bits = bits.map(|bits| &bits[first * d_in / 16..(first + n) * d_in / 16]);
                     // SAFETY: `wide` says the CPU has the kernels' features.
                     unsafe {
@@ -309,39 +319,52 @@ pub(crate) fn backward(
                             (dropout, bits),
                             x,
                             low,
-                            (dy, dy_rs),
+                            (dy, adapter.dy_rs),
                             dx.as_deref_mut(),
-                            (&mut d_at, &mut d_b),
+                            (d_at, d_b),
                             (d_low, keep),
                         )
                     };
-                    chain(dx);
-                    return (d_at, d_b, scratch);
+                    continue;
                 }
-                let _ = (wide, d_low, keep);
+                let _ = (wide, &d_low, &keep);
                 backward_rows(
                     factors,
                     dropout,
                     x,
                     low,
                     dy,
-                    dy_rs,
+                    adapter.dy_rs,
                     dx.as_deref_mut(),
-                    (&mut d_at, &mut d_b),
+                    (d_at, d_b),
                     rows_scratch,
                 );
-                chain(dx);
-                (d_at, d_b, scratch)
-            },
-        )
-        .reduce(partial, |(mut a1, mut b1, scratch), (a2, b2, _)| {
-            a1.iter_mut().zip(a2).for_each(|(a, b)| *a += b);
-            b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
-            (a1, b1, scratch)
+            }
+            // The block's input gradient times the derivative, once the adapters' parts are in.
+            if let (Input::Activated(..), Some(dx)) = (input, dx) {
+                fastmath::multiply(&mut dx[..n * d_in], derivative);
+            }
+            (sums, scratch)
+        })
+        .reduce(partial, |(mut sums, scratch), (other, _)| {
+            for ((a1, b1), (a2, b2)) in sums.iter_mut().zip(other) {
+                a1.iter_mut().zip(a2).for_each(|(a, b)| *a += b);
+                b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+            }
+            (sums, scratch)
         });
-    let mut d_a = vec![0f32; d_in * rank];
-    transpose(&d_a_transposed[..rank * d_in], d_in, &mut d_a);
-    (d_a, d_b_padded[..rank * d_out].to_vec())
+    adapters
+        .iter()
+        .zip(sums)
+        .map(|(adapter, (d_a_transposed, d_b_padded))| {
+            let Factors {
+                d_in, rank, d_out, ..
+            } = *adapter.factors;
+            let mut d_a = vec![0f32; d_in * rank];
+            transpose(&d_a_transposed[..rank * d_in], d_in, &mut d_a);
+            (d_a, d_b_padded[..rank * d_out].to_vec())
+        })
+        .collect()
 }
 
 /// The dropout of the block of rows starting at row `first`.
@@ -584,6 +607,28 @@ multiversion! {
 mod tests {
     use super::*;
 
+    /// [`backward`] of one adapter.
+    fn backward_one(
+        factors: &Factors,
+        dropout: Dropout,
+        input: Input<'_>,
+        saved: &Saved,
+        dy: &[f32],
+        dy_rs: usize,
+        dx: Option<&mut [f32]>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let adapter = Adapter {
+            factors,
+            dropout,
+            saved,
+            dy,
+            dy_rs,
+        };
+        let mut gradients = backward(&[adapter], input, dx);
+        assert_eq!(gradients.len(), 1);
+        gradients.remove(0)
+    }
+
     /// A reproducible value in [-1, 1).
     fn value(i: usize) -> f32 {
         (crate::fastmath::splitmix64(i as u64) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
@@ -661,6 +706,13 @@ mod tests {
             let bias: Vec<f32> = (0..d_out).map(|i| value(i + 40_000)).collect();
             let bias = with_dropout.then_some(&bias[..]);
             let saved = forward(&factors, dropout, &x, (&mut out[col0..], out_rs), bias);
+            let saved_x = forward(
+                &factors,
+                dropout,
+                &x,
+                (&mut start.clone()[col0..], out_rs),
+                bias,
+            );
             let close = |got: f32, want: f64, what: &str| {
                 assert!(
                     (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
@@ -686,7 +738,7 @@ mod tests {
 
             let dx_start: Vec<f32> = (0..rows * d_in).map(|i| value(i + 60_000)).collect();
             let mut dx = dx_start.clone();
-            let (d_a, d_b) = backward(
+            let (d_a, d_b) = backward_one(
                 &factors,
                 dropout,
                 Input::Rows(&x),
@@ -713,7 +765,7 @@ mod tests {
             // Without an input gradient to make, the factors' gradients are the same (up to
             // the order the threads' partial sums are added in).
             let (no_dx_a, no_dx_b) =
-                backward(&factors, dropout, Input::Rows(&x), &saved, &dy, dy_rs, None);
+                backward_one(&factors, dropout, Input::Rows(&x), &saved, &dy, dy_rs, None);
             for (got, want) in no_dx_a.iter().zip(&d_a).chain(no_dx_b.iter().zip(&d_b)) {
                 close(*got, f64::from(*want), "without dx");
             }
@@ -742,7 +794,7 @@ mod tests {
                 bias,
             );
             let mut dx_rows = dx_start.clone();
-            let (rows_a, rows_b) = backward(
+            let (rows_a, rows_b) = backward_one(
                 &factors,
                 dropout,
                 Input::Rows(&activated),
@@ -752,8 +804,8 @@ mod tests {
                 Some(&mut dx_rows),
             );
             let mut dx_pre = dx_start.clone();
-            let gelu = Input::Activated(&x, fastmath::gelu_with_derivative_slice);
-            let (pre_a, pre_b) = backward(
+            let gelu = Input::Activated(&x, fastmath::gelu_with_derivative_into);
+            let (pre_a, pre_b) = backward_one(
                 &factors,
                 dropout,
                 gelu,
@@ -772,10 +824,72 @@ mod tests {
                     "input gradient through the activation"
                 );
             }
-            let (alone_a, _) = backward(&factors, dropout, gelu, &saved, &dy, dy_rs, None);
+            let (alone_a, _) = backward_one(&factors, dropout, gelu, &saved, &dy, dy_rs, None);
             for (got, want) in alone_a.iter().zip(&rows_a) {
                 close(*got, f64::from(*want), "through the activation without dx");
             }
+
+            // Two adapters on the same input (other factors, mask and output gradient for
+            // the second) at once: each one's gradients as alone, the input gradient the same
+            // sum in the same order.
+            let a2: Vec<f32> = a.iter().map(|v| 0.5 - v).collect();
+            let b2: Vec<f32> = b.iter().map(|v| v * 1.5).collect();
+            let factors2 = Factors::new(&a2, &b2, 2.0, (d_in, rank, d_out));
+            let dropout2 = with_dropout.then(|| LazyKeep::new(9, 77, 0.3));
+            let dy2: Vec<f32> = dy.iter().map(|v| v - 0.25).collect();
+            let mut out = start.clone();
+            let saved2 = forward(&factors2, dropout2, &x, (&mut out[col0..], out_rs), None);
+            let mut dx_apart = dx_start.clone();
+            let apart = [
+                backward_one(
+                    &factors,
+                    dropout,
+                    Input::Rows(&x),
+                    &saved_x,
+                    &dy,
+                    dy_rs,
+                    Some(&mut dx_apart),
+                ),
+                backward_one(
+                    &factors2,
+                    dropout2,
+                    Input::Rows(&x),
+                    &saved2,
+                    &dy2,
+                    dy_rs,
+                    Some(&mut dx_apart),
+                ),
+            ];
+            let mut dx_joint = dx_start.clone();
+            let adapters = [
+                Adapter {
+                    factors: &factors,
+                    dropout,
+                    saved: &saved_x,
+                    dy: &dy,
+                    dy_rs,
+                },
+                Adapter {
+                    factors: &factors2,
+                    dropout: dropout2,
+                    saved: &saved2,
+                    dy: &dy2,
+                    dy_rs,
+                },
+            ];
+            let joint = backward(&adapters, Input::Rows(&x), Some(&mut dx_joint));
+            assert_eq!(joint.len(), 2);
+            for ((joint_a, joint_b), (apart_a, apart_b)) in joint.iter().zip(&apart) {
+                for (got, want) in joint_a
+                    .iter()
+                    .zip(apart_a)
+                    .chain(joint_b.iter().zip(apart_b))
+                {
+                    close(*got, f64::from(*want), "two adapters at once");
+                }
+            }
+            assert_eq!(dx_joint, dx_apart, "two adapters' input gradient");
+            assert_ne!(dx_joint, dx_start);
         }
     }
 }
