@@ -705,7 +705,7 @@ impl NormTape {
 /// What one layer's backward reads.
 struct LayerTape {
     /// The layer's input, kept by the first layer only: any other's is the output of the
-    /// layer before, made again from that layer's `norm2` ([`NormTape::output`]).
+    /// layer before, made again from that layer's `norm2` ([`NormTape::output_into`]).
     input: Option<Vec<f32>>,
     /// Run for each sequence's first token only past the keys and values ([`layer_forward`]):
     /// the queries are those rows of `qkv`, and the buffers and tapes after the attention have
