@@ -260,6 +260,14 @@ struct AdapterTape {
     low: Vec<f32>,
 }
 
+/// Whether the projection's adapter (unmerged) runs on the small-rank kernels ([`low_rank`]).
+fn on_kernels(layer: &LoraLinear) -> bool {
+    layer
+        .adapter
+        .as_ref()
+        .is_some_and(|a| !a.is_merged() && a.rank() <= low_rank::ROW_KERNEL_MAX_RANK)
+}
+
 impl LinearTape {
     /// `out[.., col0..] = x W + b (+ scaling · dropout(x) A B)`, drawing the adapter's mask
     /// (`x`'s rows being every `step`-th of the mask stream's, [`stream_rows`]); the base
@@ -298,20 +306,22 @@ impl LinearTape {
                 adapter: None,
             };
         };
+        let x = &x[..rows * d_in];
+        if on_kernels(layer) {
+            let (mut tape, bias) = Self::on_kernels(layer, precision, (rows, step), masks);
+            // The bias is added with the adapter's output (one pass over `out` fewer).
+            dense.bias = None;
+            project(dense, precision, x, rows, out, out_rs, col0, None);
+            let adapter = tape.adapter.as_mut().expect("an adapter on the kernels");
+            let (factors, saved) = adapter.kernels.as_mut().expect("its kernels' factors");
+            let out = (&mut out[col0..], out_rs);
+            *saved = low_rank::forward(factors, adapter.lazy_mask, x, out, bias.as_deref());
+            return tape;
+        }
         let a = host_view(adapter.lora_a.weight.val());
         let b = host_view(adapter.lora_b.weight.val());
         let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
-        let x = &x[..rows * d_in];
-        let (low, kernels, mask, lazy_mask) = if rank <= low_rank::ROW_KERNEL_MAX_RANK {
-            // The bias is added with the adapter's output (one pass over `out` fewer).
-            let bias = dense.bias.take();
-            project(dense, precision, x, rows, out, out_rs, col0, None);
-            let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
-            let lazy_mask = stream_rows(masks, &adapter.dropout, (rows, d_in, step));
-            let out = (&mut out[col0..], out_rs);
-            let saved = low_rank::forward(&factors, lazy_mask, x, out, bias);
-            (Vec::new(), Some((factors, saved)), None, lazy_mask)
-        } else {
+        let (low, kernels, mask, lazy_mask) = {
             let mask = Mask::draw(masks, &adapter.dropout, (rows, d_in, step));
             let dropped = mask.as_ref().map(|mask| mask.applied(x));
             let low_rank = LowRank {
@@ -346,6 +356,66 @@ impl LinearTape {
             bias_id: bias.as_ref().filter(|b| trains(b)).map(|b| b.id),
             adapter,
         }
+    }
+
+    /// The tape of a projection whose adapter runs on the small-rank kernels ([`on_kernels`]),
+    /// before any product: the factors laid out, the adapter's mask reserved (the caller keeps
+    /// the mask stream's order), `Saved` empty; and the base bias, which the adapter's update
+    /// adds (one pass over the output fewer than a product starting from it).
+    fn on_kernels(
+        layer: &LoraLinear,
+        precision: ProductPrecision,
+        (rows, step): (usize, usize),
+        masks: &mut DropoutMasks,
+    ) -> (Self, Option<HostTensor>) {
+        let (d_in, d_out) = layer.dims();
+        let Linear { weight, bias } = &layer.base;
+        let adapter = layer.adapter.as_ref().expect("an unmerged adapter");
+        let a = host_view(adapter.lora_a.weight.val());
+        let b = host_view(adapter.lora_b.weight.val());
+        let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
+        let factors = low_rank::Factors::new(&a, &b, scaling, (d_in, rank, d_out));
+        let lazy_mask = stream_rows(masks, &adapter.dropout, (rows, d_in, step));
+        let tape = LinearTape {
+            weight: weight.val(),
+            precision,
+            d_in,
+            d_out,
+            weight_id: trains(weight).then_some(weight.id),
+            bias_id: bias.as_ref().filter(|b| trains(b)).map(|b| b.id),
+            adapter: Some(AdapterTape {
+                a_id: trains(&adapter.lora_a.weight).then_some(adapter.lora_a.weight.id),
+                b_id: trains(&adapter.lora_b.weight).then_some(adapter.lora_b.weight.id),
+                a,
+                kernels: Some((factors, low_rank::Saved::default())),
+                b,
+                rank,
+                scaling,
+                mask: None,
+                lazy_mask,
+                low: Vec::new(),
+            }),
+        };
+        (tape, bias.as_ref().map(|b| host_view(b.val())))
+    }
+
+    /// The factors and mask of an adapter on the small-rank kernels.
+    fn kernel_factors(&self) -> (&low_rank::Factors, low_rank::Dropout) {
+        let adapter = self.adapter.as_ref().expect("an adapter on the kernels");
+        let (factors, _) = adapter.kernels.as_ref().expect("its kernels' factors");
+        (factors, adapter.lazy_mask)
+    }
+
+    /// `out[.., col0..] = x W`, the base product alone (no bias, no adapter).
+    fn base_product(&self, x: &[f32], rows: usize, out: &mut [f32], out_rs: usize, col0: usize) {
+        let w = host_view(self.weight.clone());
+        let dense = Dense {
+            weight: &w,
+            bias: None,
+            d_in: self.d_in,
+            d_out: self.d_out,
+        };
+        project(dense, self.precision, x, rows, out, out_rs, col0, None);
     }
 
     /// Whether only the adapter's small-rank kernels read this projection's input in the
@@ -868,30 +938,66 @@ fn layer_forward(
     );
 
     let mut pre_activation = vec![0f32; out_rows * intermediate];
-    let intermediate_tape = LinearTape::forward(
-        &layer.intermediate.dense,
-        precision,
-        &attended,
-        (out_rows, step),
-        &mut pre_activation,
-        intermediate,
-        0,
-        masks,
-    );
-    let expanded = fastmath::gelu_of(&pre_activation);
-
     let mut first_outputs = vec![0f32; if first_tokens { out_rows * hidden } else { 0 }];
     let out: &mut [f32] = if first_tokens { &mut first_outputs } else { x };
-    let output = LinearTape::forward(
-        &layer.output.dense,
-        precision,
-        &expanded,
-        (out_rows, step),
-        out,
-        hidden,
-        0,
-        masks,
-    );
+    let (intermediate, output) = (&layer.intermediate.dense, &layer.output.dense);
+    let (intermediate_tape, output) = if on_kernels(intermediate) && on_kernels(output) {
+        // LoRA: the intermediate adapter's update, GELU and the output adapter's low-rank rows
+        // in one pass over the pre-activation, block by block (the masks reserved in the
+        // same order as apart).
+        let rows_step = (out_rows, step);
+        let (mut intermediate, bias) =
+            LinearTape::on_kernels(intermediate, precision, rows_step, masks);
+        intermediate.base_product(
+            &attended,
+            out_rows,
+            &mut pre_activation,
+            dims.intermediate,
+            0,
+        );
+        let (mut output, output_bias) = LinearTape::on_kernels(output, precision, rows_step, masks);
+        let (first, first_mask) = intermediate.kernel_factors();
+        let (second, second_mask) = output.kernel_factors();
+        let (first_saved, expanded, second_saved) = low_rank::forward_through_gelu(
+            (first, first_mask, bias.as_deref()),
+            &attended[..out_rows * hidden],
+            &mut pre_activation,
+            (second, second_mask),
+        );
+        output.base_product(&expanded, out_rows, out, hidden, 0);
+        low_rank::forward_update(second, &second_saved, (out, hidden), output_bias.as_deref());
+        for (tape, saved) in [
+            (&mut intermediate, first_saved),
+            (&mut output, second_saved),
+        ] {
+            let adapter = tape.adapter.as_mut().expect("an adapter on the kernels");
+            adapter.kernels.as_mut().expect("its kernels' factors").1 = saved;
+        }
+        (intermediate, output)
+    } else {
+        let intermediate = LinearTape::forward(
+            intermediate,
+            precision,
+            &attended,
+            (out_rows, step),
+            &mut pre_activation,
+            dims.intermediate,
+            0,
+            masks,
+        );
+        let expanded = fastmath::gelu_of(&pre_activation);
+        let output = LinearTape::forward(
+            output,
+            precision,
+            &expanded,
+            (out_rows, step),
+            out,
+            hidden,
+            0,
+            masks,
+        );
+        (intermediate, output)
+    };
     let output_mask = stream_rows(masks, &layer.output.dropout, (out_rows, hidden, step));
     apply_mask(out, output_mask);
     let norm2 = NormTape::forward(&layer.output.layer_norm, epsilon, out, &attended);

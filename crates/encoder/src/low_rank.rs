@@ -18,6 +18,8 @@
 //! that nothing else keeps ([`Input::Activated`]) makes the activation and its derivative per
 //! block and finishes the chain rule there.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::fastmath::{self, multiversion};
@@ -137,12 +139,35 @@ pub(crate) type Dropout = Option<LazyKeep>;
 type BlockDropout = Option<(LazyKeep, usize)>;
 
 /// What the forward leaves for [`backward`].
+#[derive(Default)]
 pub(crate) struct Saved {
     /// `(m ⊙ x) A`, `[rows, padded rank]`.
     low: Vec<f32>,
     /// The dropout mask as bits, one `u16` per 16 elements, where the AVX-512 kernels ran with
     /// dropout and `d_in` is a multiple of 16 (else the backward hashes the mask again).
     kept_bits: Option<Vec<u16>>,
+}
+
+impl Saved {
+    /// Room for an adapter's forward over `rows` rows: `low`, and the mask's bits where the
+    /// AVX-512 kernels keep them (dropout, `d_in` a multiple of 16: a block's 64 rows always
+    /// fill whole `u16`s).
+    fn new(factors: &Factors, dropout: Dropout, rows: usize, wide: bool) -> Self {
+        let d_in = factors.d_in;
+        Saved {
+            low: vec![0f32; rows * factors.padded],
+            kept_bits: (wide && dropout.is_some() && d_in.is_multiple_of(16))
+                .then(|| vec![0u16; rows * d_in / 16]),
+        }
+    }
+}
+
+/// Kept mask bits' share of each block of rows (`None` each where there are none).
+fn bit_blocks(bits: &mut Option<Vec<u16>>, d_in: usize, rows: usize) -> Vec<Option<&mut [u16]>> {
+    match bits.as_mut() {
+        Some(bits) => bits.chunks_mut(BLOCK * d_in / 16).map(Some).collect(),
+        None => (0..rows.div_ceil(BLOCK)).map(|_| None).collect(),
+    }
 }
 
 /// `out[i, ..d_out] += (bias +) s · (m ⊙ x)_i A B` for every row `i` of `x` (`[rows, d_in]`;
@@ -164,44 +189,157 @@ pub(crate) fn forward(
     let rows = x.len() / d_in;
     assert!(rows == 0 || out.len() >= (rows - 1) * out_rs + d_out);
     assert!(bias.is_none_or(|bias| bias.len() == d_out));
-    let mut low = vec![0f32; rows * padded];
     let wide = wide();
-    // 16 mask bits to a u16 (a block's 64 rows always fill whole ones).
-    let mut kept_bits = (wide && dropout.is_some() && d_in.is_multiple_of(16))
-        .then(|| vec![0u16; rows * d_in / 16]);
-    let bit_blocks: Vec<Option<&mut [u16]>> = match kept_bits.as_mut() {
-        Some(bits) => bits.chunks_mut(BLOCK * d_in / 16).map(Some).collect(),
-        None => (0..rows.div_ceil(BLOCK)).map(|_| None).collect(),
-    };
+    let mut saved = Saved::new(factors, dropout, rows, wide);
+    let bits = bit_blocks(&mut saved.kept_bits, d_in, rows);
     out.par_chunks_mut(BLOCK * out_rs)
-        .zip(low.par_chunks_mut(BLOCK * padded))
-        .zip(bit_blocks)
+        .zip(saved.low.par_chunks_mut(BLOCK * padded))
+        .zip(bits)
         .enumerate()
         .for_each_init(
-            || (vec![0f32; TILE * d_in], Vec::new()),
-            |(masked, keep), (block, ((out, low), bits))| {
+            ForwardScratch::default,
+            |scratch, (block, ((out, low), bits))| {
                 let first = block * BLOCK;
                 let n = low.len() / padded;
                 let dropout = rows_of(dropout, first, d_in);
                 let x = &x[first * d_in..(first + n) * d_in];
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    let out = (out, out_rs);
-                    // SAFETY: `wide` says the CPU has the kernels' features.
-                    return unsafe {
-                        avx512::forward_rows(factors, dropout, x, out, bias, low, (keep, bits))
-                    };
-                }
-                let _ = (wide, keep, bits);
-                if let Some(bias) = bias {
-                    for row in out.chunks_mut(out_rs).take(n) {
-                        fastmath::add(&mut row[..d_out], bias);
-                    }
-                }
-                forward_rows(factors, dropout, x, out, out_rs, low, masked);
+                low_block(factors, dropout, x, low, bits, scratch, wide);
+                update_block(factors, low, (out, out_rs), bias, wide);
             },
         );
-    Saved { low, kept_bits }
+    saved
+}
+
+/// The forward of two adapted projections with GELU between them (LoRA's intermediate and
+/// output projections), block by block of rows while each block is in cache: the first
+/// adapter's update of its output `pre` (`[rows, d_mid]`, its base product already there),
+/// `gelu(pre)` into a new buffer, and the second adapter's low-rank rows of that. Apart, these
+/// are three passes over `pre` and one over GELU's output. Returns what each adapter's
+/// forward leaves and GELU's output; the second adapter's update goes onto its own base
+/// product later ([`forward_update`]).
+pub(crate) fn forward_through_gelu(
+    (first, first_dropout, bias): (&Factors, Dropout, Option<&[f32]>),
+    x: &[f32],
+    pre: &mut [f32],
+    (second, second_dropout): (&Factors, Dropout),
+) -> (Saved, Vec<f32>, Saved) {
+    let (d_in, d_mid) = (first.d_in, first.d_out);
+    let rows = x.len() / d_in;
+    assert!(second.d_in == d_mid && pre.len() >= rows * d_mid);
+    assert!(bias.is_none_or(|bias| bias.len() == d_mid));
+    let wide = wide();
+    let mut first_saved = Saved::new(first, first_dropout, rows, wide);
+    let mut second_saved = Saved::new(second, second_dropout, rows, wide);
+    let first_bits = bit_blocks(&mut first_saved.kept_bits, d_in, rows);
+    let second_bits = bit_blocks(&mut second_saved.kept_bits, d_mid, rows);
+    let mut activated = Vec::with_capacity(rows * d_mid);
+    pre[..rows * d_mid]
+        .par_chunks_mut(BLOCK * d_mid)
+        .zip(activated.spare_capacity_mut()[..rows * d_mid].par_chunks_mut(BLOCK * d_mid))
+        .zip(first_saved.low.par_chunks_mut(BLOCK * first.padded))
+        .zip(second_saved.low.par_chunks_mut(BLOCK * second.padded))
+        .zip(first_bits)
+        .zip(second_bits)
+        .enumerate()
+        .for_each_init(ForwardScratch::default, |scratch, (block, parts)| {
+            let (((((pre, out), first_low), second_low), first_bits), second_bits) = parts;
+            let start = block * BLOCK;
+            let n = first_low.len() / first.padded;
+            let x = &x[start * d_in..(start + n) * d_in];
+            let dropout = rows_of(first_dropout, start, d_in);
+            low_block(first, dropout, x, first_low, first_bits, scratch, wide);
+            update_block(first, first_low, (pre, d_mid), bias, wide);
+            assert_eq!(out.len(), pre.len());
+            fastmath::gelu_into_slice(pre, out);
+            // SAFETY: `gelu_into_slice` wrote every element of `out` (as long as `pre`).
+            let activated = unsafe { &*(out as *const [MaybeUninit<f32>] as *const [f32]) };
+            let dropout = rows_of(second_dropout, start, d_mid);
+            low_block(
+                second,
+                dropout,
+                activated,
+                second_low,
+                second_bits,
+                scratch,
+                wide,
+            );
+        });
+    // SAFETY: the blocks above wrote GELU's output into all of the first `rows · d_mid` places.
+    unsafe { activated.set_len(rows * d_mid) };
+    (first_saved, activated, second_saved)
+}
+
+/// `out[i, ..d_out] += (bias +) s · low_i B` (row stride `out_rs`) for an adapter whose
+/// low-rank rows were made before, by [`forward_through_gelu`].
+pub(crate) fn forward_update(
+    factors: &Factors,
+    saved: &Saved,
+    (out, out_rs): (&mut [f32], usize),
+    bias: Option<&[f32]>,
+) {
+    let (padded, d_out) = (factors.padded, factors.d_out);
+    let rows = saved.low.len() / padded;
+    assert!(rows == 0 || out.len() >= (rows - 1) * out_rs + d_out);
+    assert!(bias.is_none_or(|bias| bias.len() == d_out));
+    let wide = wide();
+    out.par_chunks_mut(BLOCK * out_rs)
+        .zip(saved.low.par_chunks(BLOCK * padded))
+        .for_each(|(out, low)| update_block(factors, low, (out, out_rs), bias, wide));
+}
+
+/// Scratch of a task running the forward's block kernels: masked rows (the portable kernel),
+/// keep bytes (the AVX-512 one, where it does not keep bits).
+#[derive(Default)]
+struct ForwardScratch {
+    masked: Vec<f32>,
+    keep: Vec<u8>,
+}
+
+/// The forward's low-rank rows `(m ⊙ x) A` of one block of rows (`low.len() / padded` of
+/// them), and its mask's bits where the backward reads them (`bits`).
+fn low_block(
+    factors: &Factors,
+    dropout: BlockDropout,
+    x: &[f32],
+    low: &mut [f32],
+    bits: Option<&mut [u16]>,
+    scratch: &mut ForwardScratch,
+    wide: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: `wide` says the CPU has the kernels' features.
+        return unsafe {
+            avx512::forward_low_rows(factors, dropout, x, low, (&mut scratch.keep, bits))
+        };
+    }
+    let _ = (wide, bits);
+    scratch.masked.resize(TILE * factors.d_in, 0.0);
+    forward_low_rows(factors, dropout, x, low, &mut scratch.masked);
+}
+
+/// The forward's update of one block of output rows (row stride `out_rs`): `out_i += (bias +)
+/// s · low_i B`.
+fn update_block(
+    factors: &Factors,
+    low: &[f32],
+    (out, out_rs): (&mut [f32], usize),
+    bias: Option<&[f32]>,
+    wide: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide {
+        // SAFETY: `wide` says the CPU has the kernels' features.
+        return unsafe { avx512::forward_update_rows(factors, low, (out, out_rs), bias) };
+    }
+    let _ = wide;
+    if let Some(bias) = bias {
+        let n = low.len() / factors.padded;
+        for row in out.chunks_mut(out_rs).take(n) {
+            fastmath::add(&mut row[..factors.d_out], bias);
+        }
+    }
+    forward_update_rows(factors, low, out, out_rs);
 }
 
 /// An activation with its derivative: `(source, values, derivative)` ↦ `values[i] =
@@ -482,20 +620,16 @@ fn masked_tile<'a>(
 }
 
 multiversion! {
-    /// [`forward`] over one block of rows (`low.len() / padded` of them).
-    #[allow(clippy::too_many_arguments)]
-    fn forward_rows(
+    /// The forward's low-rank rows of one block (`low.len() / padded` rows of `x`).
+    fn forward_low_rows(
         factors: &Factors,
         dropout: BlockDropout,
         x: &[f32],
-        out: &mut [f32],
-        out_rs: usize,
         low: &mut [f32],
         masked: &mut [f32]
     ) {
-        let Factors { d_in, padded, d_out, scaling, .. } = *factors;
+        let Factors { d_in, padded, .. } = *factors;
         let n = low.len() / padded;
-        let mut spare = vec![0f32; (TILE - 1) * d_out];
         let mut keep = vec![0u8; TILE * d_in];
         for i0 in (0..n).step_by(TILE) {
             let input = masked_tile(x, dropout, i0, d_in, masked, &mut keep);
@@ -505,6 +639,17 @@ multiversion! {
                     low[(i0 + i) * padded + g * TILE..][..TILE].copy_from_slice(d);
                 }
             }
+        }
+    }
+}
+
+multiversion! {
+    /// The forward's update of one block, `out_i += s · low_i B`.
+    fn forward_update_rows(factors: &Factors, low: &[f32], out: &mut [f32], out_rs: usize) {
+        let Factors { padded, d_out, scaling, .. } = *factors;
+        let n = low.len() / padded;
+        let mut spare = vec![0f32; (TILE - 1) * d_out];
+        for i0 in (0..n).step_by(TILE) {
             // Rows i0.. of out += s · low_i B, four ranks at a time (spare rows past n).
             let rows_here = (n - i0).min(TILE);
             let mut rows = out[i0 * out_rs..]
@@ -784,6 +929,54 @@ mod tests {
                     let want = f64::from(dx_start[i * d_in + j]) + mask_of(i, j) * through;
                     close(dx[i * d_in + j], want, "dx");
                 }
+            }
+
+            // Two adapters with GELU between them in one pass: the same first output, GELU
+            // output, second output and saved rows as apart (this adapter second, reading
+            // GELU of the first's output; the first: other factors, mask and a bias).
+            let a0: Vec<f32> = (0..d_in * rank).map(|i| value(i + 70_000)).collect();
+            let b0: Vec<f32> = (0..rank * d_in).map(|i| value(i + 80_000)).collect();
+            let first = Factors::new(&a0, &b0, 0.5, (d_in, rank, d_in));
+            let first_dropout = with_dropout.then(|| LazyKeep::new(3, 11, 0.1));
+            let first_bias: Vec<f32> = (0..d_in).map(|i| value(i + 90_000)).collect();
+            let inputs: Vec<f32> = x.iter().map(|v| 0.3 - v).collect();
+            let mut pre_apart = x.clone();
+            let first_apart = forward(
+                &first,
+                first_dropout,
+                &inputs,
+                (&mut pre_apart, d_in),
+                Some(&first_bias),
+            );
+            let gelu_apart = fastmath::gelu_of(&pre_apart);
+            let mut out_apart = start.clone();
+            let second_apart = forward(
+                &factors,
+                dropout,
+                &gelu_apart,
+                (&mut out_apart[col0..], out_rs),
+                bias,
+            );
+            let mut pre_fused = x.clone();
+            let (first_fused, gelu_fused, second_fused) = forward_through_gelu(
+                (&first, first_dropout, Some(&first_bias)),
+                &inputs,
+                &mut pre_fused,
+                (&factors, dropout),
+            );
+            let mut out_fused = start.clone();
+            forward_update(
+                &factors,
+                &second_fused,
+                (&mut out_fused[col0..], out_rs),
+                bias,
+            );
+            assert_eq!(pre_fused, pre_apart, "the first output");
+            assert_eq!(gelu_fused, gelu_apart, "GELU of it");
+            assert_eq!(out_fused, out_apart, "the second output");
+            for (fused, apart) in [(&first_fused, &first_apart), (&second_fused, &second_apart)] {
+                assert_eq!(fused.low, apart.low);
+                assert_eq!(fused.kept_bits, apart.kept_bits);
             }
 
             // The input given before an activation: the same gradients as with the

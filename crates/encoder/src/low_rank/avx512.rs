@@ -231,20 +231,19 @@ fn low_products(
     }
 }
 
-/// [`super::forward`] over one block of rows (`low.len() / padded` of them).
+/// The forward's low-rank rows `low = (m ⊙ x) A` of one block (`low.len() / padded` rows), the
+/// dropout drawn straight into the bits the backward reads where it keeps them.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) fn forward_rows(
+pub(super) fn forward_low_rows(
     factors: &Factors,
     dropout: BlockDropout,
     x: &[f32],
-    (out, out_rs): (&mut [f32], usize),
-    bias: Option<&[f32]>,
     low: &mut [f32],
     (keep_buffer, kept_bits): (&mut Vec<u8>, Option<&mut [u16]>),
 ) {
-    let (d_in, padded, d_out, scaling) = factors.layout();
+    let (d_in, padded, _, _) = factors.layout();
     let n = low.len() / padded;
-    assert!(n > 0 && x.len() >= n * d_in && out.len() >= (n - 1) * out_rs + d_out);
+    assert!(n > 0 && x.len() >= n * d_in);
     let keep = match (dropout, kept_bits) {
         // Drawn straight into the bits the backward reads.
         (Some((mask, first)), Some(bits)) => {
@@ -264,6 +263,19 @@ pub(super) fn forward_rows(
         1.0,
         low,
     );
+}
+
+/// The forward's update of one block, `out_i += (bias +) s · low_i B`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) fn forward_update_rows(
+    factors: &Factors,
+    low: &[f32],
+    (out, out_rs): (&mut [f32], usize),
+    bias: Option<&[f32]>,
+) {
+    let (_, padded, d_out, scaling) = factors.layout();
+    let n = low.len() / padded;
+    assert!(n > 0 && out.len() >= (n - 1) * out_rs + d_out);
     // out_i += (bias +) Σ_k low[i, k] · (s B_k): the chunk's eight rows of s·B in registers.
     prefetch_rows(out, n, out_rs, d_out);
     assert!(bias.is_none_or(|bias| bias.len() >= d_out));
