@@ -1141,15 +1141,17 @@ fn first_token_attention_backward(
 }
 
 /// The attention core's backward, every (sequence, head) pair on its own core: from the
-/// context's gradient (`[rows, hidden]`), that of `qkv` (`[rows, 3 · hidden]`). The
-/// probabilities and their dropout bytes are made again, as the forward made them.
+/// context's gradient (`[rows, hidden]`), that of `qkv` (`[rows, 3 · hidden]`) into `d_qkv`
+/// (each element written: whatever it held is not read). The probabilities and their dropout
+/// bytes are made again, as the forward made them.
 fn attention_backward(
     qkv: &[f32],
     keep: &[bool],
     probs_mask: Option<LazyKeep>,
     d_context: &[f32],
     dims: Dims,
-) -> Vec<f32> {
+    d_qkv: &mut Vec<f32>,
+) {
     let Dims {
         batch,
         seq,
@@ -1160,8 +1162,8 @@ fn attention_backward(
     let head_dim = dims.head_dim();
     let stride = 3 * hidden;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut d_qkv = vec![0f32; dims.rows() * stride];
-    let out = SharedOut::new(&mut d_qkv);
+    // Every element is written below (each pair's q, k and v columns of its rows).
+    let out = SharedOut::new(reused(d_qkv, dims.rows() * stride));
     (0..batch * heads).into_par_iter().for_each_init(
         || {
             (
@@ -1253,7 +1255,6 @@ fn attention_backward(
             }
         },
     );
-    d_qkv
 }
 
 /// Buffers a layer's backward overwrites whole, kept from one layer to the next: zeroed (and
@@ -1261,6 +1262,8 @@ fn attention_backward(
 #[derive(Default)]
 struct BackwardScratch {
     gelu_derivative: Vec<f32>,
+    /// The attention core's gradients of the queries, keys and values.
+    d_qkv: Vec<f32>,
     d_expanded: Vec<f32>,
     d_context: Vec<f32>,
     /// The attention block's output, made again.
@@ -1377,7 +1380,8 @@ fn layer_backward(
 
     // Attention core: the gradients of the queries, keys and values.
     let stride = 3 * hidden;
-    let d_qkv = if first_tokens {
+    let first_d_qkv;
+    let d_qkv: &[f32] = if first_tokens {
         let mut d_qkv = vec![0f32; rows * stride];
         d_qkv
             .par_chunks_mut(seq * stride)
@@ -1395,9 +1399,19 @@ fn layer_backward(
                     d_qkv,
                 );
             });
-        d_qkv
+        first_d_qkv = d_qkv;
+        &first_d_qkv
     } else {
-        attention_backward(&tape.qkv, &tape.keep, tape.probs_mask, d_context, dims)
+        let d_qkv = &mut scratch.d_qkv;
+        attention_backward(
+            &tape.qkv,
+            &tape.keep,
+            tape.probs_mask,
+            d_context,
+            dims,
+            d_qkv,
+        );
+        d_qkv
     };
     // The queries of a first-tokens layer (their rows' residual gradient in `d_input`) go
     // apart and are added at their rows once keys and values (every token) are done.
