@@ -1423,7 +1423,7 @@ fn layer_backward(
     if let Some(d_firsts) = d_firsts.as_mut() {
         tape.projections[0].backward(
             low_rank::Input::Rows(&first_rows(input, dims)),
-            &d_qkv,
+            d_qkv,
             seq * stride,
             batch,
             needs_input_gradient.then_some(&mut d_firsts[..]),
