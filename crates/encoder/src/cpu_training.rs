@@ -288,7 +288,7 @@ impl LinearTape {
         let weight_tensor = weight.val();
         let w = host_view(weight_tensor.clone());
         let bias_values = bias.as_ref().map(|b| host_view(b.val()));
-        let mut dense = Dense {
+        let dense = Dense {
             weight: &w,
             bias: bias_values.as_deref(),
             d_in,
@@ -309,9 +309,7 @@ impl LinearTape {
         let x = &x[..rows * d_in];
         if on_kernels(layer) {
             let (mut tape, bias) = Self::on_kernels(layer, precision, (rows, step), masks);
-            // The bias is added with the adapter's output (one pass over `out` fewer).
-            dense.bias = None;
-            project(dense, precision, x, rows, out, out_rs, col0, None);
+            tape.base_product(x, rows, out, out_rs, col0);
             let adapter = tape.adapter.as_mut().expect("an adapter on the kernels");
             let (factors, saved) = adapter.kernels.as_mut().expect("its kernels' factors");
             let out = (&mut out[col0..], out_rs);
@@ -422,11 +420,14 @@ impl LinearTape {
     /// backward (its base weight does not train), so that the input may be given before its
     /// activation ([`low_rank::Input::Activated`]).
     fn takes_activation_input(&self) -> bool {
-        self.weight_id.is_none()
-            && self
-                .adapter
-                .as_ref()
-                .is_some_and(|adapter| adapter.kernels.is_some())
+        self.weight_id.is_none() && self.adapter_on_kernels()
+    }
+
+    /// Whether the adapter (unmerged) runs on the small-rank kernels.
+    fn adapter_on_kernels(&self) -> bool {
+        self.adapter
+            .as_ref()
+            .is_some_and(|adapter| adapter.kernels.is_some())
     }
 
     /// Gradients of the weights into `grads`, and `dx (+)= dy · ∂out/∂x` (`None`: nothing
@@ -601,25 +602,24 @@ impl LinearTape {
         dx: Option<&mut [f32]>,
         grads: &mut Vec<Grad>,
     ) {
-        let adapters: Vec<(&AdapterTape, low_rank::Adapter<'_>)> = tapes
+        let kernels: Vec<low_rank::Adapter<'_>> = tapes
             .iter()
             .map(|&(tape, dy)| {
+                let (factors, dropout) = tape.kernel_factors();
                 let adapter = tape.adapter.as_ref().expect("a tape with an adapter");
-                let (factors, saved) = adapter.kernels.as_ref().expect("the kernels' adapter");
-                let kernel = low_rank::Adapter {
+                let (_, saved) = adapter.kernels.as_ref().expect("the kernels' adapter");
+                low_rank::Adapter {
                     factors,
-                    dropout: adapter.lazy_mask,
+                    dropout,
                     saved,
                     dy,
                     dy_rs,
-                };
-                (adapter, kernel)
+                }
             })
             .collect();
-        let kernels: Vec<low_rank::Adapter<'_>> =
-            adapters.iter().map(|(_, kernel)| kernel.clone()).collect();
         let gradients = low_rank::backward(&kernels, input, dx);
-        for (((adapter, _), (tape, _)), (d_a, d_b)) in adapters.iter().zip(tapes).zip(gradients) {
+        for ((tape, _), (d_a, d_b)) in tapes.iter().zip(gradients) {
+            let adapter = tape.adapter.as_ref().expect("a tape with an adapter");
             let rank = adapter.rank;
             if let Some(id) = adapter.a_id {
                 grads.push(Grad {
@@ -650,12 +650,7 @@ impl LinearTape {
         mut dx: Option<&mut [f32]>,
         grads: &mut Vec<Grad>,
     ) {
-        let together = tapes.iter().all(|(tape, _)| {
-            tape.adapter
-                .as_ref()
-                .is_some_and(|adapter| adapter.kernels.is_some())
-        });
-        if !together {
+        if !tapes.iter().all(|(tape, _)| tape.adapter_on_kernels()) {
             for &(tape, dy) in tapes {
                 let input = low_rank::Input::Rows(x);
                 tape.backward(input, dy, dy_rs, rows, dx.as_deref_mut(), true, grads);
@@ -940,54 +935,50 @@ fn layer_forward(
     let mut pre_activation = vec![0f32; out_rows * intermediate];
     let mut first_outputs = vec![0f32; if first_tokens { out_rows * hidden } else { 0 }];
     let out: &mut [f32] = if first_tokens { &mut first_outputs } else { x };
-    let (intermediate, output) = (&layer.intermediate.dense, &layer.output.dense);
-    let (intermediate_tape, output) = if on_kernels(intermediate) && on_kernels(output) {
+    let (expand, contract) = (&layer.intermediate.dense, &layer.output.dense);
+    let (intermediate_tape, output) = if on_kernels(expand) && on_kernels(contract) {
         // LoRA: the intermediate adapter's update, GELU and the output adapter's low-rank rows
         // in one pass over the pre-activation, block by block (the masks reserved in the
         // same order as apart).
         let rows_step = (out_rows, step);
-        let (mut intermediate, bias) =
-            LinearTape::on_kernels(intermediate, precision, rows_step, masks);
-        intermediate.base_product(
-            &attended,
-            out_rows,
-            &mut pre_activation,
-            dims.intermediate,
-            0,
-        );
-        let (mut output, output_bias) = LinearTape::on_kernels(output, precision, rows_step, masks);
-        let (first, first_mask) = intermediate.kernel_factors();
-        let (second, second_mask) = output.kernel_factors();
+        let (mut expand, bias) = LinearTape::on_kernels(expand, precision, rows_step, masks);
+        expand.base_product(&attended, out_rows, &mut pre_activation, intermediate, 0);
+        let (mut contract, contract_bias) =
+            LinearTape::on_kernels(contract, precision, rows_step, masks);
+        let (first, first_mask) = expand.kernel_factors();
+        let (second, second_mask) = contract.kernel_factors();
         let (first_saved, expanded, second_saved) = low_rank::forward_through_gelu(
             (first, first_mask, bias.as_deref()),
             &attended[..out_rows * hidden],
             &mut pre_activation,
             (second, second_mask),
         );
-        output.base_product(&expanded, out_rows, out, hidden, 0);
-        low_rank::forward_update(second, &second_saved, (out, hidden), output_bias.as_deref());
-        for (tape, saved) in [
-            (&mut intermediate, first_saved),
-            (&mut output, second_saved),
-        ] {
+        contract.base_product(&expanded, out_rows, out, hidden, 0);
+        low_rank::forward_update(
+            second,
+            &second_saved,
+            (out, hidden),
+            contract_bias.as_deref(),
+        );
+        for (tape, saved) in [(&mut expand, first_saved), (&mut contract, second_saved)] {
             let adapter = tape.adapter.as_mut().expect("an adapter on the kernels");
             adapter.kernels.as_mut().expect("its kernels' factors").1 = saved;
         }
-        (intermediate, output)
+        (expand, contract)
     } else {
-        let intermediate = LinearTape::forward(
-            intermediate,
+        let expand = LinearTape::forward(
+            expand,
             precision,
             &attended,
             (out_rows, step),
             &mut pre_activation,
-            dims.intermediate,
+            intermediate,
             0,
             masks,
         );
         let expanded = fastmath::gelu_of(&pre_activation);
-        let output = LinearTape::forward(
-            output,
+        let contract = LinearTape::forward(
+            contract,
             precision,
             &expanded,
             (out_rows, step),
@@ -996,7 +987,7 @@ fn layer_forward(
             0,
             masks,
         );
-        (intermediate, output)
+        (expand, contract)
     };
     let output_mask = stream_rows(masks, &layer.output.dropout, (out_rows, hidden, step));
     apply_mask(out, output_mask);

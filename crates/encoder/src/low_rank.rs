@@ -12,11 +12,12 @@
 //! [`avx512`] kernels run instead: eight ranks at a time in registers, each update's targets
 //! held across a block of rows (these portable kernels stay for every other CPU).
 //!
-//! At rank 8 the adapters are ≈ 4 % of a LoRA step's multiply-adds but wait on memory, so the
-//! backward saves passes rather than arithmetic: adapters that read the same input (query, key,
-//! value) run block by block together, and an adapter whose input is an activation's output
-//! that nothing else keeps ([`Input::Activated`]) makes the activation and its derivative per
-//! block and finishes the chain rule there.
+//! At rank 8 the adapters are ≈ 4 % of a LoRA step's multiply-adds but wait on memory, so what
+//! is saved is passes over memory rather than arithmetic: in the backward, adapters that read
+//! the same input (query, key, value) run block by block together, and an adapter whose input
+//! is an activation's output that nothing else keeps ([`Input::Activated`]) makes the
+//! activation and its derivative per block and finishes the chain rule there; in the forward,
+//! the feed-forward block's two adapters and GELU run as one pass ([`forward_through_gelu`]).
 
 use std::mem::MaybeUninit;
 
@@ -361,7 +362,6 @@ pub(crate) enum Input<'a> {
 
 /// One of the adapters whose gradients [`backward`] makes: its factors and dropout, what its
 /// forward left, and its output's gradient (`[rows, d_out]` at row stride `dy_rs`).
-#[derive(Clone)]
 pub(crate) struct Adapter<'a> {
     pub factors: &'a Factors,
     pub dropout: Dropout,

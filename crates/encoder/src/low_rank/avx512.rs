@@ -1,9 +1,10 @@
 //! The row kernels on AVX-512, eight ranks at a time with the rank dimension in registers.
 //!
-//! The portable kernels ([`super::forward_rows`], [`super::backward_rows`]) add each 4 × 4 tile
-//! of products into `out`, `dAᵀ`, `dB` and a scratch `dx` row by row: every multiply-add reads
-//! and writes its target, and for the wide adapters (`d = 1536`) the targets live in L2, not in
-//! registers (`perf annotate`: the stores and the loads feeding them were the hottest lines).
+//! The portable kernels ([`super::forward_low_rows`], [`super::forward_update_rows`],
+//! [`super::backward_rows`]) add each 4 × 4 tile of products into `out`, `dAᵀ`, `dB` and a
+//! scratch `dx` row by row: every multiply-add reads and writes its target, and for the wide
+//! adapters (`d = 1536`) the targets live in L2, not in registers (`perf annotate`: the stores
+//! and the loads feeding them were the hottest lines).
 //! Here each product keeps its targets in registers for a whole block of rows instead:
 //! - a dot product (`(m ⊙ x) Aᵀ`, `dy Bᵀ`) is a 2-row × 8-rank tile of sixteen sums;
 //! - an update along the long dimension (`out += s · low B`, `dB += low dy`, `dAᵀ += d_low
