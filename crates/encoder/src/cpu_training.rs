@@ -1305,41 +1305,32 @@ fn layer_backward(
     let mut d_attended = dy.clone(); // the residual path
     apply_mask(dy, tape.output_mask);
     let d_expanded = reused(&mut scratch.d_expanded, out_rows * intermediate);
-    let pre_activation = std::mem::take(&mut tape.pre_activation);
-    if tape.output.takes_activation_input() {
-        // LoRA: only the adapter reads GELU's output, and its kernels make it (and the
-        // derivative, applied to `d_expanded`) block by block.
-        let gelu = fastmath::gelu_with_derivative_into;
-        tape.output.backward(
-            low_rank::Input::Activated(&pre_activation, gelu),
-            dy,
-            hidden,
-            out_rows,
-            Some(&mut *d_expanded),
-            false,
-            grads,
-        );
-    } else {
-        // GELU's output where its input was: the tape's last reader of it.
-        let mut expanded = pre_activation;
-        let gelu_derivative = reused(&mut scratch.gelu_derivative, expanded.len());
-        expanded
+    let mut pre_activation = std::mem::take(&mut tape.pre_activation);
+    // Under LoRA only the output adapter reads GELU's output, and its kernels make it (and the
+    // derivative, applied to `d_expanded`) block by block. Else GELU's output goes where its
+    // input was (the tape's last reader of it) and the derivative is applied after.
+    let fused = tape.output.takes_activation_input();
+    let gelu_derivative = (!fused).then(|| {
+        let derivative = reused(&mut scratch.gelu_derivative, pre_activation.len());
+        pre_activation
             .par_chunks_mut(1 << 14)
-            .zip(gelu_derivative.par_chunks_mut(1 << 14))
+            .zip(derivative.par_chunks_mut(1 << 14))
             .for_each(|(v, d)| fastmath::gelu_with_derivative_slice(v, d));
-        tape.output.backward(
-            low_rank::Input::Rows(&expanded),
-            dy,
-            hidden,
-            out_rows,
-            Some(&mut *d_expanded),
-            false,
-            grads,
-        );
-        drop(expanded);
+        &*derivative
+    });
+    let expanded = if fused {
+        low_rank::Input::Activated(&pre_activation, fastmath::gelu_with_derivative_into)
+    } else {
+        low_rank::Input::Rows(&pre_activation)
+    };
+    let d_out = Some(&mut *d_expanded);
+    tape.output
+        .backward(expanded, dy, hidden, out_rows, d_out, false, grads);
+    drop(pre_activation);
+    if let Some(derivative) = gelu_derivative {
         d_expanded
             .par_chunks_mut(1 << 14)
-            .zip(gelu_derivative.par_chunks(1 << 14))
+            .zip(derivative.par_chunks(1 << 14))
             .for_each(|(g, d)| fastmath::multiply(g, d));
     }
     tape.norm1.output_into(&mut scratch.attended);
