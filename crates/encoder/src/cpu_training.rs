@@ -417,9 +417,9 @@ impl LinearTape {
     }
 
     /// Whether only the adapter's small-rank kernels read this projection's input in the
-    /// backward (its base weight does not train), so that the input may be given before its
-    /// activation ([`low_rank::Input::Activated`]).
-    fn takes_activation_input(&self) -> bool {
+    /// backward (its base weight does not train), so that the input may be given before GELU
+    /// ([`low_rank::Input::BeforeGelu`]).
+    fn takes_input_before_gelu(&self) -> bool {
         self.weight_id.is_none() && self.adapter_on_kernels()
     }
 
@@ -432,9 +432,9 @@ impl LinearTape {
 
     /// Gradients of the weights into `grads`, and `dx (+)= dy · ∂out/∂x` (`None`: nothing
     /// reads the input's gradient). `dy` is the `[rows, d_out]` block at row stride `dy_rs`;
-    /// `input` the forward's input ([`low_rank::Input::Activated`] only where
-    /// [`takes_activation_input`](Self::takes_activation_input): then `dx` is the gradient
-    /// of the activation's input, and `accumulate` must be false).
+    /// `input` the forward's input ([`low_rank::Input::BeforeGelu`] only where
+    /// [`takes_input_before_gelu`](Self::takes_input_before_gelu): then `dx` is the gradient
+    /// of GELU's input, and `accumulate` must be false).
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -449,8 +449,8 @@ impl LinearTape {
         let (d_in, d_out) = (self.d_in, self.d_out);
         let x = match input {
             low_rank::Input::Rows(x) => x,
-            low_rank::Input::Activated(..) => {
-                assert!(self.takes_activation_input() && !accumulate);
+            low_rank::Input::BeforeGelu(_) => {
+                assert!(self.takes_input_before_gelu() && !accumulate);
                 &[]
             }
         };
@@ -460,8 +460,8 @@ impl LinearTape {
             if adapter.kernels.is_some() {
                 let input = match input {
                     low_rank::Input::Rows(x) => low_rank::Input::Rows(&x[..rows * d_in]),
-                    low_rank::Input::Activated(pre, activation) => {
-                        low_rank::Input::Activated(&pre[..rows * d_in], activation)
+                    low_rank::Input::BeforeGelu(pre) => {
+                        low_rank::Input::BeforeGelu(&pre[..rows * d_in])
                     }
                 };
                 Self::kernels_backward(&[(self, dy)], input, dy_rs, dx, grads);
@@ -1309,7 +1309,7 @@ fn layer_backward(
     // Under LoRA only the output adapter reads GELU's output, and its kernels make it (and the
     // derivative, applied to `d_expanded`) block by block. Else GELU's output goes where its
     // input was (the tape's last reader of it) and the derivative is applied after.
-    let fused = tape.output.takes_activation_input();
+    let fused = tape.output.takes_input_before_gelu();
     let gelu_derivative = (!fused).then(|| {
         let derivative = reused(&mut scratch.gelu_derivative, pre_activation.len());
         pre_activation
@@ -1319,7 +1319,7 @@ fn layer_backward(
         &*derivative
     });
     let expanded = if fused {
-        low_rank::Input::Activated(&pre_activation, fastmath::gelu_with_derivative_into)
+        low_rank::Input::BeforeGelu(&pre_activation)
     } else {
         low_rank::Input::Rows(&pre_activation)
     };

@@ -15,8 +15,8 @@
 //! At rank 8 the adapters are ≈ 4 % of a LoRA step's multiply-adds but wait on memory, so what
 //! is saved is passes over memory rather than arithmetic: in the backward, adapters that read
 //! the same input (query, key, value) run block by block together, and an adapter whose input
-//! is an activation's output that nothing else keeps ([`Input::Activated`]) makes the
-//! activation and its derivative per block and finishes the chain rule there; in the forward,
+//! is GELU's output that nothing else keeps ([`Input::BeforeGelu`]) makes GELU and its
+//! derivative per block and finishes the chain rule there; in the forward,
 //! the feed-forward block's two adapters and GELU run as one pass ([`forward_through_gelu`]).
 
 use std::mem::MaybeUninit;
@@ -343,21 +343,17 @@ fn update_block(
     forward_update_rows(factors, low, out, out_rs);
 }
 
-/// An activation with its derivative: `(source, values, derivative)` ↦ `values[i] =
-/// f(source[i])`, `derivative[i] = f'(source[i])` (as `fastmath::gelu_with_derivative_into`).
-pub(crate) type Activation = fn(&[f32], &mut [f32], &mut [f32]);
-
 /// The adapter's input as its backward is given it.
 #[derive(Clone, Copy)]
 pub(crate) enum Input<'a> {
     /// The input rows, `[rows, d_in]`.
     Rows(&'a [f32]),
-    /// The rows before an activation: the input is `f(pre)` and the gradient of `pre`, not of
-    /// the input, is wanted. Where nothing else reads the activation's output or its
-    /// derivative (LoRA's frozen output projection), both are made here block by block, and
-    /// the input gradient multiplied by the derivative while the block is in cache: no
-    /// activation-sized buffers, and two passes over the input gradient fewer.
-    Activated(&'a [f32], Activation),
+    /// The rows before GELU: the input is `gelu(pre)` and the gradient of `pre`, not of the
+    /// input, is wanted. Where nothing else reads GELU's output or its derivative (LoRA's
+    /// frozen output projection), both are made here block by block, and the input gradient
+    /// multiplied by the derivative while the block is in cache: no GELU-sized buffers, and
+    /// two passes over the input gradient fewer.
+    BeforeGelu(&'a [f32]),
 }
 
 /// One of the adapters whose gradients [`backward`] makes: its factors and dropout, what its
@@ -372,8 +368,8 @@ pub(crate) struct Adapter<'a> {
 
 /// The gradients `(dA [d_in, rank], dB [rank, d_out])` of adapters that read the same input
 /// (a layer's query, key and value), adding the input's gradient of each to `dx`
-/// (`[rows, d_in]`; `None`: nothing reads it, so it is not made; with [`Input::Activated`],
-/// `dx` is then multiplied by the activation's derivative). Block by block of rows, every
+/// (`[rows, d_in]`; `None`: nothing reads it, so it is not made; with [`Input::BeforeGelu`],
+/// `dx` is then multiplied by GELU's derivative). Block by block of rows, every
 /// adapter in turn: a block of the input and of `dx` is read from memory once for all of
 /// them, the others find it in cache.
 pub(crate) fn backward(
@@ -382,7 +378,7 @@ pub(crate) fn backward(
     dx: Option<&mut [f32]>,
 ) -> Vec<(Vec<f32>, Vec<f32>)> {
     let x = match input {
-        Input::Rows(x) | Input::Activated(x, _) => x,
+        Input::Rows(x) | Input::BeforeGelu(x) => x,
     };
     let Some(d_in) = adapters.first().map(|adapter| adapter.factors.d_in) else {
         return Vec::new();
@@ -402,7 +398,7 @@ pub(crate) fn backward(
     }
     assert!(dx.as_ref().is_none_or(|dx| dx.len() >= rows * d_in));
     // Each adapter's (dAᵀ, dB) partial sums, padded like its factors; scratch: rows for the
-    // portable kernel, the AVX-512 one's `∂L/∂low` and keep bytes, and a block's activation
+    // portable kernel, the AVX-512 one's `∂L/∂low` and keep bytes, and a block's GELU
     // and derivative.
     let partial = || {
         let sums: Vec<(Vec<f32>, Vec<f32>)> = adapters
@@ -439,10 +435,10 @@ pub(crate) fn backward(
             let (rows_scratch, d_low, keep, (activated, derivative)) = &mut scratch;
             let x = match input {
                 Input::Rows(_) => x,
-                Input::Activated(_, activation) => {
+                Input::BeforeGelu(_) => {
                     activated.resize(x.len(), 0.0);
                     derivative.resize(x.len(), 0.0);
-                    activation(x, activated, derivative);
+                    fastmath::gelu_with_derivative_into(x, activated, derivative);
                     &activated[..]
                 }
             };
@@ -485,7 +481,7 @@ pub(crate) fn backward(
                 );
             }
             // The block's input gradient times the derivative, once the adapters' parts are in.
-            if let (Input::Activated(..), Some(dx)) = (input, dx) {
+            if let (Input::BeforeGelu(_), Some(dx)) = (input, dx) {
                 fastmath::multiply(&mut dx[..n * d_in], derivative);
             }
             (sums, scratch)
@@ -1003,7 +999,7 @@ mod tests {
                 Some(&mut dx_rows),
             );
             let mut dx_pre = dx_start.clone();
-            let gelu = Input::Activated(&x, fastmath::gelu_with_derivative_into);
+            let gelu = Input::BeforeGelu(&x);
             let (pre_a, pre_b) = backward_one(
                 &factors,
                 dropout,
