@@ -270,20 +270,46 @@ fn update_host(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], k:
         .zip(grad.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), m), v)| {
-            if k.first {
-                // The moments start at 0 and are not read: their fresh zeroed pages are
-                // written first. A read would map the shared zero page and the write after
-                // it copy the page, with a TLB shoot-down each (≈ 9 % of a short full run).
-                for i in 0..p.len() {
-                    (p[i], m[i], v[i]) = element_update(p[i], g[i], 0.0, 0.0, k);
-                }
-            } else {
-                for i in 0..p.len() {
-                    (p[i], m[i], v[i]) = element_update(p[i], g[i], m[i], v[i], k);
-                }
-            }
-        });
+        .for_each(|(((p, g), m), v)| update_chunk(p, g, m, v, k));
+}
+
+/// [`update_chunk_generic`] compiled for AVX-512 where the CPU has it: the baseline build
+/// runs the update four lanes wide, and its two divisions and square root per element
+/// dominated (≈ 3.5 % of a full-fine-tuning step). The same operations in the same order,
+/// each exactly rounded: bit-identical results.
+fn update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: Scalars) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx2")]
+        fn avx512(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: Scalars) {
+            update_chunk_generic(p, g, m, v, k)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the features were just detected.
+            return unsafe { avx512(p, g, m, v, k) };
+        }
+    }
+    update_chunk_generic(p, g, m, v, k)
+}
+
+#[inline(always)]
+fn update_chunk_generic(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: Scalars) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    if k.first {
+        // The moments start at 0 and are not read: their fresh zeroed pages are written
+        // first. A read would map the shared zero page and the write after it copy the
+        // page, with a TLB shoot-down each (≈ 9 % of a short full run).
+        for i in 0..n {
+            (p[i], m[i], v[i]) = element_update(p[i], g[i], 0.0, 0.0, k);
+        }
+    } else {
+        for i in 0..n {
+            (p[i], m[i], v[i]) = element_update(p[i], g[i], m[i], v[i], k);
+        }
+    }
 }
 
 /// `(θ, m, v)` after one AdamW step of one element.
