@@ -683,7 +683,7 @@ impl NormTape {
         let beta = norm.beta.as_ref().map(|b| host_view(b.val()));
         let d = gamma.len();
         let rows = x.len() / d;
-        let mut normalized = vec![0f32; x.len()];
+        let mut normalized = fastmath::zeros(x.len());
         let mut inv_std = vec![0f32; rows];
         let eps = epsilon as f32;
         let zeros;
@@ -847,12 +847,12 @@ fn layer_forward(
     } else {
         (rows, 1)
     };
-    let input = x.to_vec();
+    let input = fastmath::copy_of(x);
     let firsts = first_tokens.then(|| first_rows(&input, dims));
     // The attention's and feed-forward's residual input, `[out_rows, hidden]`.
     let residual: &[f32] = firsts.as_deref().unwrap_or(&input);
     let attention = &layer.attention.self_attention;
-    let mut qkv = vec![0f32; rows * 3 * hidden];
+    let mut qkv = fastmath::zeros(rows * 3 * hidden);
     let mut projections = Vec::with_capacity(3);
     for (i, projection) in [&attention.query, &attention.key, &attention.value]
         .into_iter()
@@ -880,7 +880,7 @@ fn layer_forward(
     let probs_mask = masks
         .host_keep_lazy(&attention.dropout, batch * heads * seq * seq)
         .map(|mask| mask.every_row(seq, step));
-    let mut context = vec![0f32; out_rows * hidden];
+    let mut context = fastmath::zeros(out_rows * hidden);
     if first_tokens {
         context
             .par_chunks_mut(hidden)
@@ -908,7 +908,7 @@ fn layer_forward(
         );
     }
 
-    let mut attended = vec![0f32; out_rows * hidden];
+    let mut attended = fastmath::zeros(out_rows * hidden);
     let attention_output = LinearTape::forward(
         &layer.attention.output.dense,
         precision,
@@ -932,7 +932,7 @@ fn layer_forward(
         residual,
     );
 
-    let mut pre_activation = vec![0f32; out_rows * intermediate];
+    let mut pre_activation = fastmath::zeros(out_rows * intermediate);
     let mut first_outputs = vec![0f32; if first_tokens { out_rows * hidden } else { 0 }];
     let out: &mut [f32] = if first_tokens { &mut first_outputs } else { x };
     let (expand, contract) = (&layer.intermediate.dense, &layer.output.dense);
@@ -1302,7 +1302,7 @@ fn layer_backward(
     let dy = &mut d_output;
     // Output block: LN2(dropout(expanded W_o + b_o) + attended).
     tape.norm2.backward(dy, grads);
-    let mut d_attended = dy.clone(); // the residual path
+    let mut d_attended = fastmath::copy_of(dy); // the residual path
     apply_mask(dy, tape.output_mask);
     let d_expanded = reused(&mut scratch.d_expanded, out_rows * intermediate);
     let mut pre_activation = std::mem::take(&mut tape.pre_activation);
@@ -1346,7 +1346,7 @@ fn layer_backward(
 
     // Attention output block: LN1(dropout(context W_ao + b_ao) + input).
     tape.norm1.backward(&mut d_attended, grads);
-    let d_input = d_attended.clone(); // the residual path
+    let d_input = fastmath::copy_of(&d_attended); // the residual path
     apply_mask(&mut d_attended, tape.attention_mask);
     let d_context = reused(&mut scratch.d_context, out_rows * hidden);
     tape.attention_output.backward(
@@ -1364,7 +1364,7 @@ fn layer_backward(
     let stride = 3 * hidden;
     let first_d_qkv;
     let d_qkv: &[f32] = if first_tokens {
-        let mut d_qkv = vec![0f32; rows * stride];
+        let mut d_qkv = fastmath::zeros(rows * stride);
         d_qkv
             .par_chunks_mut(seq * stride)
             .zip(d_context.par_chunks(hidden))
@@ -1398,7 +1398,7 @@ fn layer_backward(
     // The queries of a first-tokens layer (their rows' residual gradient in `d_input`) go
     // apart and are added at their rows once keys and values (every token) are done.
     let (mut d_all, mut d_firsts) = if first_tokens {
-        (vec![0f32; rows * hidden], Some(d_input))
+        (fastmath::zeros(rows * hidden), Some(d_input))
     } else {
         (d_input, None)
     };
