@@ -711,7 +711,7 @@ fn last_layer_first_tokens(
     let rows = batch * seq;
     let self_attention = &layer.attention.self_attention;
     // Keys and values side by side, `[rows, 2 · hidden]`.
-    let mut kv = vec![0f32; rows * 2 * hidden];
+    let mut kv = fastmath::zeros(rows * 2 * hidden);
     let key_value = [&self_attention.key, &self_attention.value];
     linear_side_by_side(&key_value, precision, x, rows, &mut kv);
     let first = first_rows(x, (batch, seq, hidden));
@@ -812,10 +812,10 @@ fn run_layers(
     let config = encoder.config();
     let rows = batch * seq;
     let mut scratch = Scratch {
-        qkv: vec![0f32; rows * 3 * hidden],
-        context: vec![0f32; rows * hidden],
-        attended: vec![0f32; rows * hidden],
-        expanded: vec![0f32; rows.min(FFN_ROWS) * config.intermediate_size],
+        qkv: fastmath::zeros(rows * 3 * hidden),
+        context: fastmath::zeros(rows * hidden),
+        attended: fastmath::zeros(rows * hidden),
+        expanded: fastmath::zeros(rows.min(FFN_ROWS) * config.intermediate_size),
     };
     for layer in layers {
         layer_forward(layer, &mut x, &mut scratch, &keep, (batch, seq), encoder);
