@@ -1508,7 +1508,7 @@ impl TrainTape {
         let dims = self.dims;
         let (rows, hidden) = (dims.rows(), dims.hidden);
         let grad_h = host(grad_h);
-        let mut dy = vec![0f32; rows * hidden];
+        let mut dy = fastmath::zeros(rows * hidden);
         for b in 0..dims.batch {
             dy[b * dims.seq * hidden..b * dims.seq * hidden + hidden]
                 .copy_from_slice(&grad_h[b * hidden..(b + 1) * hidden]);
