@@ -1751,7 +1751,10 @@ mod tests {
                         .sum::<f64>()
                         * 0.5;
                     let got = dw[i * n + j] as f64;
-                    assert!((got - exact).abs() <= 1e-5, "dw[{i}, {j}] = {got}, not {exact}");
+                    assert!(
+                        (got - exact).abs() <= 1e-5,
+                        "dw[{i}, {j}] = {got}, not {exact}"
+                    );
                 }
             }
         }
