@@ -260,7 +260,7 @@ pub(crate) fn project(
         );
     }
     adapter.map(|adapter| {
-        let mut low = vec![0f32; rows * adapter.rank];
+        let mut low = fastmath::zeros(rows * adapter.rank);
         let rank = adapter.rank;
         forward_product(
             adapter.input,

@@ -194,7 +194,7 @@ impl Mask {
 
     /// `x ⊙ mask` as a new buffer.
     fn applied(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = x[..self.keep.len()].to_vec();
+        let mut out = fastmath::copy_of(&x[..self.keep.len()]);
         self.apply_at(&mut out, 0);
         out
     }
@@ -543,7 +543,7 @@ impl LinearTape {
                     1.0,
                 ),
                 Some(mask) => {
-                    let mut d_dropped = vec![0f32; rows * d_in];
+                    let mut d_dropped = fastmath::zeros(rows * d_in);
                     input_gradient(
                         ProductPrecision::F32,
                         &d_low,
