@@ -22,6 +22,9 @@
 //! (`host_view`). Where the embeddings are frozen (LoRA), the first layer's input gradient
 //! is not made.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use burn::module::{Param, ParamId};
 use burn::nn::{LayerNorm, Linear};
 use burn::optim::GradientsParams;
@@ -253,6 +256,64 @@ struct LinearTape {
     weight_id: Option<ParamId>,
     bias_id: Option<ParamId>,
     adapter: Option<AdapterTape>,
+    /// Where the input gradient of a frozen weight takes `Wᵀ` from, and the weight's id
+    /// ([`FrozenTransposes`]).
+    transposes: Option<(FrozenTransposes, ParamId)>,
+}
+
+/// Transposed copies of frozen projection weights, kept across training steps for their
+/// input-gradient products `dx = dy · Wᵀ`: `gemm` reads `W` (`[d_in, d_out]`) transposed
+/// there and packs it element by element, ≈ 5 % of a LoRA backward for every weight; `Wᵀ`
+/// laid out row by row packs as fast as the forward's `W`. A frozen weight does not change
+/// within a run, so its copy is made at its first step. The encoder holds them for the
+/// attention projections only (query, key, value, output: ≈ 14 MB for MiniLM, 113 MB for
+/// roberta-base), what LoRA's 0.6× memory target leaves room for (BENCHMARKS.md).
+///
+/// An entry holds its weight's storage (read in place, [`HostTensor::Shared`]), so while it is
+/// kept no other tensor can take that address: the parameter still holding the same storage
+/// is checked by address, and a parameter given new values (loaded, merged) gets a fresh copy
+/// at its next backward.
+#[derive(Clone, Default)]
+pub(crate) struct FrozenTransposes(Arc<Mutex<HashMap<ParamId, KeptTranspose>>>);
+
+/// A frozen weight's storage (held) and its transposed copy.
+type KeptTranspose = (HostTensor, Arc<Vec<f32>>);
+
+impl std::fmt::Debug for FrozenTransposes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.lock().map(|map| map.len()).unwrap_or(0);
+        write!(f, "FrozenTransposes({held} held)")
+    }
+}
+
+impl FrozenTransposes {
+    /// `Wᵀ` of the frozen weight `id` (`[d_in, d_out]`), made now or kept from an earlier
+    /// step; `None` where the weight is not read in place (a copy has no stable address).
+    fn get(&self, id: ParamId, weight: &Tensor<2>) -> Option<Arc<Vec<f32>>> {
+        let view = host_view(weight.clone());
+        if !matches!(view, HostTensor::Shared(_)) {
+            return None;
+        }
+        let mut held = self.0.lock().ok()?;
+        if let Some((kept, transposed)) = held.get(&id) {
+            if kept.as_ptr() == view.as_ptr() && kept.len() == view.len() {
+                return Some(transposed.clone());
+            }
+        }
+        let [d_in, d_out] = weight.dims();
+        let mut transposed = vec![0f32; d_in * d_out];
+        low_rank::transpose(&view[..d_in * d_out], d_out, &mut transposed);
+        let transposed = Arc::new(transposed);
+        held.insert(id, (view, transposed.clone()));
+        Some(transposed)
+    }
+
+    /// Lets go of the copy of `id` (a weight that trains now).
+    fn forget(&self, id: ParamId) {
+        if let Ok(mut held) = self.0.lock() {
+            held.remove(&id);
+        }
+    }
 }
 
 struct AdapterTape {
@@ -317,6 +378,7 @@ impl LinearTape {
                 weight_id: trains(weight).then_some(weight.id),
                 bias_id: bias.as_ref().filter(|b| trains(b)).map(|b| b.id),
                 adapter: None,
+                transposes: None,
             };
         };
         let x = &x[..rows * d_in];
@@ -366,6 +428,7 @@ impl LinearTape {
             weight_id: trains(weight).then_some(weight.id),
             bias_id: bias.as_ref().filter(|b| trains(b)).map(|b| b.id),
             adapter,
+            transposes: None,
         }
     }
 
@@ -406,8 +469,20 @@ impl LinearTape {
                 lazy_mask,
                 low: Vec::new(),
             }),
+            transposes: None,
         };
         (tape, bias.as_ref().map(|b| host_view(b.val())))
+    }
+
+    /// Takes the input gradient's `Wᵀ` from `cache` where the weight is frozen and its products
+    /// f32; lets go of a kept copy where the weight trains.
+    fn transposes_from(&mut self, layer: &LoraLinear, cache: &FrozenTransposes) {
+        let id = layer.base.weight.id;
+        if self.weight_id.is_some() {
+            cache.forget(id);
+        } else if self.precision == ProductPrecision::F32 {
+            self.transposes = Some((cache.clone(), id));
+        }
     }
 
     /// The factors and mask of an adapter on the small-rank kernels.
@@ -589,19 +664,44 @@ impl LinearTape {
                 values: column_sums(dy, dy_rs, rows, d_out),
             });
         }
-        if let Some(dx) = dx {
-            let weight = host_view(self.weight.clone());
-            input_gradient(
-                self.precision,
-                dy,
-                dy_rs,
-                &weight,
-                (rows, d_in, d_out),
-                dx,
-                accumulate,
-                1.0,
-            );
+        let Some(dx) = dx else {
+            return;
+        };
+        let transposed = self
+            .transposes
+            .as_ref()
+            .and_then(|(cache, id)| cache.get(*id, &self.weight));
+        if let Some(transposed) = transposed {
+            assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + d_out);
+            assert!(transposed.len() == d_out * d_in && dx.len() >= rows * d_in);
+            // SAFETY: bounds checked above; dx is a distinct buffer.
+            unsafe {
+                product(
+                    (rows, d_in, d_out),
+                    dx.as_mut_ptr(),
+                    (d_in, 1),
+                    accumulate,
+                    dy.as_ptr(),
+                    (dy_rs, 1),
+                    transposed.as_ptr(),
+                    (d_in, 1),
+                    1.0,
+                    true,
+                )
+            }
+            return;
         }
+        let weight = host_view(self.weight.clone());
+        input_gradient(
+            self.precision,
+            dy,
+            dy_rs,
+            &weight,
+            (rows, d_in, d_out),
+            dx,
+            accumulate,
+            1.0,
+        );
     }
 
     /// The adapters' gradients of projections that read the same `input` and whose adapters
@@ -845,6 +945,7 @@ fn layer_forward(
     keep_input: bool,
     first_tokens: bool,
     precision: ProductPrecision,
+    transposes: &FrozenTransposes,
 ) -> LayerTape {
     let Dims {
         batch,
@@ -877,7 +978,7 @@ fn layer_forward(
         } else {
             (&input[..], rows, 1, 3 * hidden)
         };
-        projections.push(LinearTape::forward(
+        let mut tape = LinearTape::forward(
             projection,
             precision,
             x,
@@ -886,7 +987,9 @@ fn layer_forward(
             out_rs,
             i * hidden,
             masks,
-        ));
+        );
+        tape.transposes_from(projection, transposes);
+        projections.push(tape);
     }
 
     // Attention per (sequence, head): softmax(scale · q kᵀ) (padded keys excluded), dropout, · v.
@@ -922,7 +1025,7 @@ fn layer_forward(
     }
 
     let mut attended = fastmath::zeros(out_rows * hidden);
-    let attention_output = LinearTape::forward(
+    let mut attention_output = LinearTape::forward(
         &layer.attention.output.dense,
         precision,
         &context,
@@ -932,6 +1035,7 @@ fn layer_forward(
         0,
         masks,
     );
+    attention_output.transposes_from(&layer.attention.output.dense, transposes);
     let attention_mask = stream_rows(
         masks,
         &layer.attention.output.dropout,
@@ -1664,6 +1768,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
                 i == 0,
                 i + 1 == encoder.encoder.layer.len(),
                 encoder.product_precision(),
+                encoder.frozen_transposes(),
             )
         })
         .collect();
@@ -1729,6 +1834,41 @@ mod tests {
                 (bits >> 40) as f32 / (1u64 << 23) as f32 - 1.0
             })
             .collect()
+    }
+
+    /// `wᵀ` of the row-major `rows × columns` matrix `w`.
+    fn transposed(w: &[f32], columns: usize) -> Vec<f32> {
+        let rows = w.len() / columns;
+        (0..columns)
+            .flat_map(|c| (0..rows).map(move |r| w[r * columns + c]))
+            .collect()
+    }
+
+    #[test]
+    fn frozen_transposes_follow_their_weight() {
+        let device = Device::flex();
+        let (d_in, d_out) = (6, 4);
+        let first = values(d_in * d_out, 3);
+        let weight = Tensor::<2>::from_data(TensorData::new(first.clone(), [d_in, d_out]), &device);
+        let cache = FrozenTransposes::default();
+        let id = ParamId::new();
+        let made = cache.get(id, &weight).expect("a weight read in place");
+        assert_eq!(*made, transposed(&first, d_out));
+        // The same storage (a clone of the tensor): the kept copy.
+        let kept = cache.get(id, &weight.clone()).expect("kept");
+        assert!(Arc::ptr_eq(&made, &kept));
+        // New values under the same parameter (loaded, merged): a fresh copy of them.
+        let second = values(d_in * d_out, 4);
+        let reloaded =
+            Tensor::<2>::from_data(TensorData::new(second.clone(), [d_in, d_out]), &device);
+        let remade = cache.get(id, &reloaded).expect("remade");
+        assert!(!Arc::ptr_eq(&made, &remade));
+        assert_eq!(*remade, transposed(&second, d_out));
+        // Forgotten (the weight trains now): the next request makes it again.
+        cache.forget(id);
+        let after = cache.get(id, &reloaded).expect("made again");
+        assert!(!Arc::ptr_eq(&remade, &after));
+        assert_eq!(*after, *remade);
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Factors {
 }
 
 /// `dst[c · rows + r] = src[r · columns + c]` for the `rows × columns` matrix `src`.
-fn transpose(src: &[f32], columns: usize, dst: &mut [f32]) {
+pub(crate) fn transpose(src: &[f32], columns: usize, dst: &mut [f32]) {
     let rows = src.len() / columns;
     for (r, row) in src.chunks_exact(columns).enumerate() {
         for (c, &v) in row.iter().enumerate() {

@@ -325,6 +325,9 @@ pub struct Encoder {
     config: EncoderConfig,
     #[module(skip)]
     products: ProductPrecision,
+    /// The training step's transposed copies of frozen attention weights (shared by clones).
+    #[module(skip)]
+    frozen_transposes: crate::cpu_training::FrozenTransposes,
 }
 
 /// How the fused CPU paths (inference and the training step) multiply by the encoder's weight
@@ -623,12 +626,18 @@ impl Encoder {
             },
             config: config.clone(),
             products: ProductPrecision::F32,
+            frozen_transposes: Default::default(),
         }
     }
 
     /// The configuration this encoder was built from.
     pub fn config(&self) -> &EncoderConfig {
         &self.config
+    }
+
+    /// The transposed frozen weights the CPU training step keeps across steps.
+    pub(crate) fn frozen_transposes(&self) -> &crate::cpu_training::FrozenTransposes {
+        &self.frozen_transposes
     }
 
     /// The precision of the weight products on the CPU ([`ProductPrecision`]).
