@@ -80,6 +80,35 @@ fn input_gradient(
     }
 }
 
+/// [`input_gradient`] in f32 from `wt = wᵀ` (`n × k`, row-major): `gemm` packs it row by
+/// row, where it reads `w` transposed element by element ([`FrozenTransposes`]).
+fn input_gradient_transposed(
+    dy: &[f32],
+    dy_rs: usize,
+    wt: &[f32],
+    (rows, k, n): (usize, usize, usize),
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + n);
+    assert!(wt.len() >= n * k && dx.len() >= rows * k);
+    // SAFETY: bounds checked above; dx is a distinct buffer.
+    unsafe {
+        product(
+            (rows, k, n),
+            dx.as_mut_ptr(),
+            (k, 1),
+            accumulate,
+            dy.as_ptr(),
+            (dy_rs, 1),
+            wt.as_ptr(),
+            (k, 1),
+            1.0,
+            true,
+        )
+    }
+}
+
 /// `dw (k × n) = alpha · xᵀ · dy` for `x (rows × k)`, `dy (rows × n, row stride dy_rs)`; in
 /// bf16 like [`input_gradient`].
 fn weight_gradient(
@@ -671,37 +700,25 @@ impl LinearTape {
             .transposes
             .as_ref()
             .and_then(|(cache, id)| cache.get(*id, &self.weight));
-        if let Some(transposed) = transposed {
-            assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + d_out);
-            assert!(transposed.len() == d_out * d_in && dx.len() >= rows * d_in);
-            // SAFETY: bounds checked above; dx is a distinct buffer.
-            unsafe {
-                product(
-                    (rows, d_in, d_out),
-                    dx.as_mut_ptr(),
-                    (d_in, 1),
-                    accumulate,
-                    dy.as_ptr(),
-                    (dy_rs, 1),
-                    transposed.as_ptr(),
-                    (d_in, 1),
-                    1.0,
-                    true,
-                )
+        let dims = (rows, d_in, d_out);
+        match transposed {
+            Some(transposed) => {
+                input_gradient_transposed(dy, dy_rs, &transposed, dims, dx, accumulate)
             }
-            return;
+            None => {
+                let weight = host_view(self.weight.clone());
+                input_gradient(
+                    self.precision,
+                    dy,
+                    dy_rs,
+                    &weight,
+                    dims,
+                    dx,
+                    accumulate,
+                    1.0,
+                );
+            }
         }
-        let weight = host_view(self.weight.clone());
-        input_gradient(
-            self.precision,
-            dy,
-            dy_rs,
-            &weight,
-            (rows, d_in, d_out),
-            dx,
-            accumulate,
-            1.0,
-        );
     }
 
     /// The adapters' gradients of projections that read the same `input` and whose adapters
