@@ -55,9 +55,38 @@ fn input_gradient(
     accumulate: bool,
     alpha: f32,
 ) {
-    assert!(dy.len() >= (rows - 1) * dy_rs + n && w.len() >= k * n && dx.len() >= rows * k);
+    input_gradient_of(
+        precision,
+        dy,
+        dy_rs,
+        (w, (1, n)),
+        (rows, k, n),
+        dx,
+        accumulate,
+        alpha,
+    );
+}
+
+/// `dx (+)= alpha · dy · wt` for `wt (n × k)` at row and column strides `(wt_rs, wt_cs)`:
+/// `(1, n)` for `w (k × n)` read transposed ([`input_gradient`]), `(k, 1)` for `wᵀ` laid out
+/// row by row, which `gemm` packs row by row where it packs `w` read transposed element by
+/// element ([`FrozenTransposes`]).
+#[allow(clippy::too_many_arguments)]
+fn input_gradient_of(
+    precision: ProductPrecision,
+    dy: &[f32],
+    dy_rs: usize,
+    (w, (wt_rs, wt_cs)): (&[f32], (usize, usize)),
+    (rows, k, n): (usize, usize, usize),
+    dx: &mut [f32],
+    accumulate: bool,
+    alpha: f32,
+) {
+    assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + n);
+    assert!(w.len() >= k * n && dx.len() >= rows * k);
+    assert!((wt_rs, wt_cs) == (1, n) || (wt_rs, wt_cs) == (k, 1));
     let lhs = Strided::new(dy, dy_rs, 1);
-    let rhs = Strided::new(w, 1, n);
+    let rhs = Strided::new(w, wt_rs, wt_cs);
     if precision == ProductPrecision::Bf16
         && amx::product_bf16((rows, k, n), dx, k, Start::of(accumulate), lhs, rhs, alpha)
     {
@@ -73,37 +102,8 @@ fn input_gradient(
             dy.as_ptr(),
             (dy_rs, 1),
             w.as_ptr(),
-            (1, n),
+            (wt_rs, wt_cs),
             alpha,
-            true,
-        )
-    }
-}
-
-/// [`input_gradient`] in f32 from `wt = wᵀ` (`n × k`, row-major): `gemm` packs it row by
-/// row, where it reads `w` transposed element by element ([`FrozenTransposes`]).
-fn input_gradient_transposed(
-    dy: &[f32],
-    dy_rs: usize,
-    wt: &[f32],
-    (rows, k, n): (usize, usize, usize),
-    dx: &mut [f32],
-    accumulate: bool,
-) {
-    assert!(rows == 0 || dy.len() >= (rows - 1) * dy_rs + n);
-    assert!(wt.len() >= n * k && dx.len() >= rows * k);
-    // SAFETY: bounds checked above; dx is a distinct buffer.
-    unsafe {
-        product(
-            (rows, k, n),
-            dx.as_mut_ptr(),
-            (k, 1),
-            accumulate,
-            dy.as_ptr(),
-            (dy_rs, 1),
-            wt.as_ptr(),
-            (k, 1),
-            1.0,
             true,
         )
     }
@@ -703,7 +703,8 @@ impl LinearTape {
         let dims = (rows, d_in, d_out);
         match transposed {
             Some(transposed) => {
-                input_gradient_transposed(dy, dy_rs, &transposed, dims, dx, accumulate)
+                let (f32, wt) = (ProductPrecision::F32, (&transposed[..], (d_in, 1)));
+                input_gradient_of(f32, dy, dy_rs, wt, dims, dx, accumulate, 1.0);
             }
             None => {
                 let weight = host_view(self.weight.clone());
