@@ -61,8 +61,8 @@ for r in ours["results"]:
         print(f"{name} {r['error']}")
         continue
     gib = (r.get("device_mem_bytes") or 0) / 2**30
-    if r["mode"] == "matmul":
-        print(f"{name} {r['matmul_ms']:>9.3f} ms per product {r['shape']}: {r['tflops']:.3f} TFLOP/s")
+    if r["mode"] in ("matmul", "linear"):
+        print(f"{name} {r['matmul_ms']:>9.3f} ms per product {r['shape']}: {r['tflops']:.3f} TFLOP/s, cublas {r.get('cublas')}, vs burn {r.get('max_rel_deviation_from_burn', 0):.2e}")
         continue
     if r["mode"] == "infer":
         print(f"{name} {'':>9} {'':>13} {gib:>10.2f} {r['sentences_per_s']:>11.1f}")
@@ -124,6 +124,23 @@ run | check)
     ours="${XTASK:-$(unpack xtask)}"
     cli="${CLI:-$(unpack cli)}"
     export LD_LIBRARY_PATH="$PWD/$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # cuBLAS for our weight products (loaded at run time): the system's, else PyTorch's wheels'.
+    if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+        cublas_dir=$("${PYTHON:-python3}" - 2>/dev/null <<'EOF'
+import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages(), "/usr/local/cuda/lib64"]
+for root in roots:
+    for pattern in ("nvidia/*/lib/libcublas.so*", "nvidia/cu*/lib/libcublas.so*",
+                    "torch/lib/libcublas.so*", "libcublas.so*"):
+        found = glob.glob(os.path.join(root, pattern))
+        if found:
+            print(os.path.dirname(found[0]))
+            raise SystemExit
+EOF
+)
+        [ -n "$cublas_dir" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$cublas_dir"
+        echo "cublas: ${cublas_dir:-not found}"
+    fi
     # Each part has its own time limit, so one hanging cannot take the others' results with it.
     set +e
     fixtures="$bundle"
@@ -170,16 +187,18 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
     : >"$out/ours.jsonl"
     deadline=$((SECONDS + ${OURS_LIMIT:-330}))
     for run in $runs; do
-        dtype=${run%%:*} mode=${run#*:}
+        # DTYPE:MODE, or DTYPE:MODE:burn for burn's own products (no cuBLAS) as the baseline.
+        dtype=${run%%:*} mode=${run#*:} products=cublas
+        if [ "${mode##*:}" = burn ]; then mode=${mode%:burn} products=burn; fi
         left=$((deadline - SECONDS))
         if [ "$left" -lt 15 ]; then
             echo "ours $dtype $mode: skipped (time limit)"
             continue
         fi
-        timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
+        DAO_CUBLAS=$([ "$products" = burn ] && echo 0 || echo 1) timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
             --seq "$seq" --batch "$batch" --dtype "$dtype" --json \
             >>"$out/ours.jsonl" 2>>"$out/ours.log"
-        echo "ours $dtype $mode: exit $? ($((SECONDS)) s into the script)"
+        echo "ours $dtype $mode ($products): exit $? ($((SECONDS)) s into the script)"
     done
     tail -n 3 "$out/ours.log"
     set -e

@@ -48,7 +48,7 @@ fn lora_mode(mode: &str) -> Option<(usize, f64)> {
 }
 
 fn known_mode(mode: &str) -> bool {
-    if mode == "matmul" {
+    if mode == "matmul" || mode == "linear" {
         return true;
     }
     let (mode, _) = products_of(mode);
@@ -373,6 +373,7 @@ fn train(
         "step_ms": 1e3 * median(times.wall.clone()),
         "peak_mem_bytes": peak_rss_bytes()?,
         "device_mem_bytes": device_mem_bytes(&device),
+        "cublas": encoder::cublas_products(&device),
         "trainable_params": trainable,
         // dao-shared runs the encoder through burn's graph, which keeps f32.
         "bf16_products": products == ProductPrecision::Bf16
@@ -437,6 +438,7 @@ fn infer(
         "bf16_products": bf16 && setup.device == "cpu" && bf16_products_available(),
         "peak_mem_bytes": peak_rss_bytes()?,
         "device_mem_bytes": device_mem_bytes(&device),
+        "cublas": encoder::cublas_products(&device),
     });
     merge(&mut result, times.fields());
     Ok(result)
@@ -445,7 +447,13 @@ fn infer(
 /// The rate burn's product reaches on the device at the step's largest shape, the
 /// feed-forward up-projection `[batch·seq, hidden] × [hidden, intermediate]`: what the
 /// training step's time can be read against (its products are ⅔ or more of its work).
-fn matmul(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Result<Value> {
+fn matmul(
+    model_name: &str,
+    mode: &str,
+    setup: &Setup,
+    steps: usize,
+    warmup: usize,
+) -> Result<Value> {
     // Products per timed step: one takes well under a millisecond on a GPU, so a single one
     // would time the launch and the sync.
     const REPEATS: usize = 20;
@@ -459,21 +467,39 @@ fn matmul(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Resul
     );
     let a = Tensor::<2>::random([m, k], Distribution::Default, &device);
     let b = Tensor::<2>::random([k, n], Distribution::Default, &device);
-    let times = timed(steps, warmup, "matmul", || {
+    // `linear`: the encoder's product (cuBLAS where it serves the device), checked once
+    // against burn's.
+    let layer = burn::nn::Linear {
+        weight: burn::module::Param::from_tensor(b.clone()),
+        bias: None,
+    };
+    let product = |a: &Tensor<2>| match mode {
+        "linear" => encoder::linear(&layer, a.clone()),
+        _ => a.clone().matmul(b.clone()),
+    };
+    let reference = a.clone().matmul(b.clone());
+    let max_abs = |t: Tensor<2>| -> Result<f64> {
+        let v: Vec<f32> = t.abs().max().into_data().convert::<f32>().try_to_vec::<f32>()?;
+        Ok(f64::from(v[0]))
+    };
+    let deviation = max_abs(product(&a) - reference.clone())? / max_abs(reference)?;
+    let times = timed(steps, warmup, mode, || {
         for _ in 0..REPEATS {
-            drop(a.clone().matmul(b.clone()));
+            drop(product(&a));
         }
         device.sync()?;
         Ok(())
     })?;
     let seconds = median(times.wall.clone()) / REPEATS as f64;
     let mut result = json!({
-        "model": model_name, "mode": "matmul", "dtype": setup.dtype,
+        "model": model_name, "mode": mode, "dtype": setup.dtype,
+        "max_rel_deviation_from_burn": deviation,
         "shape": [m, k, n],
         "matmul_ms": 1e3 * seconds,
         "tflops": 2.0 * (m * k * n) as f64 / seconds / 1e12,
         "peak_mem_bytes": peak_rss_bytes()?,
         "device_mem_bytes": device_mem_bytes(&device),
+        "cublas": encoder::cublas_products(&device),
     });
     merge(&mut result, times.fields());
     Ok(result)
@@ -497,8 +523,8 @@ pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
     let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
     let result = if mode.starts_with("infer") {
         infer(model, mode, setup, steps, warmup)?
-    } else if mode == "matmul" {
-        matmul(model, setup, steps, warmup)?
+    } else if mode == "matmul" || mode == "linear" {
+        matmul(model, mode, setup, steps, warmup)?
     } else {
         train(model, mode, setup, steps, warmup)?
     };
@@ -639,7 +665,7 @@ fn print_table(results: &[Value], setup: &Setup) {
             println!(
                 "{:14} {:15} {:5} {:>10.3} ms per product {}, {tflops:.3} TFLOP/s",
                 model,
-                "matmul",
+                r["mode"].as_str().unwrap_or(""),
                 r["dtype"].as_str().unwrap_or(""),
                 r["matmul_ms"].as_f64().unwrap_or(f64::NAN),
                 r["shape"],

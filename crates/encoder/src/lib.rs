@@ -35,6 +35,7 @@ mod cpu_training;
 mod device;
 mod error;
 mod fastmath;
+mod gpu_products;
 mod loader;
 mod low_rank;
 mod model;
@@ -45,6 +46,7 @@ pub use config::{EncoderConfig, HiddenAct, ModelFamily};
 pub use cpu_training::TrainTape;
 pub use device::{parse_device, parse_devices};
 pub use error::EncoderError;
+pub use gpu_products::{cublas_products, linear};
 pub use loader::{
     load_weights, save_burnpack, ModelFolder, WeightsFormat, BURN_WEIGHTS, HF_WEIGHTS,
 };

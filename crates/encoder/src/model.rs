@@ -2,6 +2,7 @@
 //! classes (`embeddings`, `encoder.layer.N.attention.self_attention.query`, …) so checkpoint keys
 //! map onto them with a short remapping table (see `loader.rs`).
 
+use crate::gpu_products::linear as linear_product;
 use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, LinearConfig,
@@ -177,9 +178,18 @@ impl SelfAttention {
             t.reshape([batch, seq, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = self.query.forward_with(x.clone(), |d, t| masks.apply(d, t));
-        let k = split(self.key.forward_with(x.clone(), |d, t| masks.apply(d, t)));
-        let v = split(self.value.forward_with(x, |d, t| masks.apply(d, t)));
+        let q = self
+            .query
+            .forward_through(x.clone(), |d, t| masks.apply(d, t), linear_product);
+        let k = split(self.key.forward_through(
+            x.clone(),
+            |d, t| masks.apply(d, t),
+            linear_product,
+        ));
+        let v = split(
+            self.value
+                .forward_through(x, |d, t| masks.apply(d, t), linear_product),
+        );
         let context = if masks.active(&self.dropout) {
             // Scaling q ([b, s, d]) rather than the scores ([b, h, s, s]) touches 1/4 of the
             // values at seq 128, and HF's sdpa path scales q·kᵀ the same way up to rounding.
@@ -229,7 +239,9 @@ impl ResidualOutput {
     }
 
     fn forward(&self, x: Tensor<3>, residual: Tensor<3>, masks: &mut DropoutMasks) -> Tensor<3> {
-        let projected = self.dense.forward_with(x, |d, t| masks.apply(d, t));
+        let projected = self
+            .dense
+            .forward_through(x, |d, t| masks.apply(d, t), linear_product);
         self.layer_norm
             .forward(masks.apply(&self.dropout, projected) + residual)
     }
@@ -252,7 +264,9 @@ pub struct Intermediate {
 
 impl Intermediate {
     fn forward(&self, x: Tensor<3>, masks: &mut DropoutMasks) -> Tensor<3> {
-        let x = self.dense.forward_with(x, |d, t| masks.apply(d, t));
+        let x = self
+            .dense
+            .forward_through(x, |d, t| masks.apply(d, t), linear_product);
         match self.act {
             HiddenAct::Gelu if masks.seed.is_some() && !masks.on_device => gelu_parallel_train(x),
             HiddenAct::Gelu => gelu(x),

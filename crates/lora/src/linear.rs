@@ -63,8 +63,19 @@ impl LoraAdapter {
         input: Tensor<D>,
         apply_dropout: impl FnOnce(&Dropout, Tensor<D>) -> Tensor<D>,
     ) -> Tensor<D> {
-        let low_rank = self.lora_a.forward(apply_dropout(&self.dropout, input));
-        self.lora_b.forward(low_rank).mul_scalar(self.scaling)
+        self.forward_through(input, apply_dropout, |layer, x| layer.forward(x))
+    }
+
+    /// [`forward_with`](Self::forward_with), each `Linear`'s `x W + b` computed by `linear`
+    /// (an encoder that has faster products on some device passes them here).
+    pub fn forward_through<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        apply_dropout: impl FnOnce(&Dropout, Tensor<D>) -> Tensor<D>,
+        linear: impl Fn(&Linear, Tensor<D>) -> Tensor<D>,
+    ) -> Tensor<D> {
+        let low_rank = linear(&self.lora_a, apply_dropout(&self.dropout, input));
+        linear(&self.lora_b, low_rank).mul_scalar(self.scaling)
     }
 
     /// The update `(scaling · B A)ᵀ` in burn's weight layout (`A_burn · B_burn`), detached.
@@ -181,11 +192,23 @@ impl LoraLinear {
         input: Tensor<D>,
         apply_dropout: impl FnOnce(&Dropout, Tensor<D>) -> Tensor<D>,
     ) -> Tensor<D> {
+        self.forward_through(input, apply_dropout, |layer, x| layer.forward(x))
+    }
+
+    /// [`forward_with`](Self::forward_with), each `Linear`'s `x W + b` (the base projection's
+    /// and the adapter's) computed by `linear`: the same function, possibly faster products.
+    pub fn forward_through<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        apply_dropout: impl FnOnce(&Dropout, Tensor<D>) -> Tensor<D>,
+        linear: impl Fn(&Linear, Tensor<D>) -> Tensor<D>,
+    ) -> Tensor<D> {
         match &self.adapter {
             Some(adapter) if !adapter.merged => {
-                self.base.forward(input.clone()) + adapter.forward_with(input, apply_dropout)
+                linear(&self.base, input.clone())
+                    + adapter.forward_through(input, apply_dropout, linear)
             }
-            _ => self.base.forward(input),
+            _ => linear(&self.base, input),
         }
     }
 
