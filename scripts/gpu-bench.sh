@@ -23,7 +23,9 @@
 # machine (PARTS=ours BENCH_RUNS="f32:matmul bf16:matmul f32:infer bf16:infer").
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
 # BENCH_RUNS ("f32:constant f32:dao f32:lora8-dao bf16:constant"; also f32:infer, bf16:infer,
-# and f32:matmul, bf16:matmul: the rate of burn's product at the step's largest shape),
+# and f32:matmul, bf16:matmul: the rate of burn's product at the step's largest shape;
+# f32:linear:cublas the rate of cuBLAS's, checked against burn's; any run with a :cublas suffix
+# takes its weight products from cuBLAS),
 # TORCH_PRECISIONS (fp32,tf32,bf16), OURS_LIMIT (330 s for all of ours), TORCH_LIMIT (90 s),
 # OUT (where the JSON goes),
 # PARTS (checks,torch,ours: which parts run),
@@ -187,15 +189,16 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
     : >"$out/ours.jsonl"
     deadline=$((SECONDS + ${OURS_LIMIT:-330}))
     for run in $runs; do
-        # DTYPE:MODE, or DTYPE:MODE:burn for burn's own products (no cuBLAS) as the baseline.
-        dtype=${run%%:*} mode=${run#*:} products=cublas
-        if [ "${mode##*:}" = burn ]; then mode=${mode%:burn} products=burn; fi
+        # DTYPE:MODE (burn's own products), or DTYPE:MODE:cublas for the weight products through
+        # cuBLAS (DAO_CUBLAS=1, an opt-in: see crates/encoder/src/gpu_products.rs).
+        dtype=${run%%:*} mode=${run#*:} products=burn
+        if [ "${mode##*:}" = cublas ]; then mode=${mode%:cublas} products=cublas; fi
         left=$((deadline - SECONDS))
         if [ "$left" -lt 15 ]; then
             echo "ours $dtype $mode: skipped (time limit)"
             continue
         fi
-        DAO_CUBLAS=$([ "$products" = burn ] && echo 0 || echo 1) timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
+        DAO_CUBLAS=$([ "$products" = cublas ] && echo 1 || echo 0) timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
             --seq "$seq" --batch "$batch" --dtype "$dtype" --json \
             >>"$out/ours.jsonl" 2>>"$out/ours.log"
         echo "ours $dtype $mode ($products): exit $? ($((SECONDS)) s into the script)"

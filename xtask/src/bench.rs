@@ -479,7 +479,12 @@ fn matmul(
     };
     let reference = a.clone().matmul(b.clone());
     let max_abs = |t: Tensor<2>| -> Result<f64> {
-        let v: Vec<f32> = t.abs().max().into_data().convert::<f32>().try_to_vec::<f32>()?;
+        let v: Vec<f32> = t
+            .abs()
+            .max()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()?;
         Ok(f64::from(v[0]))
     };
     let deviation = max_abs(product(&a) - reference.clone())? / max_abs(reference)?;

@@ -1,16 +1,18 @@
-//! The weight products of burn's path on CUDA through cuBLAS.
+//! The weight products of burn's path on CUDA through cuBLAS, as an opt-in (`DAO_CUBLAS=1`).
 //!
 //! burn 0.22.1's product (cubecl's matmul) runs at 10–15 % of an H200's tensor-core peak, and
 //! the six weight products of each layer are most of a training step's arithmetic (BENCHMARKS.md
-//! "GPU"). With the `cuda` feature, [`linear`] runs `x W` (forward) and `dy Wᵀ`, `xᵀ dy`
-//! (backward) through `cublasGemmEx` instead, f32 operands on the TF32 tensor cores (what
-//! burn's own autotuner already chose for f32) and bf16/f16 operands with f32 accumulation.
-//! Anywhere else (the CPU, a machine without libcublas, `DAO_CUBLAS=0`) it is burn's
-//! `Linear` product unchanged.
+//! "GPU"). With the `cuda` feature and `DAO_CUBLAS=1`, [`linear`] runs `x W` (forward) and
+//! `dy Wᵀ`, `xᵀ dy` (backward) through `cublasGemmEx` instead, f32 operands on the TF32 tensor
+//! cores (what burn's own autotuner already chose for f32) and bf16/f16 operands with f32
+//! accumulation. Anywhere else it is burn's `Linear` product unchanged.
 //!
 //! cubecl does not expose the CUDA stream its kernels run on, so a cuBLAS call is ordered by
 //! waiting: the device's queue is drained before the call and the call finished before its
-//! output is handed back (see [`cuda`]).
+//! output is handed back (see `cuda`). Measured on an H200 (BENCHMARKS.md "GPU"), the product
+//! itself runs 2.6× faster than burn's, but the waits stall burn's asynchronous queue: the
+//! RoBERTa-large step is 1.10× slower with it, so it is off by default. It wins once the
+//! product can be queued on cubecl's own stream.
 
 use burn::nn::Linear;
 use burn::tensor::Tensor;
@@ -87,8 +89,8 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 }
 
 /// Whether [`linear`] runs its products through cuBLAS on `device` (loading cuBLAS on first
-/// use). `false` on the CPU, without the `cuda` feature, without libcublas, or with
-/// `DAO_CUBLAS=0`.
+/// use). `false` on the CPU, without the `cuda` feature, without `DAO_CUBLAS=1`, or without
+/// libcublas.
 pub fn cublas_products(device: &burn::tensor::Device) -> bool {
     #[cfg(feature = "cuda")]
     {

@@ -38,13 +38,13 @@ struct Blas {
     handle: CudaBlas,
 }
 
-/// Whether cuBLAS may be used at all in this process: not with `DAO_CUBLAS=0`, not when
-/// libcublas cannot be loaded (it is found like any shared library: `LD_LIBRARY_PATH`).
+/// Whether cuBLAS may be used at all in this process: only with `DAO_CUBLAS=1` (its waits cost
+/// more than its faster products save, see the parent module), and only when libcublas can be
+/// loaded (it is found like any shared library: `LD_LIBRARY_PATH`).
 fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
-        if std::env::var("DAO_CUBLAS").is_ok_and(|v| v.trim() == "0") {
-            tracing::info!("DAO_CUBLAS=0: burn's own products on CUDA");
+        if !std::env::var("DAO_CUBLAS").is_ok_and(|v| v.trim() == "1") {
             return false;
         }
         // SAFETY: only tries to open the library under its usual names.
