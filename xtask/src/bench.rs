@@ -447,6 +447,8 @@ fn infer(
 /// The rate burn's product reaches on the device at the step's largest shape, the
 /// feed-forward up-projection `[batch·seq, hidden] × [hidden, intermediate]`: what the
 /// training step's time can be read against (its products are ⅔ or more of its work).
+/// `linear` times the encoder's own product there instead (cuBLAS with `DAO_CUBLAS=1` on
+/// CUDA), and both report its largest deviation from burn's.
 fn matmul(
     model_name: &str,
     mode: &str,
