@@ -308,7 +308,7 @@ impl<B: DenseProduct, C: CheckpointStrategy> DenseProduct for Autodiff<B, C> {
     }
 }
 
-/// The CUDA device index of a tensor on burn-cuda's backend, if cuBLAS serves it in its dtype.
+/// Whether cuBLAS serves a tensor on `device` (a CUDA device) in `dtype`.
 fn served(device: &CubeDevice, dtype: DType) -> bool {
     match device {
         CubeDevice::Cuda(cuda) => gemm_types(dtype).is_some() && blas(cuda.index).is_some(),
