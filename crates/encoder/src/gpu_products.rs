@@ -111,7 +111,6 @@ mod tests {
     use super::*;
 
     /// A column-major `gemm` exactly as BLAS defines it, on plain slices.
-    #[allow(clippy::too_many_arguments)]
     fn reference_gemm(call: &GemmCall, first: &[f32], second: &[f32], out: &mut [f32]) {
         let at = |m: &[f32], ld: usize, row: usize, col: usize| m[row + col * ld];
         for j in 0..call.n {
