@@ -13,6 +13,7 @@
 //! In a MiniLM inference batch the burn path spent more time around its matrix products than in
 //! them (BENCHMARKS.md).
 
+use std::borrow::Cow;
 use std::ops::Deref;
 
 use burn::backend::{flex::FlexTensor, Flex};
@@ -696,9 +697,9 @@ fn layer_forward(
 
 /// The last layer for each sequence's first token only, from the layer's input `x`
 /// (`[batch·seq, hidden]`); returns `H` (`[batch, hidden]`). Nothing else of the last layer
-/// reaches `H`: keys and values still come from every token, but the query, the attention,
-/// its output projection, the feed-forward block and both LayerNorms run on `batch` rows
-/// instead of `batch · seq` (10 of the layer's 12 `rows × hidden²` products).
+/// reaches `H`: the query, the attention, its output projection, the feed-forward block and
+/// both LayerNorms run on `batch` rows instead of `batch · seq`, and the keys and values are
+/// never made ([`first_token_context`]): none of the layer's 12 `rows × hidden²` products.
 fn last_layer_first_tokens(
     layer: &Layer,
     x: &[f32],
@@ -709,35 +710,16 @@ fn last_layer_first_tokens(
     let config = encoder.config();
     let precision = encoder.product_precision();
     let (hidden, heads) = (config.hidden_size, config.num_attention_heads);
-    let head_dim = hidden / heads;
-    let rows = batch * seq;
     let self_attention = &layer.attention.self_attention;
-    // Keys and values side by side, `[rows, 2 · hidden]`.
-    let mut kv = fastmath::zeros(rows * 2 * hidden);
-    let key_value = [&self_attention.key, &self_attention.value];
-    linear_side_by_side(&key_value, precision, x, rows, &mut kv);
     let first = first_rows(x, (batch, seq, hidden));
     let mut query = vec![0f32; batch * hidden];
     let weights = host_linear(&self_attention.query);
     linear_into(&weights, precision, &first, batch, &mut query, hidden, 0);
-
-    // softmax(scale · q kᵀ) over the real keys, then · v: one query row per (sequence, head).
-    let mut context = vec![0f32; batch * hidden];
-    context
-        .par_chunks_mut(hidden)
-        .enumerate()
-        .for_each(|(b, context)| {
-            let keep = &keep[b * seq..(b + 1) * seq];
-            let key_value = |t: usize| &kv[(b * seq + t) * 2 * hidden..][..2 * hidden];
-            let mut scores = vec![0f32; seq];
-            for h in 0..heads {
-                let columns = h * head_dim..(h + 1) * head_dim;
-                let q = &query[b * hidden..][columns.clone()];
-                one_query_probs(q, |t| &key_value(t)[columns.clone()], keep, &mut scores);
-                let value = |t: usize| &key_value(t)[hidden..][columns.clone()];
-                weighted_values(&scores, value, &mut context[columns.clone()]);
-            }
-        });
+    let projections = (
+        &host_linear(&self_attention.key),
+        &host_linear(&self_attention.value),
+    );
+    let context = first_token_context(x, &query, keep, projections, (batch, seq, hidden, heads));
 
     let eps = config.layer_norm_eps;
     let output = &layer.attention.output;
@@ -757,6 +739,125 @@ fn last_layer_first_tokens(
     let norm = host_layer_norm(&layer.output.layer_norm, eps);
     add_and_norm(&mut h, bias, &attended, &norm);
     h
+}
+
+/// A projection's weight with its unmerged adapter folded in (`W + s · A B`), or the weight.
+fn merged_weight(layer: &HostLinear) -> Cow<'_, [f32]> {
+    let Some((a, b, rank, scaling)) = &layer.adapter else {
+        return Cow::Borrowed(&layer.weight);
+    };
+    let mut merged = layer.weight.to_vec();
+    let dims = (layer.d_in, *rank, layer.d_out);
+    forward_product(a, b, dims, &mut merged, layer.d_out, true, *scaling);
+    Cow::Owned(merged)
+}
+
+/// The last layer's attention context for each sequence's first token (`[batch, hidden]`),
+/// from the layer's input `x` and the first tokens' `query`, without any token's key or
+/// value: for head `h` with query `q`, `q · k_t = x_t · (W_k,h q) + q · b_k,h`, and as the
+/// probabilities sum to one, `Σ_t p_t v_t = (Σ_t p_t x_t) W_v,h + b_v,h`. Two
+/// `rows × hidden²` products become products over `batch · heads` vectors. `q · b_k,h` is
+/// left out: one value added to a whole row of scores, which the softmax does not see.
+fn first_token_context(
+    x: &[f32],
+    query: &[f32],
+    keep: &[bool],
+    (key, value): (&HostLinear, &HostLinear),
+    (batch, seq, hidden, heads): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    let head_dim = hidden / heads;
+    assert!(x.len() == batch * seq * hidden && query.len() == batch * hidden);
+    assert!(keep.len() == batch * seq && head_dim * heads == hidden);
+    assert!([key.d_in, key.d_out, value.d_in, value.d_out] == [hidden; 4]);
+    let (w_key, w_value) = (merged_weight(key), merged_weight(value));
+    // folded[b, h] = W_k,h q_{b,h}, `[batch, heads, hidden]`.
+    let mut folded = vec![0f32; batch * heads * hidden];
+    let out = SharedOut::new(&mut folded);
+    (0..heads).into_par_iter().for_each(|h| {
+        // SAFETY: head h writes row (b, h) of folded for each b, no other head does; its
+        // query columns and key weight columns lie inside the asserted lengths.
+        unsafe {
+            product(
+                (batch, hidden, head_dim),
+                out.ptr().add(h * hidden),
+                (heads * hidden, 1),
+                false,
+                query.as_ptr().add(h * head_dim),
+                (hidden, 1),
+                w_key.as_ptr().add(h * head_dim),
+                (1, hidden),
+                1.0,
+                false,
+            )
+        }
+    });
+    // pooled[b, h] = Σ_t p_t x_t over sequence b, `[batch, heads, hidden]`.
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut pooled = vec![0f32; batch * heads * hidden];
+    pooled
+        .par_chunks_mut(heads * hidden)
+        .zip(folded.par_chunks(heads * hidden))
+        .enumerate()
+        .for_each(|(b, (pooled, folded))| {
+            let tokens = &x[b * seq * hidden..(b + 1) * seq * hidden];
+            let mut probs = vec![0f32; heads * seq];
+            // SAFETY: probs is [heads, seq], folded [heads, hidden], tokens [seq, hidden]
+            // (read transposed), pooled [heads, hidden]: every index inside them.
+            unsafe {
+                product(
+                    (heads, seq, hidden),
+                    probs.as_mut_ptr(),
+                    (seq, 1),
+                    false,
+                    folded.as_ptr(),
+                    (hidden, 1),
+                    tokens.as_ptr(),
+                    (1, hidden),
+                    scale,
+                    false,
+                );
+                softmax_over_kept(&mut probs, &keep[b * seq..(b + 1) * seq]);
+                product(
+                    (heads, hidden, seq),
+                    pooled.as_mut_ptr(),
+                    (hidden, 1),
+                    false,
+                    probs.as_ptr(),
+                    (seq, 1),
+                    tokens.as_ptr(),
+                    (hidden, 1),
+                    1.0,
+                    false,
+                );
+            }
+        });
+    // context[b, h's columns] = pooled[b, h] W_v,h + b_v,h.
+    let mut context = vec![0f32; batch * hidden];
+    if let Some(bias) = &value.bias {
+        context
+            .chunks_exact_mut(hidden)
+            .for_each(|row| row.copy_from_slice(bias));
+    }
+    let out = SharedOut::new(&mut context);
+    (0..heads).into_par_iter().for_each(|h| {
+        // SAFETY: head h writes its own columns of each context row; pooled's rows (b, h)
+        // and the value weight's columns of h lie inside their buffers.
+        unsafe {
+            product(
+                (batch, head_dim, hidden),
+                out.ptr().add(h * head_dim),
+                (hidden, 1),
+                value.bias.is_some(),
+                pooled.as_ptr().add(h * hidden),
+                (heads * hidden, 1),
+                w_value.as_ptr().add(h * head_dim),
+                (hidden, 1),
+                1.0,
+                false,
+            )
+        }
+    });
+    context
 }
 
 /// [`Encoder::forward`] on the CPU without autodiff: embeddings through burn (a gather and one

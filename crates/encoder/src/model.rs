@@ -976,14 +976,21 @@ mod tests {
             let mut encoder = Encoder::new(&config, &device)
                 .apply_lora(&lora::LoraConfig::with_rank(4))
                 .unwrap();
-            // A non-zero B, so the adapter contributes.
-            let query = &mut encoder.encoder.layer[1].attention.self_attention.query;
-            let adapter = query.adapter.as_mut().unwrap();
-            adapter.lora_b.weight = adapter
-                .lora_b
-                .weight
-                .clone()
-                .map(|w| w.random_like(Distribution::Normal(0.0, 0.5)));
+            // Non-zero B's, so the adapters contribute (the last layer's key and value too: its
+            // first-token path folds them into the weights).
+            let attention = &mut encoder.encoder.layer[1].attention.self_attention;
+            for projection in [
+                &mut attention.query,
+                &mut attention.key,
+                &mut attention.value,
+            ] {
+                let adapter = projection.adapter.as_mut().unwrap();
+                adapter.lora_b.weight = adapter
+                    .lora_b
+                    .weight
+                    .clone()
+                    .map(|w| w.random_like(Distribution::Normal(0.0, 0.5)));
+            }
             // Three sequences of 7: padded, unpadded, mostly padded (pad id 1).
             let ids: Vec<i64> = vec![
                 0, 7, 9, 11, 2, 1, 1, 0, 5, 6, 8, 13, 17, 2, 0, 4, 2, 1, 1, 1, 1,
