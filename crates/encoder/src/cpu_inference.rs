@@ -298,22 +298,43 @@ fn linear_into(
     linear_into_with(layer, precision, x, rows, out, out_rs, col0, true);
 }
 
-/// `out = [x W₀ + b₀ | x W₁ + b₁ | …]`, `[rows, Σ d_out]`: projections of one input side by
-/// side (query, key and value).
-fn linear_side_by_side(
-    projections: &[&LoraLinear],
+/// `out = [x W_q + b_q | x W_k | x W_v]`, `[rows, 3 · d_out]`: the query, key and value
+/// projections side by side, the key's and value's biases left out where a bias costs a copy
+/// into every row ([`bias_is_a_copy`]); returns the value's bias when it was left out.
+///
+/// Neither is needed there: the key's bias adds `q · b_k` to a whole row of scores, which the
+/// softmax does not see, and the value's adds `b_v` to every context row (the probabilities
+/// sum to one), which the attention's output projection carries as its own bias
+/// ([`value_bias_through`]).
+fn query_key_value<'a>(
+    [query, key, value]: [&'a HostLinear; 3],
     precision: ProductPrecision,
     x: &[f32],
     rows: usize,
     out: &mut [f32],
-) {
-    let width = projections.iter().map(|p| p.dims().1).sum();
-    let mut col0 = 0;
-    for projection in projections {
-        let weights = host_linear(projection);
-        linear_into(&weights, precision, x, rows, out, width, col0);
-        col0 += weights.d_out;
-    }
+) -> Option<&'a [f32]> {
+    let width = query.d_out + key.d_out + value.d_out;
+    let fold = bias_is_a_copy(precision);
+    linear_into(query, precision, x, rows, out, width, 0);
+    linear_into_with(key, precision, x, rows, out, width, query.d_out, !fold);
+    let col0 = query.d_out + key.d_out;
+    linear_into_with(value, precision, x, rows, out, width, col0, !fold);
+    value.bias.as_deref().filter(|_| fold)
+}
+
+/// The attention output projection's bias with the value bias `b_v` left out of the context
+/// ([`query_key_value`]): `b_v W_o + b_o`, the projection (and its adapter) of `b_v`.
+fn value_bias_through(output: &HostLinear, value_bias: &[f32]) -> Vec<f32> {
+    let mut bias = vec![0f32; output.d_out];
+    let precision = ProductPrecision::F32;
+    linear_into(output, precision, value_bias, 1, &mut bias, output.d_out, 0);
+    bias
+}
+
+/// Whether a product's bias is a copy into every row of its output before the product (f32
+/// products), not its free starting value (the bf16 tiles).
+fn bias_is_a_copy(precision: ProductPrecision) -> bool {
+    precision == ProductPrecision::F32 || !amx::available()
 }
 
 /// [`linear_into`] leaving the bias to the pass that reads the output next, which adds it
@@ -327,7 +348,7 @@ fn linear_into_deferring_bias<'a>(
     rows: usize,
     out: &mut [f32],
 ) -> Option<&'a [f32]> {
-    let defer = precision == ProductPrecision::F32 || !amx::available();
+    let defer = bias_is_a_copy(precision);
     linear_into_with(layer, precision, x, rows, out, layer.d_out, 0, !defer);
     layer.bias.as_deref().filter(|_| defer)
 }
@@ -619,12 +640,12 @@ fn layer_forward(
     let (hidden, rows) = (config.hidden_size, batch * seq);
     let attention_block = &layer.attention;
     let self_attention = &attention_block.self_attention;
-    let qkv = [
-        &self_attention.query,
-        &self_attention.key,
-        &self_attention.value,
+    let projections = [
+        &host_linear(&self_attention.query),
+        &host_linear(&self_attention.key),
+        &host_linear(&self_attention.value),
     ];
-    linear_side_by_side(&qkv, precision, x, rows, &mut scratch.qkv);
+    let value_bias = query_key_value(projections, precision, x, rows, &mut scratch.qkv);
     attention(
         &scratch.qkv,
         &mut scratch.context,
@@ -641,9 +662,10 @@ fn layer_forward(
         rows,
         &mut scratch.attended,
     );
+    let folded = value_bias.map(|b_v| value_bias_through(&attention_output, b_v));
     add_and_norm(
         &mut scratch.attended,
-        bias,
+        folded.as_deref().or(bias),
         x,
         &host_layer_norm(&output.layer_norm, eps),
     );

@@ -977,12 +977,14 @@ mod tests {
                 .apply_lora(&lora::LoraConfig::with_rank(4))
                 .unwrap();
             // Non-zero B's, so the adapters contribute (the last layer's key and value too: its
-            // first-token path folds them into the weights).
-            let attention = &mut encoder.encoder.layer[1].attention.self_attention;
+            // first-token path folds them into the weights; and the output projection, which
+            // carries the value bias).
+            let attention = &mut encoder.encoder.layer[1].attention;
             for projection in [
-                &mut attention.query,
-                &mut attention.key,
-                &mut attention.value,
+                &mut attention.self_attention.query,
+                &mut attention.self_attention.key,
+                &mut attention.self_attention.value,
+                &mut attention.output.dense,
             ] {
                 let adapter = projection.adapter.as_mut().unwrap();
                 adapter.lora_b.weight = adapter
