@@ -22,6 +22,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::amx::{self, Start, Strided};
+use crate::attention_kernel;
 use crate::config::HiddenAct;
 use crate::fastmath;
 use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer, ProductPrecision};
@@ -541,7 +542,9 @@ pub(crate) unsafe fn attend_pair(
     );
 }
 
-/// Multi-head attention over `qkv` into `context` (no dropout), every pair on its own core.
+/// Multi-head attention over `qkv` into `context` (no dropout), every pair on its own core:
+/// through [`attention_kernel`] where the CPU and head width take it, else two `gemm`
+/// products a pair.
 fn attention(
     qkv: &[f32],
     context: &mut [f32],
@@ -549,6 +552,29 @@ fn attention(
     (batch, seq, hidden, heads): (usize, usize, usize, usize),
 ) {
     assert!(qkv.len() == batch * seq * 3 * hidden && context.len() == batch * seq * hidden);
+    let head_dim = hidden / heads;
+    if attention_kernel::takes(head_dim) {
+        // Each sequence's context rows, `[seq, hidden]`, are written by its own pairs only.
+        let stride = 3 * hidden;
+        context
+            .par_chunks_mut(seq * hidden)
+            .enumerate()
+            .for_each_init(attention_kernel::Scratch::default, |scratch, (b, out)| {
+                for h in 0..heads {
+                    let first = b * seq * stride + h * head_dim;
+                    let pair = attention_kernel::Pair {
+                        qkv,
+                        stride,
+                        offsets: [first, first + hidden, first + 2 * hidden],
+                        seq,
+                        head_dim,
+                        keep: &keep[b * seq..(b + 1) * seq],
+                    };
+                    attention_kernel::attend(&pair, &mut out[h * head_dim..], hidden, scratch);
+                }
+            });
+        return;
+    }
     let out = SharedOut::new(context);
     (0..batch * heads).into_par_iter().for_each_init(
         || vec![0f32; seq * seq],

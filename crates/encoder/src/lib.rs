@@ -29,6 +29,7 @@
 
 mod adapters;
 mod amx;
+mod attention_kernel;
 mod config;
 mod cpu_inference;
 mod cpu_training;
