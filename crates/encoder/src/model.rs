@@ -1023,7 +1023,7 @@ mod tests {
                 values_of(reference.last_hidden_state),
             );
             let delta = max_delta(&a, &b);
-            assert!(delta <= 2e-5, "{family}/{act}: max |Δ| {delta}");
+            assert!(delta <= 2e-5, "{family}/{act}/{hidden}: max |Δ| {delta}");
             assert!(a.iter().all(|v| v.is_finite()));
             // The last layer on the first tokens only: the same H.
             let h = first_token.into_data().try_to_vec::<f32>().unwrap();
@@ -1033,7 +1033,10 @@ mod tests {
                 .try_to_vec::<f32>()
                 .unwrap();
             let delta = max_delta(&h, &h_reference);
-            assert!(delta <= 2e-5, "{family}/{act} first token: max |Δ| {delta}");
+            assert!(
+                delta <= 2e-5,
+                "{family}/{act}/{hidden} first token: max |Δ| {delta}"
+            );
         }
     }
 
