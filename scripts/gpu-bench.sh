@@ -24,8 +24,11 @@
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
 # BENCH_RUNS ("f32:constant f32:dao f32:lora8-dao bf16:constant"; also f32:infer, bf16:infer,
 # and f32:matmul, bf16:matmul: the rate of burn's product at the step's largest shape;
-# f32:linear:cublas the rate of cuBLAS's, checked against burn's; any run with a :cublas suffix
-# takes its weight products from cuBLAS),
+# f32:linear:cublas the rate of cuBLAS's, checked against burn's; a run's third field picks a
+# variant: :cublas takes its weight products from cuBLAS, :profile logs every kernel's device
+# time (cubecl's profiling logger; the per-step summaries end up in OUT/profile-DTYPE-MODE.txt),
+# :tune-full retunes every product from scratch at cubecl's widest autotune level
+# (CUBECL_AUTOTUNE_LEVEL=full, no cache; each candidate's time in OUT/autotune-DTYPE-MODE.log.xz)),
 # TORCH_PRECISIONS (fp32,tf32,bf16), OURS_LIMIT (330 s for all of ours), TORCH_LIMIT (90 s),
 # OUT (where the JSON goes),
 # PARTS (checks,torch,ours: which parts run),
@@ -55,10 +58,11 @@ except (OSError, ValueError):
 print(f"ours: {ours['device']}")
 ref = {r["precision"]: r for r in torch}
 base = ref.get("fp32")
-print(f"{'framework':10} {'mode':10} {'precision':9} {'step ms':>9} {'vs torch fp32':>13} "
+print(f"{'framework':10} {'mode':16} {'precision':9} {'step ms':>9} {'vs torch fp32':>13} "
       f"{'device GiB':>10} {'sentences/s':>11}")
 for r in ours["results"]:
-    name = f"{'ours':10} {r['mode']:10} {r.get('dtype', 'f32'):9}"
+    mode = r["mode"] + (f":{r['variant']}" if r.get("variant") else "")
+    name = f"{'ours':10} {mode:16} {r.get('dtype', 'f32'):9}"
     if "error" in r:
         print(f"{name} {r['error']}")
         continue
@@ -74,7 +78,7 @@ for r in ours["results"]:
 for r in torch:
     gib = (r.get("peak_device_bytes") or 0) / 2**30
     ratio = f"{r['step_s'] / base['step_s']:.2f}x" if base else ""
-    print(f"{'pytorch':10} {'constant':10} {r['precision']:9} {1e3 * r['step_s']:>9.1f} "
+    print(f"{'pytorch':10} {'constant':16} {r['precision']:9} {1e3 * r['step_s']:>9.1f} "
           f"{ratio:>13} {gib:>10.2f}")
 EOF
 }
@@ -114,7 +118,7 @@ run | check)
     else
         device=cpu torch_device=cpu
         model=minilm shape=tiny seq=16 batch=2 precisions=fp32
-        runs="f32:constant f32:dao f32:lora8-dao f32:infer f32:matmul"
+        runs="${BENCH_RUNS:-f32:constant f32:dao f32:lora8-dao f32:infer f32:matmul}"
     fi
     unpack() { # $1: binary name → a runnable copy
         if [ -f "$bundle/$1.xz" ]; then
@@ -189,19 +193,45 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
     : >"$out/ours.jsonl"
     deadline=$((SECONDS + ${OURS_LIMIT:-330}))
     for run in $runs; do
-        # DTYPE:MODE (burn's own products), or DTYPE:MODE:cublas for the weight products through
-        # cuBLAS (DAO_CUBLAS=1, an opt-in: see crates/encoder/src/gpu_products.rs).
-        dtype=${run%%:*} mode=${run#*:} products=burn
-        if [ "${mode##*:}" = cublas ]; then mode=${mode%:cublas} products=cublas; fi
+        # DTYPE:MODE (burn's own products) or DTYPE:MODE:VARIANT (see the header).
+        dtype=${run%%:*} mode=${run#*:} variant=""
+        case "${mode##*:}" in
+        cublas | profile | tune-full) variant=${mode##*:} mode=${mode%:*} ;;
+        esac
         left=$((deadline - SECONDS))
         if [ "$left" -lt 15 ]; then
-            echo "ours $dtype $mode: skipped (time limit)"
+            echo "ours $dtype $mode $variant: skipped (time limit)"
             continue
         fi
-        DAO_CUBLAS=$([ "$products" = cublas ] && echo 1 || echo 0) timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
+        # cubecl reads cubecl.toml from the working directory; only these variants write one.
+        rm -f cubecl.toml
+        log="$out/$variant-$dtype-$mode.log"
+        case "$variant" in
+        profile) printf '[profiling]\nlogger = { level = "basic", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
+        tune-full) printf '[autotune]\nlogger = { level = "full", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
+        esac
+        DAO_CUBLAS=$([ "$variant" = cublas ] && echo 1 || echo 0) \
+            CUBECL_AUTOTUNE_LEVEL=$([ "$variant" = tune-full ] && echo full || echo balanced) \
+            CUBECL_AUTOTUNE_CACHE=$([ "$variant" = tune-full ] && echo 0 || echo 1) \
+            timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
             --seq "$seq" --batch "$batch" --dtype "$dtype" --json \
-            >>"$out/ours.jsonl" 2>>"$out/ours.log"
-        echo "ours $dtype $mode ($products): exit $? ($((SECONDS)) s into the script)"
+            >"$out/one.jsonl" 2>>"$out/ours.log"
+        echo "ours $dtype $mode ${variant:-burn}: exit $? ($((SECONDS)) s into the script)"
+        rm -f cubecl.toml
+        python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        one = json.loads(line)
+        for r in one["results"]:
+            r["variant"] = sys.argv[2]
+        print(json.dumps(one))' "$out/one.jsonl" "$variant" >>"$out/ours.jsonl"
+        if [ "$variant" = profile ] && [ -f "$log" ]; then
+            # Keep the summaries (one per synchronisation: the last is a steady step), not
+            # the line per kernel.
+            grep -v '^| [0-9.]*[mnµu]*s *|' "$log" >"$out/profile-$dtype-$mode.txt" || true
+            xz -T2 "$log"
+        fi
+        [ "$variant" = tune-full ] && [ -f "$log" ] && xz -T2 "$log"
     done
     tail -n 3 "$out/ours.log"
     set -e
