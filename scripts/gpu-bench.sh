@@ -15,7 +15,8 @@
 # The GPU machine has no registries and no Rust: it runs only what is bundled.
 #
 # `run` needs: nvidia-smi, python3 with torch and transformers (the GPU image has both).
-# Measured on an H200 (BENCHMARKS.md): parity + the training run + PyTorch ≈ 165 s; the first
+# Measured on an H200 (BENCHMARKS.md): parity + the training run + PyTorch ≈ 165 s (the
+# training run's first step once took 100 s to compile, hence its 240 s limit); the first
 # step of each of our processes compiles and autotunes its kernels (75–125 s per new set of
 # kernels: f32, LoRA's, bf16; a later process that needs no new ones starts in ≈ 20 s), so the
 # default runs fit one call of about 8 min, the bf16 row last to go when compiling is slow;
@@ -27,8 +28,10 @@
 # f32:linear:cublas the rate of cuBLAS's, checked against burn's; a run's third field picks a
 # variant: :cublas takes its weight products from cuBLAS, :profile logs every kernel's device
 # time (cubecl's profiling logger; the per-step summaries end up in OUT/profile-DTYPE-MODE.txt),
-# :tune-full retunes every product from scratch at cubecl's widest autotune level
-# (CUBECL_AUTOTUNE_LEVEL=full, no cache; each candidate's time in OUT/autotune-DTYPE-MODE.log.xz)),
+# :tune-full retunes every kernel from scratch at cubecl's widest autotune level
+# (CUBECL_AUTOTUNE_LEVEL=full, no cache; each candidate's time in OUT/tune-full-DTYPE-MODE.log.xz),
+# :balanced at cubecl's default level, as a run without a variant does unless the caller's
+# environment sets CUBECL_AUTOTUNE_LEVEL),
 # TORCH_PRECISIONS (fp32,tf32,bf16), OURS_LIMIT (330 s for all of ours), TORCH_LIMIT (90 s),
 # OUT (where the JSON goes),
 # PARTS (checks,torch,ours: which parts run),
@@ -171,7 +174,7 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
     print(f"parity: no embeddings ({e})")' "$fixtures/golden.json" "$out/embeddings.jsonl" "$device"
         # The whole trainer on the device: one epoch of DAO on the demo data, tiny RoBERTa.
         rm -rf /tmp/gpu-bench-tiny-run
-        timeout 120 "$cli" train --config configs/quickstart.toml --out /tmp/gpu-bench-tiny-run \
+        timeout 240 "$cli" train --config configs/quickstart.toml --out /tmp/gpu-bench-tiny-run \
             --device "$device" --set model.path="$fixtures/tiny-roberta" --set train.epochs=1 \
             >"$out/train.log" 2>&1
         echo "training on $device: exit $?"
@@ -196,7 +199,7 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
         # DTYPE:MODE (burn's own products) or DTYPE:MODE:VARIANT (see the header).
         dtype=${run%%:*} mode=${run#*:} variant=""
         case "${mode##*:}" in
-        cublas | profile | tune-full) variant=${mode##*:} mode=${mode%:*} ;;
+        cublas | profile | tune-full | balanced) variant=${mode##*:} mode=${mode%:*} ;;
         esac
         left=$((deadline - SECONDS))
         if [ "$left" -lt 15 ]; then
@@ -210,9 +213,12 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
         profile) printf '[profiling]\nlogger = { level = "basic", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
         tune-full) printf '[autotune]\nlogger = { level = "full", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
         esac
-        DAO_CUBLAS=$([ "$variant" = cublas ] && echo 1 || echo 0) \
-            CUBECL_AUTOTUNE_LEVEL=$([ "$variant" = tune-full ] && echo full || echo balanced) \
-            CUBECL_AUTOTUNE_CACHE=$([ "$variant" = tune-full ] && echo 0 || echo 1) \
+        level=() # as `env` arguments
+        case "$variant" in
+        balanced) level=(CUBECL_AUTOTUNE_LEVEL=balanced) ;;
+        tune-full) level=(CUBECL_AUTOTUNE_LEVEL=full CUBECL_AUTOTUNE_CACHE=0) ;;
+        esac
+        env "${level[@]}" DAO_CUBLAS=$([ "$variant" = cublas ] && echo 1 || echo 0) \
             timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
             --seq "$seq" --batch "$batch" --dtype "$dtype" --json \
             >"$out/one.jsonl" 2>>"$out/ours.log"

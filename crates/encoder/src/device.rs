@@ -48,6 +48,23 @@ pub fn parse_devices(spec: &str) -> Result<Vec<Device>, EncoderError> {
 
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device, EncoderError> {
+    // Checked here because cubecl would find out on a worker thread, by panicking.
+    // SAFETY: only tries to open the driver library under its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(EncoderError::Device(format!(
+            "cuda:{index}: no CUDA driver (libcuda.so) on this machine; use --device cpu"
+        )));
+    }
+    let count = cudarc::driver::CudaContext::device_count().map_err(|e| {
+        EncoderError::Device(format!(
+            "cuda:{index}: the CUDA driver failed to start: {e:?}"
+        ))
+    })?;
+    if index >= usize::try_from(count).unwrap_or(0) {
+        return Err(EncoderError::Device(format!(
+            "cuda:{index}: this machine has {count} CUDA device(s), numbered from 0"
+        )));
+    }
     Ok(Device::cuda(index))
 }
 
