@@ -25,6 +25,7 @@
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
 # BENCH_RUNS ("f32:constant f32:dao f32:lora8-dao bf16:constant"; also f32:infer, bf16:infer,
 # and f32:matmul, bf16:matmul: the rate of burn's product at the step's largest shape;
+# f32:rowsum: a bias gradient's sum over the rows, by burn's reduction and as a product;
 # f32:linear:cublas the rate of cuBLAS's, checked against burn's; a run's third field picks a
 # variant: :cublas takes its weight products from cuBLAS, :profile logs every kernel's device
 # time (cubecl's profiling logger; the per-step summaries end up in OUT/profile-DTYPE-MODE.txt),
@@ -72,6 +73,9 @@ for r in ours["results"]:
     gib = (r.get("device_mem_bytes") or 0) / 2**30
     if r["mode"] in ("matmul", "linear"):
         print(f"{name} {r['matmul_ms']:>9.3f} ms per product {r['shape']}: {r['tflops']:.3f} TFLOP/s, cublas {r.get('cublas')}, vs burn {r.get('max_rel_deviation_from_burn', 0):.2e}")
+        continue
+    if r["mode"] == "rowsum":
+        print(f"{name} Σ over the rows of {r['shape']}: reduction {r['reduction_ms']:.3f} ms ({r['reduction_gb_per_s']:.0f} GB/s), product {r['product_ms']:.3f} ms ({r['product_gb_per_s']:.0f} GB/s), product vs reduction {r['max_rel_deviation_product']:.1e}")
         continue
     if r["mode"] == "infer":
         print(f"{name} {'':>9} {'':>13} {gib:>10.2f} {r['sentences_per_s']:>11.1f}")

@@ -32,7 +32,8 @@ pub const MODES: [&str; 5] = ["constant", "dao", "lora8-dao", "infer", "infer-bf
 
 // Modes not run by default: other LoRA ranks (`lora{r}-dao`), DAO over the shared parameters
 // (`dao-shared`), `lora8-dao-p0` (`lora8-dao` with the adapters' dropout off, to price
-// that dropout), and `matmul` (the rate of the device's products at the step's largest shape).
+// that dropout), `matmul` (the rate of the device's products at the step's largest shape) and
+// `rowsum` (a parameter gradient's sum over the rows, by reduction and by product).
 
 /// `lora{r}-dao[-p0]` → (rank, dropout).
 fn lora_mode(mode: &str) -> Option<(usize, f64)> {
@@ -48,7 +49,7 @@ fn lora_mode(mode: &str) -> Option<(usize, f64)> {
 }
 
 fn known_mode(mode: &str) -> bool {
-    if mode == "matmul" || mode == "linear" {
+    if mode == "matmul" || mode == "linear" || mode == "rowsum" {
         return true;
     }
     let (mode, _) = products_of(mode);
@@ -512,6 +513,60 @@ fn matmul(
     Ok(result)
 }
 
+/// A bias gradient's sum over the rows, `Σ_rows dy` of `dy: [batch·seq, intermediate]`, as
+/// burn's reduction (`sum_dim(0)`, over the strided axis) and as the product `1ᵀ dy`. On the
+/// H200 one reduction kernel took 12 % of the f32 training step at ≈ 98 µs a launch, about six
+/// times a pass over such a gradient (BENCHMARKS.md, "Fourteenth session"); this says which
+/// of the two a step should use there.
+fn rowsum(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Result<Value> {
+    const REPEATS: usize = 20;
+    let config = shape(model_name)?;
+    let device = setup.device()?;
+    device.seed(42);
+    let (rows, n) = (setup.batch * setup.seq, config.intermediate_size);
+    let dy = Tensor::<2>::random([rows, n], Distribution::Default, &device);
+    let ones = Tensor::<2>::ones([1, rows], &device);
+    let by_reduction = || dy.clone().sum_dim(0);
+    let by_product = || ones.clone().matmul(dy.clone());
+    let deviation = {
+        let reference: Vec<f32> = by_reduction().into_data().convert::<f32>().try_to_vec()?;
+        let product: Vec<f32> = by_product().into_data().convert::<f32>().try_to_vec()?;
+        let largest = reference
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        let worst = reference
+            .iter()
+            .zip(&product)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        f64::from(worst / largest)
+    };
+    let time = |label: &str, sum: &dyn Fn() -> Tensor<2>| -> Result<f64> {
+        let times = timed(steps, warmup, label, || {
+            for _ in 0..REPEATS {
+                drop(sum());
+            }
+            device.sync()?;
+            Ok(())
+        })?;
+        Ok(median(times.wall) / REPEATS as f64)
+    };
+    let reduction = time("rowsum by reduction", &by_reduction)?;
+    let product = time("rowsum by product", &by_product)?;
+    let bytes = (rows * n * 4) as f64;
+    Ok(json!({
+        "model": model_name, "mode": "rowsum", "dtype": setup.dtype,
+        "shape": [rows, n],
+        "reduction_ms": 1e3 * reduction,
+        "product_ms": 1e3 * product,
+        "reduction_gb_per_s": bytes / reduction / 1e9,
+        "product_gb_per_s": bytes / product / 1e9,
+        "max_rel_deviation_product": deviation,
+        "peak_mem_bytes": peak_rss_bytes()?,
+        "device_mem_bytes": device_mem_bytes(&device),
+    }))
+}
+
 fn merge(into: &mut Value, from: Value) {
     if let (Value::Object(into), Value::Object(from)) = (into, from) {
         into.extend(from);
@@ -532,6 +587,8 @@ pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
         infer(model, mode, setup, steps, warmup)?
     } else if mode == "matmul" || mode == "linear" {
         matmul(model, mode, setup, steps, warmup)?
+    } else if mode == "rowsum" {
+        rowsum(model, setup, steps, warmup)?
     } else {
         train(model, mode, setup, steps, warmup)?
     };
@@ -665,6 +722,18 @@ fn print_table(results: &[Value], setup: &Setup) {
                 model,
                 r["mode"].as_str().unwrap_or(""),
                 r["dtype"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        if r["mode"] == "rowsum" {
+            println!(
+                "{:14} {:15} {:5} Σ over the rows of {}: reduction {:.3} ms, product {:.3} ms",
+                model,
+                "rowsum",
+                r["dtype"].as_str().unwrap_or(""),
+                r["shape"],
+                r["reduction_ms"].as_f64().unwrap_or(f64::NAN),
+                r["product_ms"].as_f64().unwrap_or(f64::NAN),
             );
             continue;
         }

@@ -71,8 +71,9 @@ enum Task {
         /// Comma-separated modes: constant, dao, lora8-dao, infer, infer-bf16 (inference with
         /// bf16 weight products on AMX tiles, where the CPU has them); also lora{r}-dao,
         /// dao-shared, a -bf16 suffix on any of them, matmul (burn's product rate at the
-        /// step's largest shape) and linear (the encoder's product there: cuBLAS with
-        /// DAO_CUBLAS=1 on CUDA).
+        /// step's largest shape), linear (the encoder's product there: cuBLAS with
+        /// DAO_CUBLAS=1 on CUDA) and rowsum (a bias gradient's sum over the rows, by
+        /// reduction and by product).
         #[arg(long, default_value = "constant,dao,lora8-dao,infer,infer-bf16")]
         modes: String,
         /// Fewer steps (3 after 1 warm-up instead of 5 after 2).
