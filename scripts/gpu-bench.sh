@@ -28,7 +28,8 @@
 # f32:rowsum: a bias gradient's sum over the rows, by burn's reduction and as a product;
 # f32:linear:cublas the rate of cuBLAS's, checked against burn's; a run's third field picks a
 # variant: :cublas takes its weight products from cuBLAS, :profile logs every kernel's device
-# time (cubecl's profiling logger; the per-step summaries end up in OUT/profile-DTYPE-MODE.txt),
+# time with its grid size (cubecl's profiling logger: every launch in
+# OUT/profile-DTYPE-MODE.log.xz, the per-synchronisation summaries in OUT/profile-DTYPE-MODE.txt),
 # :tune-full retunes every kernel from scratch at cubecl's widest autotune level
 # (CUBECL_AUTOTUNE_LEVEL=full, no cache; each candidate's time in OUT/tune-full-DTYPE-MODE.log.xz),
 # :balanced at cubecl's default level, as a run without a variant does unless the caller's
@@ -176,6 +177,8 @@ try:
     print(f"parity: H of tiny-roberta on {sys.argv[3]}, max |ours - transformers| = {d:.3g}")
 except (OSError, ValueError, KeyError, AssertionError) as e:
     print(f"parity: no embeddings ({e})")' "$fixtures/golden.json" "$out/embeddings.jsonl" "$device"
+        # The device tool brings back only a few files from OUT: keep it to the results.
+        rm -f "$out/sentences.jsonl" "$out/embeddings.jsonl"
         # The whole trainer on the device: one epoch of DAO on the demo data, tiny RoBERTa.
         rm -rf /tmp/gpu-bench-tiny-run
         timeout 240 "$cli" train --config configs/quickstart.toml --out /tmp/gpu-bench-tiny-run \
@@ -214,7 +217,8 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
         rm -f cubecl.toml
         log="$out/$variant-$dtype-$mode.log"
         case "$variant" in
-        profile) printf '[profiling]\nlogger = { level = "basic", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
+        # `full` names each kernel with its id and grid size, so the sizes it ran on show.
+        profile) printf '[profiling]\nlogger = { level = "full", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
         tune-full) printf '[autotune]\nlogger = { level = "full", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
         esac
         level=() # as `env` arguments
@@ -243,6 +247,7 @@ for line in open(sys.argv[1]):
         fi
         [ "$variant" = tune-full ] && [ -f "$log" ] && xz -T2 "$log"
     done
+    rm -f "$out/one.jsonl"
     tail -n 3 "$out/ours.log"
     set -e
     table "$out/ours.jsonl" "$out/torch.json"
