@@ -23,7 +23,7 @@
 # the product rates and inference rows take a second call of about 3 min on the same warm
 # machine (PARTS=ours BENCH_RUNS="f32:matmul bf16:matmul f32:infer bf16:infer").
 # Environment: BENCH_MODEL (roberta-large), BENCH_SEQ (512), BENCH_BATCH (10),
-# BENCH_RUNS ("f32:constant f32:dao f32:lora8-dao bf16:constant"; also f32:infer, bf16:infer,
+# BENCH_RUNS ("f32:rowsum f32:constant f32:dao f32:lora8-dao bf16:constant"; also f32:infer, bf16:infer,
 # and f32:matmul, bf16:matmul: the rate of burn's product at the step's largest shape;
 # f32:rowsum: a bias gradient's sum over the rows, by burn's reduction and as a product;
 # f32:linear:cublas the rate of cuBLAS's, checked against burn's; a run's third field picks a
@@ -120,7 +120,7 @@ run | check)
         device=cuda:0 torch_device=cuda
         model="${BENCH_MODEL:-roberta-large}" shape="$model"
         seq="${BENCH_SEQ:-512}" batch="${BENCH_BATCH:-10}"
-        runs="${BENCH_RUNS:-f32:constant f32:dao f32:lora8-dao bf16:constant}"
+        runs="${BENCH_RUNS:-f32:rowsum f32:constant f32:dao f32:lora8-dao bf16:constant}"
         precisions="${TORCH_PRECISIONS:-fp32,tf32,bf16}"
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     else
