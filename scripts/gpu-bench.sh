@@ -216,15 +216,15 @@ except (OSError, ValueError, KeyError, AssertionError) as e:
         # cubecl reads cubecl.toml from the working directory; only these variants write one.
         rm -f cubecl.toml
         log="$out/$variant-$dtype-$mode.log"
+        level=() # as `env` arguments
         case "$variant" in
         # `full` names each kernel with its id and grid size, so the sizes it ran on show.
         profile) printf '[profiling]\nlogger = { level = "full", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
-        tune-full) printf '[autotune]\nlogger = { level = "full", file = "%s", append = false }\n' "$log" >cubecl.toml ;;
-        esac
-        level=() # as `env` arguments
-        case "$variant" in
+        tune-full)
+            printf '[autotune]\nlogger = { level = "full", file = "%s", append = false }\n' "$log" >cubecl.toml
+            level=(CUBECL_AUTOTUNE_LEVEL=full CUBECL_AUTOTUNE_CACHE=0)
+            ;;
         balanced) level=(CUBECL_AUTOTUNE_LEVEL=balanced) ;;
-        tune-full) level=(CUBECL_AUTOTUNE_LEVEL=full CUBECL_AUTOTUNE_CACHE=0) ;;
         esac
         env "${level[@]}" DAO_CUBLAS=$([ "$variant" = cublas ] && echo 1 || echo 0) \
             timeout "$left" "$ours" bench --device "$device" --model "$model" --modes "$mode" \
