@@ -13,7 +13,13 @@
 //!   (`encoder::ProductPrecision::Bf16`; the result's `bf16_products` says whether it did).
 //! - Each (model, mode) runs in a fresh child process (the xtask binary re-executed with the
 //!   hidden `--one MODEL:MODE`), so its peak memory (`VmHWM`) is its own.
+//! - On the CPU the children of one model take turns, one step each (`constant` step 1, `dao`
+//!   step 1, `lora8-dao` step 1, `constant` step 2, …), so a slow minute of a shared machine
+//!   falls on every mode alike and the ratios between modes hold; `--sequential` runs them
+//!   one after the other instead (one model in memory at a time).
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -76,6 +82,9 @@ pub struct Setup {
     pub batch: usize,
     /// `f32`, `bf16` or `f16` (comma-separated in [`run`], one in each child).
     pub dtype: String,
+    /// In a child: before each step, ask the parent for a turn (print `turn`) and wait for
+    /// its line on stdin, so several children's steps interleave without overlapping.
+    pub take_turns: bool,
 }
 
 impl Setup {
@@ -201,8 +210,25 @@ impl Timings {
     }
 }
 
+/// Printed by a child that takes turns when it is ready for its next step.
+const TURN: &str = "turn";
+
+/// Blocks until the parent gives this child its turn (any line on stdin).
+fn wait_for_turn() -> Result<()> {
+    println!("{TURN}");
+    let mut line = String::new();
+    let read = std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the parent's turn")?;
+    if read == 0 {
+        bail!("the parent process closed this child's turns");
+    }
+    Ok(())
+}
+
 /// Times `steps` calls of `step` after `warmup` untimed ones.
 fn timed(
+    setup: &Setup,
     steps: usize,
     warmup: usize,
     what: &str,
@@ -213,6 +239,9 @@ fn timed(
         cpu: Vec::with_capacity(steps),
     };
     for i in 0..steps + warmup {
+        if setup.take_turns {
+            wait_for_turn()?;
+        }
         let (t, c) = (Instant::now(), cpu_seconds());
         step()?;
         let (dt, dc) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
@@ -296,7 +325,7 @@ fn train(
     let phases = setup.device == "cpu";
     let mut phase_ms: [Vec<f64>; 3] = Default::default();
     let mut step_index = 0;
-    let times = timed(steps, warmup, mode, || {
+    let times = timed(setup, steps, warmup, mode, || {
         let clock = Instant::now();
         let model = slot
             .take()
@@ -426,7 +455,7 @@ fn infer(
     encoder.set_product_precision(products);
     let heads = HeadsConfig::default().init(config.hidden_size, &device)?;
     let input = random_input(&config, INFER_BATCH, setup.seq, &device);
-    let times = timed(steps, warmup, "infer", || {
+    let times = timed(setup, steps, warmup, mode, || {
         let h = encoder.first_token(input.clone());
         let out = heads.forward(h);
         out.scores.into_data();
@@ -491,7 +520,7 @@ fn matmul(
         Ok(f64::from(v[0]))
     };
     let deviation = max_abs(product(&a) - reference.clone())? / max_abs(reference)?;
-    let times = timed(steps, warmup, mode, || {
+    let times = timed(setup, steps, warmup, mode, || {
         for _ in 0..REPEATS {
             drop(product(&a));
         }
@@ -542,7 +571,7 @@ fn rowsum(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Resul
         f64::from(worst / largest)
     };
     let time = |label: &str, sum: &dyn Fn() -> Tensor<2>| -> Result<f64> {
-        let times = timed(steps, warmup, label, || {
+        let times = timed(setup, steps, warmup, label, || {
             // Held until the sync, so a lazy backend cannot skip work nobody reads.
             let sums: Vec<Tensor<2>> = (0..REPEATS).map(|_| sum()).collect();
             device.sync()?;
@@ -613,8 +642,16 @@ fn device_description(setup: &Setup) -> String {
 }
 
 /// Runs every requested (model, mode) in its own child process and prints a table, or one JSON
-/// object with `--json`.
-pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool) -> Result<()> {
+/// object with `--json`. On the CPU, unless `sequential`, the children of one model and dtype
+/// take turns step by step (see the module's comment).
+pub fn run(
+    models: &str,
+    modes: &str,
+    setup: &Setup,
+    quick: bool,
+    json_out: bool,
+    sequential: bool,
+) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut results = Vec::new();
     let mut failed = Vec::new();
@@ -634,37 +671,38 @@ pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool
             bail!("unknown dtype `{dtype}` (f32, bf16, f16)");
         }
     }
+    // A GPU's memory would have to hold every mode's model at once: one at a time there.
+    let in_turns = !sequential && setup.device == "cpu" && modes.len() > 1;
     for model in &models {
         for dtype in &dtypes {
-            for mode in &modes {
-                eprintln!("{model} {mode} {dtype}:");
-                let one = Setup {
-                    dtype: dtype.to_string(),
-                    ..setup.clone()
-                };
-                let mut cmd = std::process::Command::new(&exe);
-                cmd.args(["bench", "--one", &format!("{model}:{mode}")]);
-                cmd.args(one.args());
-                if quick {
-                    cmd.arg("--quick");
-                }
-                let out = cmd
-                    .stderr(std::process::Stdio::inherit())
-                    .output()
-                    .context("cannot re-run the xtask binary")?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                let line = text.lines().rfind(|l| l.starts_with('{'));
-                match line {
-                    Some(line) if out.status.success() => {
-                        results.push(serde_json::from_str::<Value>(line)?)
-                    }
+            let one = Setup {
+                dtype: dtype.to_string(),
+                take_turns: in_turns,
+                ..setup.clone()
+            };
+            let specs: Vec<String> = modes.iter().map(|m| format!("{model}:{m}")).collect();
+            let outcomes = if in_turns {
+                eprintln!("{model} {dtype}: {} in turns", modes.join(", "));
+                run_in_turns(&exe, &specs, &one, quick)
+            } else {
+                specs
+                    .iter()
+                    .map(|spec| {
+                        eprintln!("{spec} {dtype}:");
+                        run_alone(&exe, spec, &one, quick)
+                    })
+                    .collect()
+            };
+            for (mode, outcome) in modes.iter().zip(outcomes) {
+                match outcome {
+                    Ok(result) => results.push(result),
                     // One failed measurement (a dtype the device lacks, say) should not lose
                     // the others: report it and go on.
-                    _ => {
-                        eprintln!("{model} {mode} {dtype} failed ({})", out.status);
+                    Err(error) => {
+                        eprintln!("{model} {mode} {dtype} failed: {error:#}");
                         failed.push(format!("{model}:{mode}:{dtype}"));
                         results.push(json!({"model": model, "mode": mode, "dtype": dtype,
-                            "error": format!("failed ({})", out.status)}));
+                            "error": format!("{error:#}")}));
                     }
                 }
             }
@@ -682,6 +720,132 @@ pub fn run(models: &str, modes: &str, setup: &Setup, quick: bool, json_out: bool
         bail!("failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The xtask binary re-executed to measure `spec` (`MODEL:MODE`) alone in its process.
+fn child_command(exe: &std::path::Path, spec: &str, setup: &Setup, quick: bool) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench", "--one", spec]).args(setup.args());
+    if quick {
+        cmd.arg("--quick");
+    }
+    if setup.take_turns {
+        cmd.arg("--take-turns");
+    }
+    cmd.stderr(Stdio::inherit());
+    cmd
+}
+
+fn run_alone(exe: &std::path::Path, spec: &str, setup: &Setup, quick: bool) -> Result<Value> {
+    let out = child_command(exe, spec, setup, quick)
+        .output()
+        .context("cannot re-run the xtask binary")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.lines().rfind(|l| l.starts_with('{')) {
+        Some(line) if out.status.success() => Ok(serde_json::from_str(line)?),
+        _ => bail!("{spec}: child process failed ({})", out.status),
+    }
+}
+
+/// A child measuring one mode, between its steps.
+struct Turns {
+    spec: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Turns {
+    /// The child's next word: `None` when it asks for its next turn, its result when done.
+    fn next(&mut self) -> Result<Option<Value>> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                let status = self.child.wait()?;
+                bail!("{}: child process failed ({status})", self.spec);
+            }
+            let line = line.trim();
+            if line == TURN {
+                return Ok(None);
+            }
+            if line.starts_with('{') {
+                let result = serde_json::from_str(line)?;
+                let status = self.child.wait()?;
+                if !status.success() {
+                    bail!("{}: child process failed ({status})", self.spec);
+                }
+                return Ok(Some(result));
+            }
+        }
+    }
+
+    /// One step (or the end of the measurement, which returns the result).
+    fn step(&mut self) -> Result<Option<Value>> {
+        writeln!(self.stdin, "go")
+            .and_then(|()| self.stdin.flush())
+            .with_context(|| format!("{}: child process gone", self.spec))?;
+        self.next()
+    }
+}
+
+/// Measures every spec in its own child, their steps interleaved one by one; each child is set
+/// up while the others wait, and only one ever runs a step. Outcomes in the specs' order.
+fn run_in_turns(
+    exe: &std::path::Path,
+    specs: &[String],
+    setup: &Setup,
+    quick: bool,
+) -> Vec<Result<Value>> {
+    let mut outcomes: Vec<Option<Result<Value>>> = specs.iter().map(|_| None).collect();
+    let mut active: Vec<(usize, Turns)> = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
+        let started = child_command(exe, spec, setup, quick)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot re-run the xtask binary")
+            .and_then(|mut child| {
+                let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+                let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+                    bail!("{spec}: no pipes to the child process");
+                };
+                let mut turns = Turns {
+                    spec: spec.clone(),
+                    child,
+                    stdin,
+                    stdout: BufReader::new(stdout),
+                };
+                // Its first request comes once its model is built.
+                match turns.next()? {
+                    None => Ok(turns),
+                    Some(_) => bail!("{spec}: the child finished without taking a turn"),
+                }
+            });
+        match started {
+            Ok(turns) => active.push((index, turns)),
+            Err(error) => outcomes[index] = Some(Err(error)),
+        }
+    }
+    while !active.is_empty() {
+        active.retain_mut(|(index, turns)| match turns.step() {
+            Ok(None) => true,
+            Ok(Some(result)) => {
+                outcomes[*index] = Some(Ok(result));
+                false
+            }
+            Err(error) => {
+                let _ = turns.child.kill();
+                let _ = turns.child.wait();
+                outcomes[*index] = Some(Err(error));
+                false
+            }
+        });
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(anyhow::anyhow!("not measured"))))
+        .collect()
 }
 
 fn print_table(results: &[Value], setup: &Setup) {

@@ -63,7 +63,8 @@ enum Task {
         out: PathBuf,
     },
     /// Time the training step (constant, dao, lora8-dao) and inference, each in a fresh
-    /// process: median of several steps after warm-up, and peak memory.
+    /// process: median of several steps after warm-up, and peak memory. On the CPU the modes
+    /// take turns step by step (--sequential to run them one after the other).
     Bench {
         /// Comma-separated: minilm, roberta-base, roberta-large (random weights of that shape).
         #[arg(long, default_value = "minilm")]
@@ -95,9 +96,17 @@ enum Task {
         /// (weights, activations and optimizer state), not PyTorch's autocast.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// Run the modes one after the other. By default on the CPU they take turns, one step
+        /// each, so a slow minute of a shared machine slows every mode alike (all of one
+        /// model's modes are in memory at once then).
+        #[arg(long)]
+        sequential: bool,
         /// Internal: run one MODEL:MODE in this process and print its JSON line.
         #[arg(long, hide = true)]
         one: Option<String>,
+        /// Internal, with --one: wait for the parent's turn before each step.
+        #[arg(long, hide = true)]
+        take_turns: bool,
     },
 }
 
@@ -145,17 +154,20 @@ fn run(task: Task) -> Result<()> {
             seq,
             batch,
             dtype,
+            sequential,
             one,
+            take_turns,
         } => {
             let setup = bench::Setup {
                 device,
                 seq,
                 batch,
                 dtype,
+                take_turns,
             };
             match one {
                 Some(spec) => bench::run_one(&spec, &setup, quick),
-                None => bench::run(&model, &modes, &setup, quick, json),
+                None => bench::run(&model, &modes, &setup, quick, json, sequential),
             }
         }
     }
