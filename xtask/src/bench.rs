@@ -683,7 +683,12 @@ pub fn run(
             let specs: Vec<String> = modes.iter().map(|m| format!("{model}:{m}")).collect();
             let outcomes = if in_turns {
                 eprintln!("{model} {dtype}: {} in turns", modes.join(", "));
-                run_in_turns(&exe, &specs, &one, quick)
+                run_in_turns(
+                    specs
+                        .iter()
+                        .map(|spec| (spec.clone(), child_command(&exe, spec, &one, quick)))
+                        .collect(),
+                )
             } else {
                 specs
                     .iter()
@@ -789,18 +794,14 @@ impl Turns {
     }
 }
 
-/// Measures every spec in its own child, their steps interleaved one by one; each child is set
-/// up while the others wait, and only one ever runs a step. Outcomes in the specs' order.
-fn run_in_turns(
-    exe: &std::path::Path,
-    specs: &[String],
-    setup: &Setup,
-    quick: bool,
-) -> Vec<Result<Value>> {
-    let mut outcomes: Vec<Option<Result<Value>>> = specs.iter().map(|_| None).collect();
+/// Runs every child (a spec and its `--one … --take-turns` command), their steps interleaved one
+/// by one; each child is set up while the others wait, and only one ever runs a step. Outcomes
+/// in the children's order.
+fn run_in_turns(children: Vec<(String, Command)>) -> Vec<Result<Value>> {
+    let mut outcomes: Vec<Option<Result<Value>>> = children.iter().map(|_| None).collect();
     let mut active: Vec<(usize, Turns)> = Vec::new();
-    for (index, spec) in specs.iter().enumerate() {
-        let started = child_command(exe, spec, setup, quick)
+    for (index, (spec, mut command)) in children.into_iter().enumerate() {
+        let started = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -925,5 +926,80 @@ fn print_table(results: &[Value], setup: &Setup) {
             r["cpu_ms"].as_f64().unwrap_or(f64::NAN),
             r["cpu_util"].as_f64().unwrap_or(f64::NAN),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that speaks the turns protocol with `sh`: `steps` turns, each step appending
+    /// `name` to `log`; it exits 1 instead of its step `fail_at` (1-based).
+    fn child(name: &str, steps: usize, log: &std::path::Path, fail_at: usize) -> (String, Command) {
+        let log = log.display();
+        let script = format!(
+            "for i in $(seq 1 {steps}); do echo {TURN}; read _ || exit 3; \
+             [ $i -eq {fail_at} ] && exit 1; echo {name} >> '{log}'; done; \
+             echo '{{\"mode\": \"{name}\"}}'"
+        );
+        let mut command = Command::new("sh");
+        command.args(["-c", &script]);
+        (name.to_string(), command)
+    }
+
+    fn log_file(test: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("bench-turns-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    fn modes(outcomes: &[Result<Value>]) -> Vec<String> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(v) => v["mode"].as_str().unwrap_or("?").to_string(),
+                Err(e) => format!("error: {e:#}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn children_take_one_step_each_in_turn() {
+        let log = log_file("order");
+        let outcomes = run_in_turns(vec![
+            child("a", 3, &log, 0),
+            child("b", 1, &log, 0),
+            child("c", 2, &log, 0),
+        ]);
+        assert_eq!(modes(&outcomes), ["a", "b", "c"]);
+        let order = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            order.split_whitespace().collect::<Vec<_>>(),
+            ["a", "b", "c", "a", "c", "a"]
+        );
+        let _ = std::fs::remove_file(&log);
+    }
+
+    #[test]
+    fn a_failing_child_loses_only_its_own_result() {
+        let log = log_file("failure");
+        let outcomes = run_in_turns(vec![
+            child("a", 3, &log, 0),
+            child("b", 3, &log, 2),
+            child("c", 3, &log, 0),
+        ]);
+        let modes = modes(&outcomes);
+        assert_eq!((modes[0].as_str(), modes[2].as_str()), ("a", "c"));
+        assert!(
+            modes[1].starts_with("error: b: child process failed"),
+            "{}",
+            modes[1]
+        );
+        let order = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            order.split_whitespace().collect::<Vec<_>>(),
+            ["a", "b", "c", "a", "c", "a", "c"]
+        );
+        let _ = std::fs::remove_file(&log);
     }
 }
