@@ -130,15 +130,21 @@ impl SharedOut {
 /// [`product`]; smaller ones go to `gemm` whole.
 const SPLIT_MIN_WORK: usize = 1 << 20;
 
+/// The fewest rows (or columns) a thread's block of a split product may have: each block
+/// packs the whole of the other factor, so its multiply-adds must outnumber that packing's
+/// elements by this much (with many threads `gemm`'s own split, which packs it once, wins).
+const SPLIT_MIN_BLOCK: usize = 256;
+
 /// `dst (m × n) = alpha · lhs (m × k) · rhs (k × n)` (`+ dst` when `accumulate`), each matrix
 /// given by its first element and its row and column strides. With `parallel`, a large product
 /// is cut along the longer of `m` and `n` into one block per thread, each a one-thread `gemm`.
 ///
 /// Why not `gemm`'s own threads: it splits each depth block's tiles between them and joins at
 /// the end of each (twice, with its packing), so each product waits at several barriers for
-/// the slower core; one block per thread waits once. Interleaved step by step
-/// (BENCHMARKS.md, "Fifteenth session"): the full MiniLM training step ≈ 5 % faster, LoRA's
-/// ≈ 3 %, inference ≈ 2 %.
+/// the slower core, and both threads pack the same rows of the left factor; one block per
+/// thread waits once. Measured with the steps of both builds interleaved (BENCHMARKS.md,
+/// "Fifteenth session"): the full MiniLM training step ≈ 5 % faster (its weight gradients,
+/// whose depth is the batch's rows, gain most), LoRA's ≈ 2.5 %, inference ≈ 2 %.
 ///
 /// # Safety
 /// Every element the strides address must lie inside the caller's buffers, and `dst` must not
@@ -163,9 +169,9 @@ pub(crate) unsafe fn product(
     };
     let by_rows = m >= n;
     let len = m.max(n);
-    // Blocks of whole 16-float vectors, at least a few of them per thread.
+    // Blocks of whole 16-float vectors.
     let block = len.div_ceil(threads).next_multiple_of(16);
-    if threads > 1 && m * n * k >= SPLIT_MIN_WORK && len >= 64 * threads {
+    if threads > 1 && m * n * k >= SPLIT_MIN_WORK && block >= SPLIT_MIN_BLOCK {
         let (dst, lhs, rhs) = (SharedOut(dst), lhs as usize, rhs as usize);
         (0..threads).into_par_iter().for_each(|t| {
             let start = t * block;
@@ -1053,7 +1059,8 @@ mod tests {
 
     /// `product` against a sum in f64, on pools of 2 and 3 threads: cut by rows (m > n) and by
     /// columns, blocks of unequal size (lengths not a multiple of the block), the left factor
-    /// read transposed, accumulating into `dst` or not, and a product too small to be cut.
+    /// read transposed, accumulating into `dst` or not, and products too small or too narrow
+    /// (520 × 530 on three threads) to be cut.
     #[test]
     fn split_products_equal_the_whole() {
         for threads in [2, 3] {
@@ -1061,7 +1068,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            for (m, n, k) in [(405, 70, 48), (66, 390, 41), (300, 300, 20), (9, 40, 30)] {
+            for (m, n, k) in [(1000, 40, 30), (30, 1100, 40), (520, 530, 8), (9, 40, 30)] {
                 for (transposed_lhs, accumulate) in [(false, false), (true, true)] {
                     let lhs = values(m * k, 1);
                     let rhs = values(k * n, 2);
