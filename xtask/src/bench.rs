@@ -83,14 +83,16 @@ pub struct Setup {
     pub batch: usize,
     /// `f32`, `bf16` or `f16` (comma-separated in [`run`], one in each child).
     pub dtype: String,
+    /// Timed steps of each measurement (`None`: 5, or 3 with `--quick`).
+    pub steps: Option<usize>,
     /// In a child: before each step, ask the parent for a turn (print `turn`) and wait for
     /// its line on stdin, so several children's steps interleave without overlapping.
     pub take_turns: bool,
 }
 
 impl Setup {
-    fn args(&self) -> [String; 8] {
-        [
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
             "--device".into(),
             self.device.clone(),
             "--seq".into(),
@@ -99,7 +101,11 @@ impl Setup {
             self.batch.to_string(),
             "--dtype".into(),
             self.dtype.clone(),
-        ]
+        ];
+        if let Some(steps) = self.steps {
+            args.extend(["--steps".into(), steps.to_string()]);
+        }
+        args
     }
 
     /// The device, its default float type set before any tensor exists (burn fixes it at the
@@ -613,6 +619,7 @@ pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
         .split_once(':')
         .with_context(|| format!("--one wants MODEL:MODE, got `{spec}`"))?;
     let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
+    let steps = setup.steps.unwrap_or(steps).max(1);
     let result = if mode.starts_with("infer") {
         infer(model, mode, setup, steps, warmup)?
     } else if mode == "matmul" || mode == "linear" {

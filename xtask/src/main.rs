@@ -80,6 +80,10 @@ enum Task {
         /// Fewer steps (3 after 1 warm-up instead of 5 after 2).
         #[arg(long)]
         quick: bool,
+        /// Timed steps of each measurement (default 5; 3 with --quick): more give steadier
+        /// medians on a noisy machine.
+        #[arg(long)]
+        steps: Option<usize>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -149,6 +153,7 @@ fn run(task: Task) -> Result<()> {
             model,
             modes,
             quick,
+            steps,
             json,
             device,
             seq,
@@ -163,6 +168,7 @@ fn run(task: Task) -> Result<()> {
                 seq,
                 batch,
                 dtype,
+                steps,
                 take_turns,
             };
             match one {
