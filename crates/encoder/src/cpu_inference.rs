@@ -132,8 +132,9 @@ const SPLIT_MIN_WORK: usize = 1 << 20;
 
 /// The fewest rows (or columns) a thread's block of a split product may have: each block
 /// packs the whole of the other factor, so its multiply-adds must outnumber that packing's
-/// elements by this much (with many threads `gemm`'s own split, which packs it once, wins).
-const SPLIT_MIN_BLOCK: usize = 256;
+/// elements by this much (with many threads `gemm`'s own split, which packs it once, wins;
+/// on two threads 128 measured better than 0, 256 or 512 for both training steps).
+const SPLIT_MIN_BLOCK: usize = 128;
 
 /// `dst (m × n) = alpha · lhs (m × k) · rhs (k × n)` (`+ dst` when `accumulate`), each matrix
 /// given by its first element and its row and column strides. With `parallel`, a large product
@@ -143,8 +144,8 @@ const SPLIT_MIN_BLOCK: usize = 256;
 /// the end of each (twice, with its packing), so each product waits at several barriers for
 /// the slower core, and both threads pack the same rows of the left factor; one block per
 /// thread waits once. Measured with the steps of both builds interleaved (BENCHMARKS.md,
-/// "Fifteenth session"): the full MiniLM training step ≈ 5 % faster (its weight gradients,
-/// whose depth is the batch's rows, gain most), LoRA's ≈ 2.5 %, inference ≈ 2 %.
+/// "Fifteenth session"): the full MiniLM training step ≈ 4–5 % faster (its weight gradients,
+/// whose depth is the batch's rows, gain most), LoRA's ≈ 2 %, inference ≈ 1 %.
 ///
 /// # Safety
 /// Every element the strides address must lie inside the caller's buffers, and `dst` must not
@@ -1059,8 +1060,8 @@ mod tests {
 
     /// `product` against a sum in f64, on pools of 2 and 3 threads: cut by rows (m > n) and by
     /// columns, blocks of unequal size (lengths not a multiple of the block), the left factor
-    /// read transposed, accumulating into `dst` or not, and products too small or too narrow
-    /// (520 × 530 on three threads) to be cut.
+    /// read transposed, accumulating into `dst` or not, and products too narrow (200 × 220) or
+    /// too small to be cut.
     #[test]
     fn split_products_equal_the_whole() {
         for threads in [2, 3] {
@@ -1068,7 +1069,13 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            for (m, n, k) in [(1000, 40, 30), (30, 1100, 40), (520, 530, 8), (9, 40, 30)] {
+            for (m, n, k) in [
+                (1000, 40, 30),
+                (30, 1100, 40),
+                (520, 530, 8),
+                (200, 220, 30),
+                (9, 40, 30),
+            ] {
                 for (transposed_lhs, accumulate) in [(false, false), (true, true)] {
                     let lhs = values(m * k, 1);
                     let rhs = values(k * n, 2);
