@@ -83,7 +83,7 @@ pub struct Setup {
     pub batch: usize,
     /// `f32`, `bf16` or `f16` (comma-separated in [`run`], one in each child).
     pub dtype: String,
-    /// Timed steps of each measurement (`None`: 5, or 3 with `--quick`).
+    /// Timed steps of each measurement (`None`: 10, or 3 with `--quick`).
     pub steps: Option<usize>,
     /// In a child: before each step, ask the parent for a turn (print `turn`) and wait for
     /// its line on stdin, so several children's steps interleave without overlapping.
@@ -618,7 +618,9 @@ pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
     let (model, mode) = spec
         .split_once(':')
         .with_context(|| format!("--one wants MODEL:MODE, got `{spec}`"))?;
-    let (steps, warmup) = if quick { (3, 1) } else { (5, 2) };
+    // Ten timed steps: with five, one mode's median moved by ±3 % between runs of the same
+    // build on this machine, as much as the DAO and LoRA targets' margins.
+    let (steps, warmup) = if quick { (3, 1) } else { (10, 2) };
     let steps = setup.steps.unwrap_or(steps).max(1);
     let result = if mode.starts_with("infer") {
         infer(model, mode, setup, steps, warmup)?

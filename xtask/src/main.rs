@@ -77,10 +77,10 @@ enum Task {
         /// reduction and by product).
         #[arg(long, default_value = "constant,dao,lora8-dao,infer,infer-bf16")]
         modes: String,
-        /// Fewer steps (3 after 1 warm-up instead of 5 after 2).
+        /// Fewer steps (3 after 1 warm-up instead of 10 after 2).
         #[arg(long)]
         quick: bool,
-        /// Timed steps of each measurement (default 5; 3 with --quick): more give steadier
+        /// Timed steps of each measurement (default 10; 3 with --quick): more give steadier
         /// medians on a noisy machine.
         #[arg(long)]
         steps: Option<usize>,
