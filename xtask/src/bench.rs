@@ -839,7 +839,7 @@ fn run_in_turns(children: Vec<(String, Command)>) -> Vec<Result<Value>> {
         }
     }
     while !active.is_empty() {
-        // The child that steps first in a round ran measurably slower (≈ 2–5 % with three
+        // The child that steps first in a round ran measurably slower (≈ 2–8 % with three
         // copies of one mode, for no cause found), so the first place rotates.
         active.rotate_left(1);
         active.retain_mut(|(index, turns)| match turns.step() {

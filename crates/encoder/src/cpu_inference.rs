@@ -173,6 +173,7 @@ pub(crate) unsafe fn product(
     // Blocks of whole 16-float vectors.
     let block = len.div_ceil(threads).next_multiple_of(16);
     if threads > 1 && m * n * k >= SPLIT_MIN_WORK && block >= SPLIT_MIN_BLOCK {
+        // The factors as addresses (and `dst` wrapped), so the tasks may share them.
         let (dst, lhs, rhs) = (SharedOut(dst), lhs as usize, rhs as usize);
         (0..threads).into_par_iter().for_each(|t| {
             let start = t * block;
