@@ -1049,15 +1049,7 @@ fn run_layers(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        (0..n as u64)
-            .map(|i| {
-                let bits = fastmath::splitmix64(seed.wrapping_add(i));
-                (bits >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::fastmath::test_values as values;
 
     /// `product` against a sum in f64, on pools of 2 and 3 threads: cut by rows (m > n) and by
     /// columns, blocks of unequal size (lengths not a multiple of the block), the left factor

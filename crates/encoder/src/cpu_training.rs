@@ -1844,15 +1844,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
 mod tests {
     use super::*;
 
-    /// Values in [-1, 1) from a fixed sequence (no RNG dependency in the test).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        (0..n as u64)
-            .map(|i| {
-                let bits = fastmath::splitmix64(seed.wrapping_add(i));
-                (bits >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::fastmath::test_values as values;
 
     /// `wᵀ` of the row-major `rows × columns` matrix `w`.
     fn transposed(w: &[f32], columns: usize) -> Vec<f32> {

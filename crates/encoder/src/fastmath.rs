@@ -495,6 +495,17 @@ pub(crate) fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Values in [-1, 1) from a fixed sequence, for tests (no RNG dependency).
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let bits = splitmix64(seed.wrapping_add(i));
+            (bits >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
 multiversion! {
     /// Dropout keep flags: element pair `i` of `keep` takes hash `first_pair + i` of the stream
     /// `seed`, its low and high 32 bits deciding the two elements (kept when below
