@@ -864,8 +864,17 @@ fn run_in_turns(children: Vec<(String, Command)>) -> Vec<Result<Value>> {
 
 fn print_table(results: &[Value], setup: &Setup) {
     println!("{}", device_description(setup));
-    println!(
-        "{:14} {:15} {:5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>9} {:>9}",
+    for line in table(results, setup.batch) {
+        println!("{line}");
+    }
+}
+
+/// The table's lines: a header, then one line per result. Each step time and peak is also
+/// given against the same model's `constant` step (same dtype); a value a device does not
+/// report (device memory on the CPU) is left blank.
+fn table(results: &[Value], batch: usize) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:14} {:15} {:5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>9}",
         "model",
         "mode",
         "dtype",
@@ -873,73 +882,66 @@ fn print_table(results: &[Value], setup: &Setup) {
         "vs const",
         "sentences/s",
         "peak MiB",
+        "vs const",
         "device MiB",
         "CPU ms",
         "CPU util"
-    );
+    )];
+    // `value` with `decimals`, or blank where it is missing.
+    let cell = |value: Option<f64>, decimals: usize| {
+        value
+            .filter(|v| v.is_finite())
+            .map_or(String::new(), |v| format!("{v:.decimals$}"))
+    };
     for r in results {
         let model = r["model"].as_str().unwrap_or("");
-        let constant = results
-            .iter()
-            .find(|c| {
-                c["model"] == r["model"] && c["dtype"] == r["dtype"] && c["mode"] == "constant"
-            })
-            .and_then(|c| c["step_ms"].as_f64());
-        let step = r["step_ms"].as_f64();
-        let rel = match (step, constant) {
-            (Some(s), Some(c)) => format!("{:.3}", s / c),
-            _ => String::new(),
+        let mode = r["mode"].as_str().unwrap_or("");
+        let dtype = r["dtype"].as_str().unwrap_or("");
+        let constant = results.iter().find(|c| {
+            c["model"] == r["model"] && c["dtype"] == r["dtype"] && c["mode"] == "constant"
+        });
+        let against_constant = |key: &str| match (r[key].as_f64(), constant) {
+            (Some(value), Some(c)) if r["step_ms"].is_number() => {
+                c[key].as_f64().map(|base| value / base)
+            }
+            _ => None,
         };
+        let step = r["step_ms"].as_f64();
         let sentences = r["sentences_per_s"]
             .as_f64()
-            .or(step.map(|s| setup.batch as f64 / (s / 1e3)));
-        let mib = |key: &str| r[key].as_f64().unwrap_or(f64::NAN) / (1024.0 * 1024.0);
-        if let Some(error) = r["error"].as_str() {
-            println!(
-                "{:14} {:15} {:5} {error}",
-                model,
-                r["mode"].as_str().unwrap_or(""),
-                r["dtype"].as_str().unwrap_or("")
-            );
-            continue;
-        }
-        if r["mode"] == "rowsum" {
-            println!(
-                "{:14} {:15} {:5} Σ over the rows of {}: reduction {:.3} ms, product {:.3} ms",
-                model,
-                "rowsum",
-                r["dtype"].as_str().unwrap_or(""),
+            .or(step.map(|s| batch as f64 / (s / 1e3)));
+        let mib = |key: &str| r[key].as_f64().map(|bytes| bytes / (1024.0 * 1024.0));
+        let line = if let Some(error) = r["error"].as_str() {
+            format!("{model:14} {mode:15} {dtype:5} {error}")
+        } else if mode == "rowsum" {
+            format!(
+                "{model:14} {mode:15} {dtype:5} Σ over the rows of {}: reduction {:.3} ms, product {:.3} ms",
                 r["shape"],
                 r["reduction_ms"].as_f64().unwrap_or(f64::NAN),
                 r["product_ms"].as_f64().unwrap_or(f64::NAN),
-            );
-            continue;
-        }
-        if let Some(tflops) = r["tflops"].as_f64() {
-            println!(
-                "{:14} {:15} {:5} {:>10.3} ms per product {}, {tflops:.3} TFLOP/s",
-                model,
-                r["mode"].as_str().unwrap_or(""),
-                r["dtype"].as_str().unwrap_or(""),
+            )
+        } else if let Some(tflops) = r["tflops"].as_f64() {
+            format!(
+                "{model:14} {mode:15} {dtype:5} {:>10.3} ms per product {}, {tflops:.3} TFLOP/s",
                 r["matmul_ms"].as_f64().unwrap_or(f64::NAN),
                 r["shape"],
-            );
-            continue;
-        }
-        println!(
-            "{:14} {:15} {:5} {:>10} {:>10} {:>12.1} {:>10.0} {:>10.0} {:>9.0} {:>9.2}",
-            model,
-            r["mode"].as_str().unwrap_or(""),
-            r["dtype"].as_str().unwrap_or(""),
-            step.map_or(String::new(), |s| format!("{s:.1}")),
-            rel,
-            sentences.unwrap_or(f64::NAN),
-            mib("peak_mem_bytes"),
-            mib("device_mem_bytes"),
-            r["cpu_ms"].as_f64().unwrap_or(f64::NAN),
-            r["cpu_util"].as_f64().unwrap_or(f64::NAN),
-        );
+            )
+        } else {
+            format!(
+                "{model:14} {mode:15} {dtype:5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>9}",
+                cell(step, 1),
+                cell(against_constant("step_ms"), 3),
+                cell(sentences, 1),
+                cell(mib("peak_mem_bytes"), 0),
+                cell(against_constant("peak_mem_bytes"), 3),
+                cell(mib("device_mem_bytes"), 0),
+                cell(r["cpu_ms"].as_f64(), 0),
+                cell(r["cpu_util"].as_f64(), 2),
+            )
+        };
+        lines.push(line);
     }
+    lines
 }
 
 #[cfg(test)]
@@ -1016,5 +1018,39 @@ mod tests {
             ["b", "c", "a", "c", "a", "a", "c"]
         );
         let _ = std::fs::remove_file(&log);
+    }
+
+    #[test]
+    fn the_table_gives_each_step_and_peak_against_constant() {
+        let mib = 1024.0 * 1024.0;
+        let results = [
+            json!({"model": "minilm", "mode": "constant", "dtype": "f32", "step_ms": 400.0,
+                   "peak_mem_bytes": 400.0 * mib, "device_mem_bytes": null,
+                   "cpu_ms": 700.0, "cpu_util": 0.9}),
+            json!({"model": "minilm", "mode": "lora8-dao", "dtype": "f32", "step_ms": 280.0,
+                   "peak_mem_bytes": 236.0 * mib, "device_mem_bytes": null,
+                   "cpu_ms": 500.0, "cpu_util": 0.9}),
+            json!({"model": "minilm", "mode": "infer", "dtype": "f32",
+                   "sentences_per_s": 130.0, "peak_mem_bytes": 160.0 * mib}),
+            // Another dtype has no constant step to compare with.
+            json!({"model": "minilm", "mode": "dao", "dtype": "bf16", "step_ms": 300.0,
+                   "peak_mem_bytes": 300.0 * mib}),
+        ];
+        let lines = table(&results, 10);
+        let cells = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
+        assert_eq!(lines.len(), 5);
+        // step ms, vs const, sentences/s (batch 10), peak MiB, vs const, CPU ms, CPU util.
+        assert_eq!(
+            cells(2)[3..],
+            ["280.0", "0.700", "35.7", "236", "0.590", "500", "0.90"]
+        );
+        assert_eq!(
+            cells(1)[3..],
+            ["400.0", "1.000", "25.0", "400", "1.000", "700", "0.90"]
+        );
+        // Inference: its throughput and peak only; nothing missing is printed as NaN.
+        assert_eq!(cells(3)[3..], ["130.0", "160"]);
+        assert_eq!(cells(4)[3..], ["300.0", "33.3", "300"]);
+        assert!(lines.iter().all(|line| !line.contains("NaN")), "{lines:#?}");
     }
 }
