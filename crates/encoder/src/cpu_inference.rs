@@ -358,6 +358,79 @@ pub(crate) fn project(
     })
 }
 
+/// `x · W + b` (no adapter) as a new `[rows, d_out]` buffer: [`project`] into zeros, without
+/// the pass that zeroes it. A training forward's large outputs (the feed-forward
+/// pre-activation, the attention output) were each a `memset` of memory the product then
+/// wrote over whole. Every value is written once before any is read: the bias rows first
+/// (then the product adds to them), or, without a bias, the product's own first sums (an f32
+/// `gemm` product without accumulation never reads its destination, see
+/// [`overwrites_whole`]). Elsewhere (bf16 tiles, small or thin products) it starts from zeros.
+pub(crate) fn project_new(
+    dense: Dense<'_>,
+    precision: ProductPrecision,
+    x: &[f32],
+    rows: usize,
+) -> Vec<f32> {
+    let Dense {
+        weight,
+        bias,
+        d_in,
+        d_out,
+    } = dense;
+    let len = rows * d_out;
+    if precision != ProductPrecision::F32 || !overwrites_whole((rows, d_out)) {
+        let mut out = fastmath::zeros(len);
+        project(dense, precision, x, rows, &mut out, d_out, 0, None);
+        return out;
+    }
+    let mut out = Vec::with_capacity(len);
+    match bias {
+        Some(bias) => {
+            assert_eq!(bias.len(), d_out);
+            out.spare_capacity_mut()[..len]
+                .par_chunks_mut(d_out)
+                .for_each(|row| {
+                    for (value, &b) in row.iter_mut().zip(bias) {
+                        value.write(b);
+                    }
+                });
+            // SAFETY: every row's `d_out` values were just written.
+            unsafe { out.set_len(len) };
+            forward_product(x, weight, (rows, d_in, d_out), &mut out, d_out, true, 1.0);
+        }
+        None => {
+            assert!(x.len() >= rows * d_in && weight.len() >= d_in * d_out);
+            // SAFETY: bounds checked above; `out` holds `len` places (its capacity), distinct
+            // from the factors; the product writes all of them without reading any
+            // (`overwrites_whole`), so every value is initialised when the length is set.
+            unsafe {
+                product(
+                    (rows, d_out, d_in),
+                    out.as_mut_ptr(),
+                    (d_out, 1),
+                    false,
+                    x.as_ptr(),
+                    (d_in, 1),
+                    weight.as_ptr(),
+                    (d_out, 1),
+                    1.0,
+                    true,
+                );
+                out.set_len(len);
+            }
+        }
+    }
+    out
+}
+
+/// Whether an f32 [`product`] into `m × n` values without accumulation writes every value of
+/// its destination and reads none: `gemm`'s blocked path stores its first depth block's sums
+/// (zeros for an empty depth); its paths for a single row or column, and small products, may
+/// read the destination, so those start from zeros.
+pub(crate) fn overwrites_whole((m, n): (usize, usize)) -> bool {
+    m * n >= 1 << 16 && m > 1 && n > 1
+}
+
 /// [`project`] with host copies of a layer's weights (inference: no dropout on the adapter).
 fn linear_into(
     layer: &HostLinear,
@@ -1104,6 +1177,58 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// `project_new` writes every value, without a bias and with one, past the size where it
+    /// skips zeroing and below it: NaNs left in freed memory of the result's size would come
+    /// back where a value was not written. Its values are `project`'s into zeros, bit for bit.
+    #[test]
+    fn a_new_projection_writes_every_value() {
+        for (rows, d_in, d_out) in [(300, 24, 260), (7, 24, 20)] {
+            let x = values(rows * d_in, 4);
+            let weight = values(d_in * d_out, 5);
+            let bias = values(d_out, 6);
+            assert_eq!(overwrites_whole((rows, d_out)), rows == 300);
+            for bias in [None, Some(&bias[..])] {
+                let dense = || Dense {
+                    weight: &weight,
+                    bias,
+                    d_in,
+                    d_out,
+                };
+                drop(std::hint::black_box(vec![f32::NAN; rows * d_out]));
+                let new = project_new(dense(), ProductPrecision::F32, &x, rows);
+                let mut zeroed = vec![0f32; rows * d_out];
+                project(
+                    dense(),
+                    ProductPrecision::F32,
+                    &x,
+                    rows,
+                    &mut zeroed,
+                    d_out,
+                    0,
+                    None,
+                );
+                assert_eq!(new.len(), rows * d_out);
+                for (i, (a, b)) in new.iter().zip(&zeroed).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{rows} rows, bias {}: [{i}]",
+                        bias.is_some()
+                    );
+                }
+                // And `project` itself against a sum in f64.
+                for (i, value) in zeroed.iter().enumerate() {
+                    let (r, j) = (i / d_out, i % d_out);
+                    let exact: f64 = (0..d_in)
+                        .map(|p| f64::from(x[r * d_in + p]) * f64::from(weight[p * d_out + j]))
+                        .sum::<f64>()
+                        + bias.map_or(0.0, |b| f64::from(b[j]));
+                    assert!((f64::from(*value) - exact).abs() <= 1e-5, "[{r}, {j}]");
                 }
             }
         }

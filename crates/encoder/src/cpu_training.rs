@@ -35,8 +35,9 @@ use rayon::prelude::*;
 use crate::amx::{self, Start, Strided};
 use crate::config::HiddenAct;
 use crate::cpu_inference::{
-    self, attend_pair, attention_probs, host, host_view, one_query_probs, product, project,
-    real_tokens, weighted_values, Dense, HostTensor, LowRank, SharedOut,
+    self, attend_pair, attention_probs, host, host_view, one_query_probs, overwrites_whole,
+    product, project, project_new, real_tokens, weighted_values, Dense, HostTensor, LowRank,
+    SharedOut,
 };
 use crate::fastmath;
 use crate::low_rank;
@@ -121,12 +122,11 @@ fn weight_gradient(
 ) -> Vec<f32> {
     assert!(x.len() >= rows * k && dy.len() >= (rows - 1) * dy_rs + n);
     let len = k * n;
-    // A large f32 product writes every value of `dw` (`gemm` without `read_dst` stores its
-    // first depth block's sums, zeros for an empty depth, and never reads the destination),
-    // so `dw` is not zeroed first: that was one thread's `memset` of every weight gradient
+    // A large f32 product writes every value of `dw` and reads none (`overwrites_whole`), so
+    // `dw` is not zeroed first: that was one thread's `memset` of every weight gradient
     // while the other core waited (≈ 1.2 % of a roberta-base full step). Small or bf16
     // products (other `gemm` paths, the tiles) start from zeros.
-    let mut dw = if precision == ProductPrecision::F32 && len >= 1 << 16 && k > 1 && n > 1 {
+    let mut dw = if precision == ProductPrecision::F32 && overwrites_whole((k, n)) {
         Vec::with_capacity(len)
     } else {
         fastmath::zeros(len)
@@ -371,19 +371,29 @@ fn on_kernels(layer: &LoraLinear) -> bool {
         .is_some_and(|a| !a.is_merged() && a.rank() <= low_rank::ROW_KERNEL_MAX_RANK)
 }
 
+/// Where a projection's forward writes its `[rows, d_out]` output.
+enum Output<'a> {
+    /// Columns `col0 ..` of a buffer already there (row stride `out_rs`).
+    Columns {
+        out: &'a mut [f32],
+        out_rs: usize,
+        col0: usize,
+    },
+    /// A new buffer, put here: written once, not zeroed first, where the base product writes
+    /// it whole ([`cpu_inference::project_new`]).
+    New(&'a mut Vec<f32>),
+}
+
 impl LinearTape {
-    /// `out[.., col0..] = x W + b (+ scaling · dropout(x) A B)`, drawing the adapter's mask
+    /// `output = x W + b (+ scaling · dropout(x) A B)`, drawing the adapter's mask
     /// (`x`'s rows being every `step`-th of the mask stream's, [`stream_rows`]); the base
     /// weight's products (here and in the backward) in `precision`.
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         layer: &LoraLinear,
         precision: ProductPrecision,
         x: &[f32],
         (rows, step): (usize, usize),
-        out: &mut [f32],
-        out_rs: usize,
-        col0: usize,
+        output: Output<'_>,
         masks: &mut DropoutMasks,
     ) -> Self {
         let (d_in, d_out) = layer.dims();
@@ -398,7 +408,12 @@ impl LinearTape {
             d_out,
         };
         let Some(adapter) = layer.adapter.as_ref().filter(|a| !a.is_merged()) else {
-            project(dense, precision, x, rows, out, out_rs, col0, None);
+            match output {
+                Output::Columns { out, out_rs, col0 } => {
+                    project(dense, precision, x, rows, out, out_rs, col0, None);
+                }
+                Output::New(out) => *out = project_new(dense, precision, x, rows),
+            }
             return LinearTape {
                 weight: weight_tensor,
                 precision,
@@ -413,13 +428,29 @@ impl LinearTape {
         let x = &x[..rows * d_in];
         if on_kernels(layer) {
             let (mut tape, bias) = Self::on_kernels(layer, precision, (rows, step), masks);
-            tape.base_product(x, rows, out, out_rs, col0);
+            let (out, out_rs) = match output {
+                Output::Columns { out, out_rs, col0 } => {
+                    tape.base_product(x, rows, out, out_rs, col0);
+                    (&mut out[col0..], out_rs)
+                }
+                Output::New(out) => {
+                    *out = tape.base_product_new(x, rows);
+                    (&mut out[..], d_out)
+                }
+            };
             let adapter = tape.adapter.as_mut().expect("an adapter on the kernels");
             let (factors, saved) = adapter.kernels.as_mut().expect("its kernels' factors");
-            let out = (&mut out[col0..], out_rs);
+            let out = (out, out_rs);
             *saved = low_rank::forward(factors, adapter.lazy_mask, x, out, bias.as_deref());
             return tape;
         }
+        let (out, out_rs, col0) = match output {
+            Output::Columns { out, out_rs, col0 } => (out, out_rs, col0),
+            Output::New(out) => {
+                *out = fastmath::zeros(rows * d_out);
+                (&mut out[..], d_out, 0)
+            }
+        };
         let a = host_view(adapter.lora_a.weight.val());
         let b = host_view(adapter.lora_b.weight.val());
         let (rank, scaling) = (adapter.rank(), adapter.scaling() as f32);
@@ -524,13 +555,33 @@ impl LinearTape {
     /// `out[.., col0..] = x W`, the base product alone (no bias, no adapter).
     fn base_product(&self, x: &[f32], rows: usize, out: &mut [f32], out_rs: usize, col0: usize) {
         let w = host_view(self.weight.clone());
-        let dense = Dense {
-            weight: &w,
+        project(
+            self.base_dense(&w),
+            self.precision,
+            x,
+            rows,
+            out,
+            out_rs,
+            col0,
+            None,
+        );
+    }
+
+    /// `x W` as a new `[rows, d_out]` buffer ([`base_product`](Self::base_product), the
+    /// buffer not zeroed first where the product writes it whole).
+    fn base_product_new(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let w = host_view(self.weight.clone());
+        project_new(self.base_dense(&w), self.precision, x, rows)
+    }
+
+    /// The base weight `w` (this projection's, on the host) without its bias.
+    fn base_dense<'a>(&self, w: &'a [f32]) -> Dense<'a> {
+        Dense {
+            weight: w,
             bias: None,
             d_in: self.d_in,
             d_out: self.d_out,
-        };
-        project(dense, self.precision, x, rows, out, out_rs, col0, None);
+        }
     }
 
     /// Whether only the adapter's small-rank kernels read this projection's input in the
@@ -970,7 +1021,7 @@ fn layer_forward(
         seq,
         hidden,
         heads,
-        intermediate,
+        ..
     } = dims;
     let rows = dims.rows();
     // The rows past the attention, and their step in the mask streams.
@@ -1001,9 +1052,11 @@ fn layer_forward(
             precision,
             x,
             (rows_here, step),
-            &mut qkv,
-            out_rs,
-            i * hidden,
+            Output::Columns {
+                out: &mut qkv,
+                out_rs,
+                col0: i * hidden,
+            },
             masks,
         );
         tape.transposes_from(projection, transposes);
@@ -1042,15 +1095,13 @@ fn layer_forward(
         );
     }
 
-    let mut attended = fastmath::zeros(out_rows * hidden);
+    let mut attended = Vec::new();
     let mut attention_output = LinearTape::forward(
         &layer.attention.output.dense,
         precision,
         &context,
         (out_rows, step),
-        &mut attended,
-        hidden,
-        0,
+        Output::New(&mut attended),
         masks,
     );
     attention_output.transposes_from(&layer.attention.output.dense, transposes);
@@ -1067,7 +1118,7 @@ fn layer_forward(
         residual,
     );
 
-    let mut pre_activation = fastmath::zeros(out_rows * intermediate);
+    let mut pre_activation = Vec::new();
     let mut first_outputs = vec![0f32; if first_tokens { out_rows * hidden } else { 0 }];
     let out: &mut [f32] = if first_tokens { &mut first_outputs } else { x };
     let (expand, contract) = (&layer.intermediate.dense, &layer.output.dense);
@@ -1077,7 +1128,7 @@ fn layer_forward(
         // same order as apart).
         let rows_step = (out_rows, step);
         let (mut expand, bias) = LinearTape::on_kernels(expand, precision, rows_step, masks);
-        expand.base_product(&attended, out_rows, &mut pre_activation, intermediate, 0);
+        pre_activation = expand.base_product_new(&attended, out_rows);
         let (mut contract, contract_bias) =
             LinearTape::on_kernels(contract, precision, rows_step, masks);
         let (first, first_mask) = expand.kernel_factors();
@@ -1106,9 +1157,7 @@ fn layer_forward(
             precision,
             &attended,
             (out_rows, step),
-            &mut pre_activation,
-            intermediate,
-            0,
+            Output::New(&mut pre_activation),
             masks,
         );
         let expanded = fastmath::gelu_of(&pre_activation);
@@ -1117,9 +1166,11 @@ fn layer_forward(
             precision,
             &expanded,
             (out_rows, step),
-            out,
-            hidden,
-            0,
+            Output::Columns {
+                out,
+                out_rs: hidden,
+                col0: 0,
+            },
             masks,
         );
         (expand, contract)
