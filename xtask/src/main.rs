@@ -115,8 +115,9 @@ enum Task {
 }
 
 fn main() -> ExitCode {
-    // Where it does not apply the default allocator is only slower: nothing to report.
+    // Where they do not apply the defaults are only slower: nothing to report.
     let _ = trainer::keep_freed_memory();
+    let _ = trainer::join_the_thread_pool();
     match run(Xtask::parse().task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

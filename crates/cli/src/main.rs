@@ -40,8 +40,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Where it does not apply the default allocator is only slower: nothing to report.
+    // Where they do not apply the defaults are only slower: nothing to report.
     let _ = trainer::keep_freed_memory();
+    let _ = trainer::join_the_thread_pool();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -13,7 +13,8 @@
 //!   checkpoints in `checkpoints/{last,best}`, bit-exact resume on CPU); [`evaluate_run`],
 //!   [`predict_file`] and [`export_run`] use a finished run; [`DataParallel`] spreads the
 //!   encoder over several devices.
-//! - [`keep_freed_memory`]: the allocator settings the binaries train with.
+//! - [`keep_freed_memory`] and [`join_the_thread_pool`]: the allocator and thread settings the
+//!   binaries train with.
 
 mod allocator;
 mod config;
@@ -27,6 +28,7 @@ mod parallel;
 mod report;
 mod run_dir;
 mod schedule;
+mod threads;
 mod train;
 mod weighting;
 
@@ -45,6 +47,7 @@ pub use parallel::{DataParallel, ParallelForward};
 pub use report::{compare, write_report, Comparison, ComparisonRow, ReportError, ReportFiles};
 pub use run_dir::{peak_memory_bytes, write_atomic, EpochRow, RunDir, RunDirError, StepRow};
 pub use schedule::{updates_per_run, CosineWithWarmup};
+pub use threads::join_the_thread_pool;
 pub use train::{
     checkpoint_dir, epoch_line, evaluate_run, holds_run, metrics_table, read_state, train, RunData,
     TrainError, TrainOptions, TrainState, TrainSummary,
