@@ -1812,8 +1812,29 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
     let [batch, seq] = input.input_ids.dims();
     let keep = real_tokens(input.attention_mask.clone());
     let input_ids = input.input_ids.clone();
-    let (embedded, word_leaf) = encoder.embeddings_forward_train(input, &mut masks);
-    let mut x = host(embedded.clone().detach());
+    let e = &encoder.embeddings;
+    let frozen = !(trains(&e.word_embeddings.weight)
+        || trains(&e.position_embeddings.weight)
+        || trains(&e.token_type_embeddings.weight)
+        || trains(&e.layer_norm.gamma)
+        || e.layer_norm.beta.as_ref().is_some_and(trains));
+    let on_host = frozen
+        .then(|| {
+            e.forward_on_host(
+                &input.input_ids,
+                &input.token_type_ids,
+                config.layer_norm_eps,
+                &mut masks,
+            )
+        })
+        .flatten();
+    let (mut x, embedded, word_leaf) = match on_host {
+        Some(x) => (x, None, None),
+        None => {
+            let (embedded, word_leaf) = encoder.embeddings_forward_train(input, &mut masks);
+            (host(embedded.clone().detach()), Some(embedded), word_leaf)
+        }
+    };
     let dims = Dims {
         batch,
         seq,
@@ -1882,7 +1903,7 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
         TrainTape {
             device,
             dims,
-            embedded: embeddings_train.then_some(embedded),
+            embedded: embedded.filter(|_| embeddings_train),
             embedding_tables,
             embedding_norm,
             word_leaf,

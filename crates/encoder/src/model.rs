@@ -123,6 +123,99 @@ impl Embeddings {
         masks.apply(&self.dropout, self.layer_norm.forward(x))
     }
 
+    /// [`forward`](Self::forward) on the host, `[batch·seq, hidden]` row-major, for a CPU
+    /// training step whose embeddings do not train (LoRA): the same mask from the same place
+    /// in the stream, the LayerNorm as the layers' ([`fastmath::add_and_normalize`]). burn's
+    /// operations ran these passes on one thread while the other core waited (≈ 1 % of a
+    /// MiniLM LoRA step, BENCHMARKS.md "Sixteenth session"). `None` (nothing drawn) where an
+    /// id is past its table: [`forward`](Self::forward) then says what burn says.
+    pub(crate) fn forward_on_host(
+        &self,
+        input_ids: &Tensor<2, Int>,
+        token_type_ids: &Tensor<2, Int>,
+        epsilon: f64,
+        masks: &mut DropoutMasks,
+    ) -> Option<Vec<f32>> {
+        let [batch, seq] = input_ids.dims();
+        let ints = |t: &Tensor<2, Int>| {
+            t.clone()
+                .into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .ok()
+        };
+        let (ids, types) = (ints(input_ids)?, ints(token_type_ids)?);
+        let pad = self.pad_token_id as i64;
+        // As `position_ids`: RoBERTa counts the real tokens from `pad + 1`, pads get `pad`.
+        let positions: Vec<i64> = match self.family {
+            ModelFamily::Roberta => ids
+                .chunks(seq)
+                .flat_map(|row| {
+                    row.iter().scan(0, move |count, &id| {
+                        *count += i64::from(id != pad);
+                        Some(if id != pad { *count + pad } else { pad })
+                    })
+                })
+                .collect(),
+            ModelFamily::Bert => (0..batch).flat_map(|_| 0..seq as i64).collect(),
+        };
+        let word = cpu_inference::host_view(self.word_embeddings.weight.val());
+        let position = cpu_inference::host_view(self.position_embeddings.weight.val());
+        let token_type = cpu_inference::host_view(self.token_type_embeddings.weight.val());
+        let gamma = cpu_inference::host_view(self.layer_norm.gamma.val());
+        let hidden = gamma.len();
+        fn row_of(table: &[f32], id: i64, hidden: usize) -> Option<&[f32]> {
+            let start = usize::try_from(id).ok()?.checked_mul(hidden)?;
+            table.get(start..start.checked_add(hidden)?)
+        }
+        let in_range =
+            |table: &[f32], ids: &[i64]| ids.iter().all(|&id| row_of(table, id, hidden).is_some());
+        if !(in_range(&word, &ids)
+            && in_range(&token_type, &types)
+            && in_range(&position, &positions))
+        {
+            return None;
+        }
+        let beta = match &self.layer_norm.beta {
+            Some(beta) => cpu_inference::host_view(beta.val()).to_vec(),
+            None => vec![0.0; hidden],
+        };
+        let epsilon = epsilon as f32;
+        let n = batch * seq * hidden;
+        let keep = masks.host_keep_lazy(&self.dropout, n);
+        let mut out = fastmath::zeros(n);
+        out.par_chunks_mut(hidden)
+            .enumerate()
+            .for_each_init(Vec::new, |bytes, (i, row)| {
+                let [word, token_type, position] = [
+                    row_of(&word, ids[i], hidden),
+                    row_of(&token_type, types[i], hidden),
+                    row_of(&position, positions[i], hidden),
+                ]
+                .map(|row| row.expect("checked above"));
+                // burn's order: (word + token type) + position, then LayerNorm, then dropout.
+                for ((v, w), t) in row.iter_mut().zip(word).zip(token_type) {
+                    *v = w + t;
+                }
+                let mut inv_std = 0.0;
+                fastmath::add_and_normalize(
+                    row,
+                    position,
+                    &gamma,
+                    &beta,
+                    epsilon,
+                    &mut [],
+                    &mut inv_std,
+                );
+                if let Some(keep) = keep {
+                    bytes.resize(hidden, 0);
+                    keep.fill(i * hidden, bytes);
+                    fastmath::mask_scale(row, bytes, keep.scale);
+                }
+            });
+        Some(out)
+    }
+
     /// [`forward`](Self::forward) for the fused training path: when the word table trains,
     /// its lookup enters the graph as a leaf (returned), whose gradient the caller scatters
     /// into the table itself. burn's backward of the lookup held two table-sized buffers at
@@ -1111,6 +1204,83 @@ mod tests {
         };
         encoder.visit(&mut visitor);
         visitor.out
+    }
+
+    /// The embeddings on the host (a frozen-embeddings training step) against burn's: RoBERTa
+    /// (positions counted past the pads) and BERT (two token types), dropout on. The same
+    /// mask from the same place in the stream (its zeros at the same places, the stream
+    /// moved on alike), the values to float rounding (the LayerNorms' sums differ in
+    /// order). An id past its table gives `None` and draws nothing.
+    #[test]
+    fn embeddings_on_the_host_equal_burns() {
+        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let device = Device::flex().autodiff();
+        for family in ["roberta", "bert"] {
+            let config: EncoderConfig = serde_json::from_str(&format!(
+                r#"{{"model_type": "{family}", "vocab_size": 50, "hidden_size": 32,
+                    "num_hidden_layers": 1, "num_attention_heads": 4,
+                    "intermediate_size": 64, "hidden_dropout_prob": 0.1,
+                    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 40,
+                    "type_vocab_size": 2, "pad_token_id": 1, "layer_norm_eps": 1e-5}}"#
+            ))
+            .unwrap();
+            device.seed(3);
+            let mut embeddings = Encoder::new(&config, &device).embeddings;
+            let norm = &mut embeddings.layer_norm;
+            norm.gamma = norm
+                .gamma
+                .clone()
+                .map(|g| g.random_like(Distribution::Normal(1.0, 0.2)));
+            norm.beta = norm
+                .beta
+                .clone()
+                .map(|beta| beta.map(|b| b.random_like(Distribution::Normal(0.0, 0.2))));
+            let int =
+                |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [2, 9]), &device);
+            // The second sequence ends in pads (id 1).
+            let ids: Vec<i64> = (0..18)
+                .map(|i| if i > 14 { 1 } else { 2 + (i * 7) % 47 })
+                .collect();
+            let types: Vec<i64> = (0..18)
+                .map(|i| i64::from(family == "bert" && i % 9 > 4))
+                .collect();
+            let (ids, types) = (int(ids), int(types));
+
+            device.seed(11);
+            let mut burn_masks = DropoutMasks::new(&device);
+            let burns = values(embeddings.forward(ids.clone(), types.clone(), &mut burn_masks));
+            device.seed(11);
+            let mut host_masks = DropoutMasks::new(&device);
+            let host = embeddings
+                .forward_on_host(&ids, &types, 1e-5, &mut host_masks)
+                .expect("ids in range");
+            assert_eq!(host.len(), burns.len());
+            for (i, (h, b)) in host.iter().zip(&burns).enumerate() {
+                assert_eq!(*h == 0.0, *b == 0.0, "{family} [{i}]: dropped in one only");
+                assert!(
+                    (h - b).abs() <= 2e-6 * b.abs().max(1.0),
+                    "{family} [{i}]: {h} vs {b}"
+                );
+            }
+            assert!(
+                host.iter().filter(|&&v| v == 0.0).count() > 0,
+                "dropout was on"
+            );
+            let dropout = DropoutConfig::new(0.5).init();
+            let next = |masks: &mut DropoutMasks| masks.host_keep(&dropout, 64);
+            assert_eq!(next(&mut host_masks), next(&mut burn_masks));
+
+            // An id past the word table: nothing made, nothing drawn.
+            let past = int((0..18).map(|i| if i == 4 { 50 } else { 2 }).collect());
+            device.seed(11);
+            let mut masks = DropoutMasks::new(&device);
+            assert!(embeddings
+                .forward_on_host(&past, &types, 1e-5, &mut masks)
+                .is_none());
+            device.seed(11);
+            let mut fresh = DropoutMasks::new(&device);
+            assert_eq!(next(&mut masks), next(&mut fresh));
+        }
     }
 
     /// A two-layer RoBERTa with dropout 0.1 everywhere, for the training-path tests.
