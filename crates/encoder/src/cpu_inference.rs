@@ -371,12 +371,7 @@ pub(crate) fn project_new(
     x: &[f32],
     rows: usize,
 ) -> Vec<f32> {
-    let Dense {
-        weight,
-        bias,
-        d_in,
-        d_out,
-    } = dense;
+    let (weight, d_in, d_out) = (dense.weight, dense.d_in, dense.d_out);
     let len = rows * d_out;
     if precision != ProductPrecision::F32 || !overwrites_whole((rows, d_out)) {
         let mut out = fastmath::zeros(len);
@@ -384,7 +379,7 @@ pub(crate) fn project_new(
         return out;
     }
     let mut out = Vec::with_capacity(len);
-    match bias {
+    match dense.bias {
         Some(bias) => {
             assert_eq!(bias.len(), d_out);
             out.spare_capacity_mut()[..len]
