@@ -1902,14 +1902,12 @@ pub(crate) fn forward(encoder: &Encoder, input: EncoderInput) -> Option<(Tensor<
         .filter(|p| trains(p))
         .map(|p| (p.id, p.val()))
         .collect();
-    let embeddings_train =
-        !(embedding_tables.is_empty() && embedding_norm.is_empty() && word_leaf.is_none());
     Some((
         h,
         TrainTape {
             device,
             dims,
-            embedded: embedded.filter(|_| embeddings_train),
+            embedded: embedded.filter(|_| !frozen),
             embedding_tables,
             embedding_norm,
             word_leaf,

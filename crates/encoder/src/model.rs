@@ -145,20 +145,7 @@ impl Embeddings {
                 .ok()
         };
         let (ids, types) = (ints(input_ids)?, ints(token_type_ids)?);
-        let pad = self.pad_token_id as i64;
-        // As `position_ids`: RoBERTa counts the real tokens from `pad + 1`, pads get `pad`.
-        let positions: Vec<i64> = match self.family {
-            ModelFamily::Roberta => ids
-                .chunks(seq)
-                .flat_map(|row| {
-                    row.iter().scan(0, move |count, &id| {
-                        *count += i64::from(id != pad);
-                        Some(if id != pad { *count + pad } else { pad })
-                    })
-                })
-                .collect(),
-            ModelFamily::Bert => (0..batch).flat_map(|_| 0..seq as i64).collect(),
-        };
+        let positions = ints(&self.position_ids(input_ids))?;
         let word = cpu_inference::host_view(self.word_embeddings.weight.val());
         let position = cpu_inference::host_view(self.position_embeddings.weight.val());
         let token_type = cpu_inference::host_view(self.token_type_embeddings.weight.val());

@@ -10,7 +10,7 @@
 /// `main` runs the serial work between loops (burn's operations) while both workers sleep.
 /// With `main` in the pool, a loop it starts runs on it and wakes one other thread.
 /// Measured (`xtask bench`, MiniLM, in turns; BENCHMARKS.md, "Sixteenth session"): the full
-/// step ≈ 2 % faster, LoRA's ≈ 2 %, inference unchanged.
+/// step ≈ 5 % faster, LoRA's ≈ 4 %, inference unchanged.
 ///
 /// Returns whether the pool took it: `false` where the global pool had already been built
 /// (then it stays as it was).
