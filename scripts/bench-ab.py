@@ -8,13 +8,17 @@ BUILD is the path of an `xtask` binary, optionally prefixed with environment set
 --take-turns` in its own process; once all are set up, they step one at a time, one step
 each per round, the first place rotating (the place ran slower: BENCHMARKS.md, "Fifteenth
 session"). Prints each build's median (step ms, or sentences/s for `infer` modes) and its
-ratio to the first build's.
+ratio to the first build's; then the ratio round by round (each build's step against the first
+build's step of the same round, timed here, warm-up rounds left out): its median and quartiles,
+which show whether a difference of that size can be told from the host's noise.
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 
 def start(build, spec, args):
@@ -45,6 +49,8 @@ def main():
     args = ap.parse_args()
     children = [start(build, args.spec, args) for build in args.builds]
     results = [None] * len(children)
+    # Each build's steps as timed here, one a round.
+    seconds = [[] for _ in children]
     active = list(range(len(children)))
     rounds = 0
     while active:
@@ -52,9 +58,11 @@ def main():
         rounds += 1
         for i in active[first:] + active[:first]:
             child = children[i]
+            begun = time.perf_counter()
             child.stdin.write("go\n")
             child.stdin.flush()
             line = child.stdout.readline().strip()
+            seconds[i].append(time.perf_counter() - begun)
             if line == "turn":
                 continue
             if not line.startswith("{") or child.wait() != 0:
@@ -66,6 +74,19 @@ def main():
     for build, result in zip(args.builds, results):
         print(f"{result[key]:10.2f} {key}  {result[key] / base:6.3f}  "
               f"cpu_util {result['cpu_util']:.2f}  peak {result['peak_mem_bytes'] >> 20} MiB  {build}")
+    # The timed steps are each build's last `--steps` ones; the rounds before them warm up.
+    timed = min(args.steps, *(len(times) for times in seconds))
+    throughput = key == "sentences_per_s"
+    for build, steps in list(zip(args.builds, seconds))[1:]:
+        ratios = [
+            (first / own if throughput else own / first)
+            for own, first in zip(steps[-timed:], seconds[0][-timed:])
+        ]
+        if len(ratios) < 2:
+            continue
+        q1, median, q3 = statistics.quantiles(ratios, n=4)
+        print(f"  round by round: median {median:.3f}, quartiles {q1:.3f}–{q3:.3f} "
+              f"({len(ratios)} rounds)  {build}")
 
 
 if __name__ == "__main__":
