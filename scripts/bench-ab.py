@@ -62,6 +62,7 @@ def main():
             child.stdin.write("go\n")
             child.stdin.flush()
             line = child.stdout.readline().strip()
+            # The last step's time also holds the child's summary (the same for every build).
             seconds[i].append(time.perf_counter() - begun)
             if line == "turn":
                 continue
