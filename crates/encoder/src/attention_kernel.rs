@@ -1,5 +1,6 @@
-//! One attention head of one sequence on AVX-512, for CPU inference: `softmax(scale · q kᵀ) v`
-//! six query rows at a time, their scores, softmax and context made while the rows sit in L1.
+//! One attention head of one sequence on AVX-512, for CPU inference and the training forward:
+//! `dropout(softmax(scale · q kᵀ)) v` six query rows at a time, their scores, softmax and
+//! context made while the rows sit in L1.
 //!
 //! Why: through `gemm`, each (sequence, head) pair was two small products (`[seq, seq]` by a
 //! head width of 32 or 64) that packed both operands, with the whole `[seq, seq]` score matrix
@@ -8,7 +9,8 @@
 //! MiniLM inference batch for 5 % of its arithmetic (BENCHMARKS.md). Here the keys are
 //! gathered once per pair into `kᵀ` (`[head_dim, seq]`, padded to 16 keys), the values copied
 //! into one block, and a six-row tile keeps its running maxima in registers; the context is
-//! `Σ_t e_t v_t / Σ_t e_t` with `e_t = exp(s_t − max)`, so no pass normalises the weights.
+//! `Σ_t e_t v_t / Σ_t e_t` with `e_t = exp(s_t − max)`, so no pass normalises the weights
+//! (with dropout, `e_t` in the numerator only is multiplied by the mask).
 //!
 //! The same function as the `gemm` path, summed in another order (equal up to f32 rounding):
 //! masked keys (and the padding) get `−∞` before the softmax, every key counts when a sequence
@@ -47,6 +49,9 @@ pub(crate) struct Pair<'a> {
     pub seq: usize,
     pub head_dim: usize,
     pub keep: &'a [bool],
+    /// The dropout of the attention weights: keep bytes (`[seq, seq]`, query row by row) and
+    /// the scale of a kept weight.
+    pub dropout: Option<(&'a [u8], f32)>,
 }
 
 /// Buffers one thread reuses from pair to pair.
@@ -71,7 +76,9 @@ pub(crate) fn attend(pair: &Pair<'_>, out: &mut [f32], out_stride: usize, scratc
         seq,
         head_dim,
         keep,
+        dropout,
     } = *pair;
+    assert!(dropout.is_none_or(|(bytes, _)| bytes.len() >= seq * seq));
     assert!(
         takes(head_dim),
         "no AVX-512 attention kernel for this CPU or head width"
@@ -183,6 +190,11 @@ mod avx512 {
                     sum = _mm512_add_ps(sum, _mm512_loadu_ps(row.as_ptr().add(c)));
                 }
                 inverse_sums[r] = 1.0 / _mm512_reduce_add_ps(sum);
+                // Dropout on the weights, after their sum (the softmax's) is taken.
+                if let Some((bytes, scale)) = pair.dropout {
+                    let keep = &bytes[rows[r] * seq..(rows[r] + 1) * seq];
+                    fastmath::mask_scale(&mut row[..seq], keep, scale);
+                }
             }
             let weights = scratch.scores.as_ptr();
             let stored = ROWS.min(seq - first);
@@ -304,7 +316,8 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    /// `softmax(q kᵀ / √d) v` in f64, over the real keys (all of them when none or all are).
+    /// `dropout(softmax(q kᵀ / √d)) v` in f64, over the real keys (all of them when none or all
+    /// are).
     fn reference(pair: &Pair<'_>, i: usize) -> Vec<f64> {
         let Pair {
             qkv,
@@ -313,7 +326,12 @@ mod tests {
             seq,
             head_dim,
             keep,
+            dropout,
         } = *pair;
+        let dropped = |t: usize| match dropout {
+            Some((bytes, scale)) => f64::from(bytes[i * seq + t]) * f64::from(scale),
+            None => 1.0,
+        };
         let every_key = keep.iter().all(|&k| k) || !keep.iter().any(|&k| k);
         let row = |offset: usize, t: usize| &qkv[offset + t * stride..][..head_dim];
         let scale = 1.0 / (head_dim as f64).sqrt();
@@ -335,7 +353,7 @@ mod tests {
                 counted
                     .iter()
                     .zip(&weights)
-                    .map(|(&t, w)| w / total * f64::from(row(v0, t)[d]))
+                    .map(|(&t, w)| w / total * dropped(t) * f64::from(row(v0, t)[d]))
                     .sum()
             })
             .collect()
@@ -362,7 +380,9 @@ mod tests {
                     (0..seq).map(|t| t % 3 != 1).collect(),
                     vec![false; seq],
                 ];
-                for keep in &masks {
+                let bytes: Vec<u8> = (0..seq * seq).map(|i| u8::from(i % 7 != 3)).collect();
+                let dropouts = [None, Some((&bytes[..], 1.25))];
+                for (keep, dropout) in masks.iter().flat_map(|k| dropouts.map(|d| (k, d))) {
                     for h in 0..heads {
                         let first = h * head_dim;
                         let pair = Pair {
@@ -372,6 +392,7 @@ mod tests {
                             seq,
                             head_dim,
                             keep,
+                            dropout,
                         };
                         // NaN where nothing may be written: the other head's columns.
                         let mut out = vec![f32::NAN; seq * hidden];

@@ -25,7 +25,7 @@ use crate::amx::{self, Start, Strided};
 use crate::attention_kernel;
 use crate::config::HiddenAct;
 use crate::fastmath;
-use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer, ProductPrecision};
+use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer, LazyKeep, ProductPrecision};
 use lora::LoraLinear;
 
 /// A layer's parameters as host vectors, burn's layouts (`W: [in, out]`).
@@ -645,7 +645,7 @@ pub(crate) fn first_rows(x: &[f32], (batch, seq, hidden): (usize, usize, usize))
 /// # Safety
 /// `context` must point to a `[batch·seq, hidden]` buffer whose block (rows of sequence `b`,
 /// columns of head `h`) no other thread reads or writes meanwhile.
-pub(crate) unsafe fn attend_pair(
+unsafe fn attend_pair(
     qkv: &[f32],
     keep: &[bool],
     (seq, hidden, heads): (usize, usize, usize),
@@ -682,47 +682,63 @@ pub(crate) unsafe fn attend_pair(
     );
 }
 
-/// Multi-head attention over `qkv` into `context` (no dropout), every pair on its own core:
-/// through [`attention_kernel`] where the CPU and head width take it, else two `gemm`
+/// Multi-head attention over `qkv` into `context`, `dropout` on the attention weights (the
+/// training forward's; the mask of pair `b · heads + h` at `pair · seq²`), the pairs over the
+/// cores: through [`attention_kernel`] where the CPU and head width take it, else two `gemm`
 /// products a pair.
-fn attention(
+pub(crate) fn attention(
     qkv: &[f32],
     context: &mut [f32],
     keep: &[bool],
     (batch, seq, hidden, heads): (usize, usize, usize, usize),
+    dropout: Option<LazyKeep>,
 ) {
     assert!(qkv.len() == batch * seq * 3 * hidden && context.len() == batch * seq * hidden);
     let head_dim = hidden / heads;
+    let bytes = || vec![0u8; if dropout.is_some() { seq * seq } else { 0 }];
+    // The pair's mask bytes, made into `bytes`.
+    let pair_dropout = |bytes: &mut [u8], pair: usize| {
+        dropout.map(|mask| {
+            mask.fill(pair * seq * seq, bytes);
+            mask.scale
+        })
+    };
     if attention_kernel::takes(head_dim) {
         // Each sequence's context rows, `[seq, hidden]`, are written by its own pairs only.
         let stride = 3 * hidden;
         context
             .par_chunks_mut(seq * hidden)
             .enumerate()
-            .for_each_init(attention_kernel::Scratch::default, |scratch, (b, out)| {
-                for h in 0..heads {
-                    let first = b * seq * stride + h * head_dim;
-                    let pair = attention_kernel::Pair {
-                        qkv,
-                        stride,
-                        offsets: [first, first + hidden, first + 2 * hidden],
-                        seq,
-                        head_dim,
-                        keep: &keep[b * seq..(b + 1) * seq],
-                    };
-                    attention_kernel::attend(&pair, &mut out[h * head_dim..], hidden, scratch);
-                }
-            });
+            .for_each_init(
+                || (attention_kernel::Scratch::default(), bytes()),
+                |(scratch, bytes), (b, out)| {
+                    for h in 0..heads {
+                        let first = b * seq * stride + h * head_dim;
+                        let scale = pair_dropout(bytes, b * heads + h);
+                        let pair = attention_kernel::Pair {
+                            qkv,
+                            stride,
+                            offsets: [first, first + hidden, first + 2 * hidden],
+                            seq,
+                            head_dim,
+                            keep: &keep[b * seq..(b + 1) * seq],
+                            dropout: scale.map(|scale| (&bytes[..], scale)),
+                        };
+                        attention_kernel::attend(&pair, &mut out[h * head_dim..], hidden, scratch);
+                    }
+                },
+            );
         return;
     }
     let out = SharedOut::new(context);
     (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0f32; seq * seq],
-        |probs, pair| {
+        || (vec![0f32; seq * seq], bytes()),
+        |(probs, bytes), pair| {
             let (b, h) = (pair / heads, pair % heads);
             let keep = &keep[b * seq..(b + 1) * seq];
+            let dropout = pair_dropout(bytes, pair).map(|scale| (&bytes[..], scale));
             // SAFETY: the context block of (b, h) is written by this pair only.
-            unsafe { attend_pair(qkv, keep, (seq, hidden, heads), (b, h), probs, None, out) };
+            unsafe { attend_pair(qkv, keep, (seq, hidden, heads), (b, h), probs, dropout, out) };
         },
     );
 }
@@ -817,6 +833,7 @@ fn layer_forward(
         &mut scratch.context,
         keep,
         (batch, seq, hidden, config.num_attention_heads),
+        None,
     );
     let eps = config.layer_norm_eps;
     let output = &attention_block.output;

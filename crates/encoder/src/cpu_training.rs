@@ -35,9 +35,8 @@ use rayon::prelude::*;
 use crate::amx::{self, Start, Strided};
 use crate::config::HiddenAct;
 use crate::cpu_inference::{
-    self, attend_pair, attention_probs, host, host_view, one_query_probs, overwrites_whole,
-    product, project, project_new, real_tokens, weighted_values, Dense, HostTensor, LowRank,
-    SharedOut,
+    self, attention_probs, host, host_view, one_query_probs, overwrites_whole, product, project,
+    project_new, real_tokens, weighted_values, Dense, HostTensor, LowRank, SharedOut,
 };
 use crate::fastmath;
 use crate::low_rank;
@@ -1077,22 +1076,10 @@ fn layer_forward(
                 first_token_attention(&qkv, keep, dims, b, probs_mask, context);
             });
     } else {
-        let out = SharedOut::new(&mut context);
         // Neither the probabilities nor their dropout mask are kept: the backward makes both
         // again (`attention_probs`, `LazyKeep::fill`).
-        (0..batch * heads).into_par_iter().for_each_init(
-            || (vec![0f32; seq * seq], vec![0u8; seq * seq]),
-            |(p, bytes), pair| {
-                let (b, h) = (pair / heads, pair % heads);
-                let keep = &keep[b * seq..(b + 1) * seq];
-                let dropout = probs_mask.map(|mask| {
-                    mask.fill(pair * seq * seq, bytes);
-                    (&bytes[..], mask.scale)
-                });
-                // SAFETY: the context block of (b, h) is written by this pair only.
-                unsafe { attend_pair(&qkv, keep, (seq, hidden, heads), (b, h), p, dropout, out) };
-            },
-        );
+        let dims = (batch, seq, hidden, heads);
+        cpu_inference::attention(&qkv, &mut context, keep, dims, probs_mask);
     }
 
     let mut attended = Vec::new();

@@ -1368,97 +1368,104 @@ mod tests {
     /// The hand-written training forward and backward against burn's autodiff of the same
     /// encoder: same `H`, same gradient for every parameter, with dropout everywhere (the same
     /// masks: same stream, same order), padded keys, full fine-tuning and LoRA (rank 4 through
-    /// the row kernels, rank 40 through `gemm`: both of the adapter's paths).
+    /// the row kernels, rank 40 through `gemm`: both of the adapter's paths), attention through
+    /// `gemm` and through the AVX-512 tiles.
     #[test]
     fn fused_training_matches_burn_autodiff() {
         let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
-        let config = training_config(24, 3, 40);
         let device = Device::flex().autodiff();
-        const {
-            assert!(
-                4 <= crate::low_rank::ROW_KERNEL_MAX_RANK
-                    && 40 > crate::low_rank::ROW_KERNEL_MAX_RANK
-            )
-        };
-        for lora_rank in [None, Some(4), Some(40)] {
-            device.seed(3);
-            let mut encoder = Encoder::new(&config, &device);
-            if let Some(rank) = lora_rank {
-                let lora = lora::LoraConfig {
-                    dropout: 0.2,
-                    ..lora::LoraConfig::with_rank(rank)
+        // Head widths 8 (attention through `gemm`) and 16 (the AVX-512 tiles, where the CPU
+        // has them).
+        for hidden in [24, 48] {
+            let config = training_config(hidden, 3, 40);
+            const {
+                assert!(
+                    4 <= crate::low_rank::ROW_KERNEL_MAX_RANK
+                        && 40 > crate::low_rank::ROW_KERNEL_MAX_RANK
+                )
+            };
+            for lora_rank in [None, Some(4), Some(40)] {
+                device.seed(3);
+                let mut encoder = Encoder::new(&config, &device);
+                if let Some(rank) = lora_rank {
+                    let lora = lora::LoraConfig {
+                        dropout: 0.2,
+                        ..lora::LoraConfig::with_rank(rank)
+                    };
+                    encoder = encoder.apply_lora(&lora).unwrap();
+                    // Non-zero B everywhere, so every adapter path carries gradient.
+                    encoder = perturb_adapters(encoder);
+                }
+                let ids: Vec<i64> = vec![
+                    0, 7, 9, 11, 2, 1, 1, 0, 5, 6, 8, 13, 17, 2, 0, 4, 2, 1, 1, 1, 1,
+                ];
+                let mask: Vec<i64> = ids.iter().map(|&t| i64::from(t != 1)).collect();
+                let int =
+                    |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [3, 7]), &device);
+                let input = EncoderInput {
+                    input_ids: int(ids.clone()),
+                    attention_mask: int(mask),
+                    token_type_ids: int(vec![0; 21]),
                 };
-                encoder = encoder.apply_lora(&lora).unwrap();
-                // Non-zero B everywhere, so every adapter path carries gradient.
-                encoder = perturb_adapters(encoder);
-            }
-            let ids: Vec<i64> = vec![
-                0, 7, 9, 11, 2, 1, 1, 0, 5, 6, 8, 13, 17, 2, 0, 4, 2, 1, 1, 1, 1,
-            ];
-            let mask: Vec<i64> = ids.iter().map(|&t| i64::from(t != 1)).collect();
-            let int =
-                |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [3, 7]), &device);
-            let input = EncoderInput {
-                input_ids: int(ids.clone()),
-                attention_mask: int(mask),
-                token_type_ids: int(vec![0; 21]),
-            };
-            let weights: Vec<f32> = (0..3 * 24)
-                .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
-                .collect();
-            let weights = Tensor::<2>::from_data(TensorData::new(weights, [3, 24]), &device);
-            // burn parameters initialise lazily from the RNG: one forward fixes them first.
-            let _ = encoder.forward(input.clone());
+                let weights: Vec<f32> = (0..3 * hidden)
+                    .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+                    .collect();
+                let weights =
+                    Tensor::<2>::from_data(TensorData::new(weights, [3, hidden]), &device);
+                // burn parameters initialise lazily from the RNG: one forward fixes them first.
+                let _ = encoder.forward(input.clone());
 
-            device.seed(11);
-            let h_burn = encoder.first_token(input.clone());
-            let grads = (h_burn.clone() * weights.clone()).sum().backward();
-            let burn_grads = burn::optim::GradientsParams::from_grads(grads, &encoder);
+                device.seed(11);
+                let h_burn = encoder.first_token(input.clone());
+                let grads = (h_burn.clone() * weights.clone()).sum().backward();
+                let burn_grads = burn::optim::GradientsParams::from_grads(grads, &encoder);
 
-            device.seed(11);
-            let (h, tape) = encoder
-                .forward_train(input)
-                .expect("the CPU training path applies");
-            let grads = (h.clone() * weights.clone()).sum().backward();
-            let mut ours = burn::optim::GradientsParams::new();
-            tape.backward(h.grad(&grads), &mut ours);
+                device.seed(11);
+                let (h, tape) = encoder
+                    .forward_train(input)
+                    .expect("the CPU training path applies");
+                let grads = (h.clone() * weights.clone()).sum().backward();
+                let mut ours = burn::optim::GradientsParams::new();
+                tape.backward(h.grad(&grads), &mut ours);
 
-            let (a, b) = (values(h.inner()), values(h_burn.inner()));
-            let delta = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
-            assert!(delta <= 1e-5, "H: max |Δ| {delta}");
-            let (ours, reference) = (gradients(&encoder, &ours), gradients(&encoder, &burn_grads));
-            let expected = if lora_rank.is_some() {
-                2 * 6 * 2
-            } else {
-                16 * 2 + 5
-            };
-            assert_eq!(
-                reference.len(),
-                expected,
-                "parameters with a gradient (burn)"
-            );
-            assert_eq!(
-                ours.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                reference.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                "the same parameters get a gradient"
-            );
-            for ((id, g), (_, r)) in ours.iter().zip(&reference) {
-                // Relative to the tensor's largest value (the key biases' gradients are 0 in
-                // exact arithmetic, rounding noise of ~1e-8 here).
-                let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let delta = g
+                let (a, b) = (values(h.inner()), values(h_burn.inner()));
+                let delta = a
                     .iter()
-                    .zip(r)
+                    .zip(&b)
                     .map(|(x, y)| (x - y).abs())
                     .fold(0.0, f32::max);
-                assert!(
-                    delta <= 2e-6 * scale + 1e-7,
-                    "{id} (LoRA {lora_rank:?}): max |Δ| {delta} of {scale}"
+                assert!(delta <= 1e-5, "H: max |Δ| {delta}");
+                let (ours, reference) =
+                    (gradients(&encoder, &ours), gradients(&encoder, &burn_grads));
+                let expected = if lora_rank.is_some() {
+                    2 * 6 * 2
+                } else {
+                    16 * 2 + 5
+                };
+                assert_eq!(
+                    reference.len(),
+                    expected,
+                    "parameters with a gradient (burn)"
                 );
+                assert_eq!(
+                    ours.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                    reference.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                    "the same parameters get a gradient"
+                );
+                for ((id, g), (_, r)) in ours.iter().zip(&reference) {
+                    // Relative to the tensor's largest value (the key biases' gradients are 0 in
+                    // exact arithmetic, rounding noise of ~1e-8 here).
+                    let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let delta = g
+                        .iter()
+                        .zip(r)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0, f32::max);
+                    assert!(
+                        delta <= 2e-6 * scale + 1e-7,
+                        "{id} (hidden {hidden}, LoRA {lora_rank:?}): max |Δ| {delta} of {scale}"
+                    );
+                }
             }
         }
     }
