@@ -83,7 +83,8 @@ pub struct Setup {
     pub batch: usize,
     /// `f32`, `bf16` or `f16` (comma-separated in [`run`], one in each child).
     pub dtype: String,
-    /// Timed steps of each measurement (`None`: 10, or 3 with `--quick`).
+    /// Timed steps of each measurement (`None`: 20 on the CPU, 10 on a GPU, or 3 with
+    /// `--quick`).
     pub steps: Option<usize>,
     /// In a child: before each step, ask the parent for a turn (print `turn`) and wait for
     /// its line on stdin, so several children's steps interleave without overlapping.
@@ -207,6 +208,9 @@ impl Timings {
     fn fields(&self) -> Value {
         json!({
             "median_ms": 1e3 * median(self.wall.clone()),
+            // Each timed step, in order: with modes in turns, step i of every mode ran in the
+            // same round ([`by_round_against_constant`]).
+            "steps_ms": self.wall.iter().map(|s| 1e3 * s).collect::<Vec<f64>>(),
             "min_ms": 1e3 * self.wall.iter().cloned().fold(f64::INFINITY, f64::min),
             "max_ms": 1e3 * self.wall.iter().cloned().fold(0.0, f64::max),
             "cpu_ms": 1e3 * median(self.cpu.clone()),
@@ -618,9 +622,12 @@ pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
     let (model, mode) = spec
         .split_once(':')
         .with_context(|| format!("--one wants MODEL:MODE, got `{spec}`"))?;
-    // Ten timed steps: with five, one mode's median moved by ±3 % between runs of the same
-    // build on this machine, as much as the DAO and LoRA targets' margins.
-    let (steps, warmup) = if quick { (3, 1) } else { (10, 2) };
+    // Twenty timed steps on the CPU, ten on a GPU (whose lent time is short): with five, one
+    // mode's median moved by ±3 % between runs of the same build on this machine, as much as
+    // the DAO and LoRA targets' margins; with ten, a loaded host still put DAO against
+    // constant anywhere in 0.99–1.08 (BENCHMARKS.md, "Eighteenth session").
+    let full = if setup.device == "cpu" { 20 } else { 10 };
+    let (steps, warmup) = if quick { (3, 1) } else { (full, 2) };
     let steps = setup.steps.unwrap_or(steps).max(1);
     let result = if mode.starts_with("infer") {
         infer(model, mode, setup, steps, warmup)?
@@ -708,6 +715,7 @@ pub fn run(
                     })
                     .collect()
             };
+            let first = results.len();
             for (mode, outcome) in modes.iter().zip(outcomes) {
                 match outcome {
                     Ok(result) => results.push(result),
@@ -720,6 +728,9 @@ pub fn run(
                             "error": format!("{error:#}")}));
                     }
                 }
+            }
+            if in_turns {
+                by_round_against_constant(&mut results[first..]);
             }
         }
     }
@@ -735,6 +746,37 @@ pub fn run(
         bail!("failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Adds `"vs_constant_by_round"` to each training mode of one model and dtype that took
+/// turns with `constant`: the median over the rounds of its step's time over `constant`'s in
+/// the same round. The ratio of the two medians (`step_ms`) takes each from other rounds, so
+/// on a shared host it moves with the minutes each median fell in (DAO against constant
+/// 0.95–1.08 in ten- to thirty-step runs, BENCHMARKS.md "Eighteenth session"); within a
+/// round the modes ran seconds apart.
+fn by_round_against_constant(results: &mut [Value]) {
+    let steps = |r: &Value| -> Option<Vec<f64>> {
+        let steps = r["steps_ms"].as_array()?;
+        steps.iter().map(Value::as_f64).collect()
+    };
+    let Some(constant) = results
+        .iter()
+        .find(|r| r["mode"] == "constant")
+        .and_then(steps)
+    else {
+        return;
+    };
+    for r in results.iter_mut() {
+        let training = r["step_ms"].is_number() && r["mode"] != "constant";
+        let Some(own) = steps(r).filter(|own| training && own.len() == constant.len()) else {
+            continue;
+        };
+        if own.is_empty() {
+            continue;
+        }
+        let ratios = own.iter().zip(&constant).map(|(s, c)| s / c).collect();
+        r["vs_constant_by_round"] = json!(median(ratios));
+    }
 }
 
 /// The xtask binary re-executed to measure `spec` (`MODEL:MODE`) alone in its process.
@@ -874,12 +916,13 @@ fn print_table(results: &[Value], setup: &Setup) {
 /// report (device memory on the CPU) is left blank.
 fn table(results: &[Value], batch: usize) -> Vec<String> {
     let mut lines = vec![format!(
-        "{:14} {:15} {:5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "{:14} {:15} {:5} {:>10} {:>10} {:>9} {:>12} {:>10} {:>10} {:>10} {:>9} {:>9}",
         "model",
         "mode",
         "dtype",
         "step ms",
         "vs const",
+        "by round",
         "sentences/s",
         "peak MiB",
         "vs const",
@@ -928,9 +971,10 @@ fn table(results: &[Value], batch: usize) -> Vec<String> {
             )
         } else {
             format!(
-                "{model:14} {mode:15} {dtype:5} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>9}",
+                "{model:14} {mode:15} {dtype:5} {:>10} {:>10} {:>9} {:>12} {:>10} {:>10} {:>10} {:>9} {:>9}",
                 cell(step, 1),
                 cell(against_constant("step_ms"), 3),
+                cell(r["vs_constant_by_round"].as_f64(), 3),
                 cell(sentences, 1),
                 cell(mib("peak_mem_bytes"), 0),
                 cell(against_constant("peak_mem_bytes"), 3),
@@ -1021,6 +1065,27 @@ mod tests {
     }
 
     #[test]
+    fn each_mode_against_constant_round_by_round() {
+        let mut results = [
+            json!({"mode": "constant", "step_ms": 400.0, "steps_ms": [400.0, 800.0, 300.0]}),
+            // Rounds 0.5, 0.5, 1.0: median 0.5 where the medians' ratio is 0.75.
+            json!({"mode": "lora8-dao", "step_ms": 300.0, "steps_ms": [200.0, 400.0, 300.0]}),
+            json!({"mode": "infer", "sentences_per_s": 100.0, "steps_ms": [1.0, 2.0, 3.0]}),
+            // Another step count: no rounds to pair.
+            json!({"mode": "dao", "step_ms": 400.0, "steps_ms": [400.0, 400.0]}),
+        ];
+        by_round_against_constant(&mut results);
+        assert_eq!(results[1]["vs_constant_by_round"], json!(0.5));
+        for i in [0, 2, 3] {
+            assert!(
+                results[i].get("vs_constant_by_round").is_none(),
+                "{}",
+                results[i]
+            );
+        }
+    }
+
+    #[test]
     fn the_table_gives_each_step_and_peak_against_constant() {
         let mib = 1024.0 * 1024.0;
         let results = [
@@ -1029,7 +1094,7 @@ mod tests {
                    "cpu_ms": 700.0, "cpu_util": 0.9}),
             json!({"model": "minilm", "mode": "lora8-dao", "dtype": "f32", "step_ms": 280.0,
                    "peak_mem_bytes": 236.0 * mib, "device_mem_bytes": null,
-                   "cpu_ms": 500.0, "cpu_util": 0.9}),
+                   "cpu_ms": 500.0, "cpu_util": 0.9, "vs_constant_by_round": 0.6875}),
             json!({"model": "minilm", "mode": "infer", "dtype": "f32",
                    "sentences_per_s": 130.0, "peak_mem_bytes": 160.0 * mib}),
             // Another dtype has no constant step to compare with.
@@ -1039,10 +1104,11 @@ mod tests {
         let lines = table(&results, 10);
         let cells = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
         assert_eq!(lines.len(), 5);
-        // step ms, vs const, sentences/s (batch 10), peak MiB, vs const, CPU ms, CPU util.
+        // step ms, vs const (and by round), sentences/s (batch 10), peak MiB, vs const, CPU
+        // ms, CPU util.
         assert_eq!(
             cells(2)[3..],
-            ["280.0", "0.700", "35.7", "236", "0.590", "500", "0.90"]
+            ["280.0", "0.700", "0.688", "35.7", "236", "0.590", "500", "0.90"]
         );
         assert_eq!(
             cells(1)[3..],

@@ -77,11 +77,11 @@ enum Task {
         /// reduction and by product).
         #[arg(long, default_value = "constant,dao,lora8-dao,infer,infer-bf16")]
         modes: String,
-        /// Fewer steps (3 after 1 warm-up instead of 10 after 2).
+        /// Fewer steps (3 after 1 warm-up instead of 20 after 2 on the CPU, 10 on a GPU).
         #[arg(long)]
         quick: bool,
-        /// Timed steps of each measurement (default 10; 3 with --quick): more give steadier
-        /// medians on a noisy machine.
+        /// Timed steps of each measurement (default 20 on the CPU, 10 on a GPU; 3 with
+        /// --quick): more give steadier medians on a noisy machine.
         #[arg(long)]
         steps: Option<usize>,
         /// Print one JSON object instead of a table.
