@@ -1374,16 +1374,16 @@ mod tests {
     fn fused_training_matches_burn_autodiff() {
         let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
         let device = Device::flex().autodiff();
+        const {
+            assert!(
+                4 <= crate::low_rank::ROW_KERNEL_MAX_RANK
+                    && 40 > crate::low_rank::ROW_KERNEL_MAX_RANK
+            )
+        };
         // Head widths 8 (attention through `gemm`) and 16 (the AVX-512 tiles, where the CPU
         // has them).
         for hidden in [24, 48] {
             let config = training_config(hidden, 3, 40);
-            const {
-                assert!(
-                    4 <= crate::low_rank::ROW_KERNEL_MAX_RANK
-                        && 40 > crate::low_rank::ROW_KERNEL_MAX_RANK
-                )
-            };
             for lora_rank in [None, Some(4), Some(40)] {
                 device.seed(3);
                 let mut encoder = Encoder::new(&config, &device);
