@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 mod bench;
+mod compare;
 mod demo_data;
 mod quickstart;
 
@@ -112,6 +113,17 @@ enum Task {
         #[arg(long, hide = true)]
         take_turns: bool,
     },
+    /// Put `bench --json` results beside PyTorch's (`scripts/peer-bench.sh --json FILE`): one
+    /// Markdown table of every mode with a PyTorch counterpart (time or throughput, peak
+    /// memory, the ratios), then each of the speed targets checked on those figures.
+    Compare {
+        /// Files written by `cargo xtask bench --json > FILE` (one or more).
+        #[arg(long, required = true, num_args = 1..)]
+        ours: Vec<PathBuf>,
+        /// Files written by `scripts/peer-bench.sh --json FILE` (one or more).
+        #[arg(long, required = true, num_args = 1..)]
+        peer: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -149,6 +161,7 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::FetchMinilm { out } => quickstart::fetch_minilm(&out),
+        Task::Compare { ours, peer } => compare::run(&ours, &peer),
         Task::Quickstart { out } => quickstart::run(&out),
         Task::Bench {
             model,
