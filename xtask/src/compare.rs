@@ -242,7 +242,8 @@ fn compare(ours: &[Ours], peer: &[Peer]) -> (Vec<String>, Vec<String>) {
             &memory,
             MEMORY_MAX,
         ));
-        let Some(constant) = find("constant").filter(|c| c.step_ms.is_some()) else {
+        let Some((constant, constant_step)) = find("constant").and_then(|c| Some((c, c.step_ms?)))
+        else {
             continue;
         };
         for (mode, what, max) in [
@@ -252,7 +253,7 @@ fn compare(ours: &[Ours], peer: &[Peer]) -> (Vec<String>, Vec<String>) {
             let Some((o, step)) = find(mode).and_then(|o| Some((o, o.step_ms?))) else {
                 continue;
             };
-            let ratio = step / constant.step_ms.unwrap_or(f64::NAN);
+            let ratio = step / constant_step;
             let by_round = o
                 .by_round
                 .map_or(String::new(), |r| format!(" ({r:.3} round by round)"));
