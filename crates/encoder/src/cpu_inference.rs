@@ -26,6 +26,7 @@ use crate::attention_kernel;
 use crate::config::HiddenAct;
 use crate::fastmath;
 use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer, LazyKeep, ProductPrecision};
+use crate::speed_split::SpeedSplit;
 use lora::LoraLinear;
 
 /// A layer's parameters as host vectors, burn's layouts (`W: [in, out]`).
@@ -175,12 +176,15 @@ pub(crate) unsafe fn product(
     if threads > 1 && m * n * k >= SPLIT_MIN_WORK && block >= SPLIT_MIN_BLOCK {
         // The factors as addresses (and `dst` wrapped), so the tasks may share them.
         let (dst, lhs, rhs) = (SharedOut(dst), lhs as usize, rhs as usize);
-        (0..threads).into_par_iter().for_each(|t| {
-            let start = t * block;
-            if start >= len {
+        // Each thread's share in proportion to its CPU's speed (equal halves on a VM whose
+        // cores differ leave the faster one waiting).
+        let split = SpeedSplit::new(len, 16, threads);
+        (0..threads).into_par_iter().for_each(|_| {
+            let claim = split.claim();
+            let (start, size) = (claim.rows.start, claim.rows.len());
+            if size == 0 {
                 return;
             }
-            let size = block.min(len - start);
             let (lhs, rhs) = (lhs as *const f32, rhs as *const f32);
             // SAFETY: the caller's bounds hold for every sub-block; each task writes its own
             // rows (or columns) of `dst`.
@@ -213,7 +217,9 @@ pub(crate) unsafe fn product(
                     )
                 }
             }
+            split.done(claim);
         });
+        split.learn();
         return;
     }
     gemm::gemm(

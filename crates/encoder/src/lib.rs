@@ -40,6 +40,7 @@ mod gpu_products;
 mod loader;
 mod low_rank;
 mod model;
+mod speed_split;
 mod tokenize;
 
 pub use adapters::{TrainableParameters, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_TARGETS};
