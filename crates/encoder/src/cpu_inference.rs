@@ -139,7 +139,8 @@ const SPLIT_MIN_BLOCK: usize = 128;
 
 /// `dst (m × n) = alpha · lhs (m × k) · rhs (k × n)` (`+ dst` when `accumulate`), each matrix
 /// given by its first element and its row and column strides. With `parallel`, a large product
-/// is cut along the longer of `m` and `n` into one block per thread, each a one-thread `gemm`.
+/// is cut along the longer of `m` and `n` into one block per thread, each a one-thread `gemm`,
+/// the blocks' sizes in proportion to the CPUs' measured speeds ([`SpeedSplit`]).
 ///
 /// Why not `gemm`'s own threads: it splits each depth block's tiles between them and joins at
 /// the end of each (twice, with its packing), so each product waits at several barriers for
