@@ -1293,7 +1293,8 @@ fn first_token_attention_backward(
             // dQ = scale · dS · K; dK_t = scale · dS_t · q.
             let k = &row(t)[hidden..][columns.clone()];
             for (d, &k) in dq.iter_mut().zip(k) {
-                *d = (scale * ds).mul_add(k, *d);
+                // Not `mul_add`: a call to libm's `fmaf` here (see `weighted_values`).
+                *d += scale * ds * k;
             }
             let dk = &mut d_qkv[t * stride + hidden..][columns.clone()];
             for (d, &q) in dk.iter_mut().zip(q) {
