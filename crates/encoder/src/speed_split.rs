@@ -2,9 +2,9 @@
 //! each CPU has been running products, not in equal halves.
 //!
 //! The cores of a virtual machine need not be equal: on this project's 2-core VM one ran a
-//! register-only FMA loop at 168–173 GFLOP/s while the other ran it at 121–123, alone or
-//! together (BENCHMARKS.md, "Twentieth session"), presumably sharing its physical core with
-//! another tenant. With equal halves the fast core waits for the slow one at the end of every
+//! register-only FMA loop at 164–175 GFLOP/s while the other ran it at 120–124, alone or
+//! together, for minutes at a time (BENCHMARKS.md, "Twentieth session"), presumably sharing
+//! its physical core with another guest. With equal halves the fast core waits for the slow one at the end of every
 //! product (the step's idle core). `gemm` cannot share one packing between threads, so the
 //! split cannot be made finer to balance by stealing (each block packs the whole other factor:
 //! BENCHMARKS.md, "Nineteenth session"); instead each thread claims, when it starts, a share
@@ -26,7 +26,7 @@ const PARTS: usize = 16;
 const MAX_CPUS: usize = 1024;
 
 /// How far one product's measurement moves a CPU's speed (an exponential moving average: the
-/// machine's neighbours change over seconds, a step has hundreds of products).
+/// machine's neighbours change over seconds; a MiniLM step has about a hundred split products).
 const LEARNING_RATE: f32 = 0.05;
 
 /// A product's measurement is clamped to this factor of the mean (a thread descheduled in the
