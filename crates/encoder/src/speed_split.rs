@@ -2,11 +2,11 @@
 //! each CPU has been running products, not in equal halves.
 //!
 //! The cores of a virtual machine need not be equal: on this project's 2-core VM one ran a
-//! register-only FMA loop at 164–175 GFLOP/s while the other ran it at 120–124, alone or
-//! together, for minutes at a time (BENCHMARKS.md, "Twentieth session"), presumably sharing
-//! its physical core with another guest. With equal halves the fast core waits for the slow one at the end of every
-//! product (the step's idle core). `gemm` cannot share one packing between threads, so the
-//! split cannot be made finer to balance by stealing (each block packs the whole other factor:
+//! register-only FMA loop at 164–175 GFLOP/s while the other ran it at 120–124, alone or together,
+//! for a minute or more at a time (BENCHMARKS.md, "Twentieth session"), presumably sharing its
+//! physical core with another guest. With equal halves the fast core waits for the slow one at the
+//! end of every product (the step's idle core). `gemm` cannot share one packing between threads, so
+//! the split cannot be made finer to balance by stealing (each block packs the whole other factor:
 //! BENCHMARKS.md, "Nineteenth session"); instead each thread claims, when it starts, a share
 //! proportional to its CPU's measured speed, and the last to start takes what is left.
 //!
