@@ -4,7 +4,10 @@
 //! hidden states), but where burn runs each operation as a separate pass, mostly on one thread
 //! and through a fresh tensor each time, this path calls the same matrix-product library (`gemm`)
 //! straight into reused buffers and fuses the rest:
-//! - the bias is the product's starting value (no extra pass);
+//! - no pass of its own for a bias: the bf16 tiles start from it; an f32 product leaves it to
+//!   the pass that reads its output next (the query's to the attention, the others' to the
+//!   activation or the LayerNorm after them), or to none at all (the key's, and the value's,
+//!   which the output projection's bias carries: [`query_key_value`]);
 //! - Q, K and V are written side by side and attention reads them in place, per
 //!   (sequence, head) on every core: scores, a vectorised softmax, the context written at its
 //!   final position (no transposes, no `[b, h, s, s]` tensor, no bias tensor for padding);
@@ -447,12 +450,13 @@ fn linear_into(
 }
 
 /// `out = [x W_q + b_q | x W_k | x W_v]`, `[rows, 3 · d_out]`: the query, key and value
-/// projections side by side, the key's and value's biases left out where a bias costs a copy
-/// into every row ([`bias_is_a_copy`]); returns the value's bias when it was left out.
+/// projections side by side, their biases left out where a bias costs a copy into every row
+/// ([`bias_is_a_copy`]); returns the query's and the value's biases when they were left out.
 ///
-/// Neither is needed there: the key's bias adds `q · b_k` to a whole row of scores, which the
-/// softmax does not see, and the value's adds `b_v` to every context row (the probabilities
-/// sum to one), which the attention's output projection carries as its own bias
+/// The query's is added by [`attention`], each sequence's rows just before it reads them. The
+/// others are not needed there: the key's bias adds `q · b_k` to a whole row of scores, which
+/// the softmax does not see, and the value's adds `b_v` to every context row (the
+/// probabilities sum to one), which the attention's output projection carries as its own bias
 /// ([`value_bias_through`]).
 fn query_key_value<'a>(
     [query, key, value]: [&'a HostLinear; 3],
@@ -460,14 +464,15 @@ fn query_key_value<'a>(
     x: &[f32],
     rows: usize,
     out: &mut [f32],
-) -> Option<&'a [f32]> {
+) -> (Option<&'a [f32]>, Option<&'a [f32]>) {
     let width = query.d_out + key.d_out + value.d_out;
     let fold = bias_is_a_copy(precision);
-    linear_into(query, precision, x, rows, out, width, 0);
+    linear_into_with(query, precision, x, rows, out, width, 0, !fold);
     linear_into_with(key, precision, x, rows, out, width, query.d_out, !fold);
     let col0 = query.d_out + key.d_out;
     linear_into_with(value, precision, x, rows, out, width, col0, !fold);
-    value.bias.as_deref().filter(|_| fold)
+    let left_out = |layer: &'a HostLinear| layer.bias.as_deref().filter(|_| fold);
+    (left_out(query), left_out(value))
 }
 
 /// The attention output projection's bias with the value bias `b_v` left out of the context
@@ -694,15 +699,24 @@ unsafe fn attend_pair(
 /// Multi-head attention over `qkv` into `context`, `dropout` on the attention weights (the
 /// training forward's; the mask of pair `b · heads + h` at `pair · seq²`), the pairs over the
 /// cores: through [`attention_kernel`] where the CPU and head width take it, else two `gemm`
-/// products a pair.
+/// products a pair. `query_bias`, where the queries in `qkv` are still without it, is added to
+/// them first, each sequence's rows while in cache for its heads.
 pub(crate) fn attention(
-    qkv: &[f32],
+    (qkv, query_bias): (&mut [f32], Option<&[f32]>),
     context: &mut [f32],
     keep: &[bool],
     (batch, seq, hidden, heads): (usize, usize, usize, usize),
     dropout: Option<LazyKeep>,
 ) {
     assert!(qkv.len() == batch * seq * 3 * hidden && context.len() == batch * seq * hidden);
+    assert!(query_bias.is_none_or(|bias| bias.len() == hidden));
+    let stride = 3 * hidden;
+    let add_query_bias = |rows: &mut [f32]| {
+        if let Some(bias) = query_bias {
+            rows.chunks_exact_mut(stride)
+                .for_each(|row| fastmath::add(&mut row[..hidden], bias));
+        }
+    };
     let head_dim = hidden / heads;
     let bytes = || vec![0u8; if dropout.is_some() { seq * seq } else { 0 }];
     // The pair's mask bytes, made into `bytes`.
@@ -713,16 +727,19 @@ pub(crate) fn attention(
         })
     };
     if attention_kernel::takes(head_dim) {
-        // Each sequence's context rows, `[seq, hidden]`, are written by its own pairs only.
-        let stride = 3 * hidden;
+        // Each sequence's context rows, `[seq, hidden]`, are written by its own pairs only,
+        // from its own rows of `qkv`.
         context
             .par_chunks_mut(seq * hidden)
+            .zip(qkv.par_chunks_mut(seq * stride))
             .enumerate()
             .for_each_init(
                 || (attention_kernel::Scratch::default(), bytes()),
-                |(scratch, bytes), (b, out)| {
+                |(scratch, bytes), (b, (out, qkv))| {
+                    add_query_bias(qkv);
+                    let qkv = &*qkv;
                     for h in 0..heads {
-                        let first = b * seq * stride + h * head_dim;
+                        let first = h * head_dim;
                         let scale = pair_dropout(bytes, b * heads + h);
                         let pair = attention_kernel::Pair {
                             qkv,
@@ -739,6 +756,8 @@ pub(crate) fn attention(
             );
         return;
     }
+    qkv.par_chunks_mut(seq * stride).for_each(add_query_bias);
+    let qkv = &*qkv;
     let out = SharedOut::new(context);
     (0..batch * heads).into_par_iter().for_each_init(
         || (vec![0f32; seq * seq], bytes()),
@@ -836,9 +855,10 @@ fn layer_forward(
         &host_linear(&self_attention.key),
         &host_linear(&self_attention.value),
     ];
-    let value_bias = query_key_value(projections, precision, x, rows, &mut scratch.qkv);
+    let (query_bias, value_bias) =
+        query_key_value(projections, precision, x, rows, &mut scratch.qkv);
     attention(
-        &scratch.qkv,
+        (&mut scratch.qkv, query_bias),
         &mut scratch.context,
         keep,
         (batch, seq, hidden, config.num_attention_heads),

@@ -1079,7 +1079,7 @@ fn layer_forward(
         // Neither the probabilities nor their dropout mask are kept: the backward makes both
         // again (`attention_probs`, `LazyKeep::fill`).
         let dims = (batch, seq, hidden, heads);
-        cpu_inference::attention(&qkv, &mut context, keep, dims, probs_mask);
+        cpu_inference::attention((&mut qkv, None), &mut context, keep, dims, probs_mask);
     }
 
     let mut attended = Vec::new();
