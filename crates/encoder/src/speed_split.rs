@@ -64,8 +64,8 @@ fn measured() -> (usize, f32) {
 const MAX_TASKS: usize = 64;
 
 /// One parallel product's division of `len` rows (or columns) into whole `unit`s between
-/// `tasks` tasks. Nothing here allocates: small allocations between the products' large
-/// ones raised LoRA's peak memory by 5–15 MiB in some runs (glibc's placement).
+/// `tasks` tasks. Nothing here allocates: with two small vectors a product, LoRA's peak
+/// memory rose by 4 MiB in the median of ten runs (glibc's placement, BENCHMARKS.md).
 pub(crate) struct SpeedSplit {
     len: usize,
     unit: usize,
