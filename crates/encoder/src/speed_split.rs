@@ -127,7 +127,7 @@ impl SpeedSplit {
             self.len
         } else {
             // Whole parts of the length, so that products of one shape repeat the same few
-            // sizes (each size is a buffer `gemm` allocates; ever-new sizes cost peak memory).
+            // sizes (each size is a buffer `gemm` allocates: fewer sizes for glibc to place).
             let parts = (share * PARTS as f32).round() as usize;
             let size = (parts * self.len / PARTS).next_multiple_of(self.unit);
             (next + size).min(self.len)
