@@ -242,15 +242,16 @@ fn compare(ours: &[Ours], peer: &[Peer]) -> (Vec<String>, Vec<String>) {
             &memory,
             MEMORY_MAX,
         ));
-        let Some((constant, constant_step)) = find("constant").and_then(|c| Some((c, c.step_ms?)))
-        else {
+        // A mode's row with its step time, where it has one.
+        let timed = |mode: &str| find(mode).and_then(|o| Some((o, o.step_ms?)));
+        let Some((constant, constant_step)) = timed("constant") else {
             continue;
         };
         for (mode, what, max) in [
             ("dao", "DAO", DAO_MAX),
             ("lora8-dao", "LoRA r=8", LORA_TIME_MAX),
         ] {
-            let Some((o, step)) = find(mode).and_then(|o| Some((o, o.step_ms?))) else {
+            let Some((o, step)) = timed(mode) else {
                 continue;
             };
             let ratio = step / constant_step;
