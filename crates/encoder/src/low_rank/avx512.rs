@@ -89,23 +89,39 @@ impl<'a> Keep<'a> {
     }
 }
 
-/// Asks for the cache lines of `n` rows of `len` floats (row `i` at `i · stride` of `data`)
-/// to be brought into L2. The column-chunk loops below visit a block's rows one cache line
-/// each before moving on, a stride the hardware prefetcher does not follow: without this
-/// pass, most of their time was spent waiting on those loads (`perf annotate`).
+/// How far ahead, in column chunks, the column-chunk loops below ask for each row's next
+/// chunk. They visit a block's rows one chunk (a cache line) each before moving on, a stride
+/// the hardware prefetchers do not follow: waiting on those loads was most of these kernels'
+/// time (`perf annotate`). Asked for in the loop, two chunks ahead, rather than a block's
+/// rows into L2 before it (which cost a quarter of the forward update by itself): the
+/// adapters' kernels took 0.13 of `gemm`'s time in a LoRA step against 0.20 before, one
+/// chunk ahead 0.15, three 0.15 ("Twenty-first session" in BENCHMARKS.md).
+const AHEAD: usize = 2;
+
+/// Asks for the first [`AHEAD`] chunks of `n` rows (row `i` at `i · stride` of `data`): the
+/// ones a column-chunk loop reads before its own requests run ahead of it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn prefetch_rows(data: &[f32], n: usize, stride: usize, len: usize) {
-    // Floats per 64-byte line. Row by row: the order of the lines in memory (the loops' order,
-    // each row's first line then each row's second, was slower: 32 % of the backward kernel
-    // waiting on `x`).
-    const LINE: usize = 16;
+fn ask_first_chunks(data: &[f32], n: usize, stride: usize) {
     for i in 0..n {
-        let row = &data[i * stride..i * stride + len];
-        for o in (0..len).step_by(LINE) {
-            // SAFETY: a prefetch of an address inside `row`; it reads nothing.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(row.as_ptr().add(o).cast()) };
+        for chunk in 0..AHEAD {
+            ask(data.as_ptr().wrapping_add(i * stride + chunk * LANES));
         }
     }
+}
+
+/// Asks for the chunk [`AHEAD`] chunks after the one at `at`, in the same row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn ask_ahead(at: *const f32) {
+    ask(at.wrapping_add(AHEAD * LANES));
+}
+
+/// Asks for the cache line at `at` into L1.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+fn ask(at: *const f32) {
+    // A prefetch reads nothing and cannot fault: the address need not be inside the buffer.
+    _mm_prefetch::<_MM_HINT_T0>(at.cast());
 }
 
 /// The block's keep bytes into `buffer` (`n · d` of them), or `None` without dropout.
@@ -130,7 +146,8 @@ fn dropped(x: __m512, keep: Option<Keep<'_>>, offset: usize, m: __mmask16) -> __
 }
 
 /// `[rows[t] · vectors[k]]` for two rows and the [`GROUP`] vectors of length `d` at
-/// `vectors[k · d ..]`, each row masked by its keep bytes first (at `keep_at[t]`).
+/// `vectors[k · d ..]`, each row masked by its keep bytes first (at `keep_at[t]`); the rows
+/// at `ahead` are asked into L1 on the way.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 #[inline]
 fn dots(
@@ -139,12 +156,15 @@ fn dots(
     keep_at: [usize; 2],
     vectors: &[f32],
     d: usize,
+    ahead: [*const f32; 2],
 ) -> [[f32; GROUP]; 2] {
     assert!(rows.iter().all(|r| r.len() >= d) && vectors.len() >= GROUP * d);
     let mut acc = [[_mm512_setzero_ps(); GROUP]; 2];
     let mut o = 0;
     while o < d {
         let m = lanes(d, o);
+        ask(ahead[0].wrapping_add(o));
+        ask(ahead[1].wrapping_add(o));
         // SAFETY: lanes o..d of every row and vector (lengths asserted above).
         let x = unsafe {
             [
@@ -220,8 +240,23 @@ fn low_products(
         // An odd last row is paired with itself; its second copy is not stored.
         let i1 = (i0 + 1).min(n - 1);
         let rows = [&source[i0 * stride..], &source[i1 * stride..]];
+        // The next pair's rows, asked for while this pair's first group runs.
+        let next = |i: usize| source[(i.min(n - 1)) * stride..].as_ptr();
+        let ahead = [next(i0 + 2), next(i0 + 3)];
         for g in 0..padded / GROUP {
-            let sums = dots(rows, keep, [i0 * d, i1 * d], &vectors[g * GROUP * d..], d);
+            let ahead = if g == 0 {
+                ahead
+            } else {
+                rows.map(<[f32]>::as_ptr)
+            };
+            let sums = dots(
+                rows,
+                keep,
+                [i0 * d, i1 * d],
+                &vectors[g * GROUP * d..],
+                d,
+                ahead,
+            );
             for (t, sums) in sums.iter().enumerate().take(n - i0) {
                 let at = (i0 + t) * padded + g * GROUP;
                 for (l, s) in low[at..at + GROUP].iter_mut().zip(sums) {
@@ -278,7 +313,7 @@ pub(super) fn forward_update_rows(
     let n = low.len() / padded;
     assert!(n > 0 && out.len() >= (n - 1) * out_rs + d_out);
     // out_i += (bias +) Σ_k low[i, k] · (s B_k): the chunk's eight rows of s·B in registers.
-    prefetch_rows(out, n, out_rs, d_out);
+    ask_first_chunks(out, n, out_rs);
     assert!(bias.is_none_or(|bias| bias.len() >= d_out));
     let scaling = _mm512_set1_ps(scaling);
     for g in 0..padded / GROUP {
@@ -300,6 +335,7 @@ pub(super) fn forward_update_rows(
                 let l = &low[i * padded + g * GROUP..][..GROUP];
                 let target = &mut out[i * out_rs + o..];
                 assert!(target.len() >= m.count_ones() as usize);
+                ask_ahead(target.as_ptr());
                 // SAFETY: lanes o..d_out of row i of out (asserted).
                 let mut acc =
                     _mm512_add_ps(start, unsafe { _mm512_maskz_loadu_ps(m, target.as_ptr()) });
@@ -342,9 +378,9 @@ pub(super) fn backward_rows(
         (Some((mask, _)), Some(bits)) => Some(Keep::from_bits(&mask, bits, n, d_in)),
         _ => block_keep(dropout, n, d_in, keep_buffer),
     };
-    prefetch_rows(x, n, d_in, d_in);
+    ask_first_chunks(x, n, d_in);
     if let Some(dx) = dx.as_deref() {
-        prefetch_rows(dx, n, d_in, d_in);
+        ask_first_chunks(dx, n, d_in);
     }
     for g in 0..padded / GROUP {
         // ∂L/∂B_k += s · Σ_i low[i, k] · dy_i: the chunk's eight sums in registers.
@@ -352,6 +388,7 @@ pub(super) fn backward_rows(
             let m = lanes(d_out, o);
             let mut acc = [_mm512_setzero_ps(); GROUP];
             for i in 0..n {
+                ask_ahead(dy.as_ptr().wrapping_add(i * dy_rs + o));
                 // SAFETY: lanes o..d_out of row i of dy (its length asserted above).
                 let y = unsafe { _mm512_maskz_loadu_ps(m, dy.as_ptr().add(i * dy_rs + o)) };
                 let l = &low[i * padded + g * GROUP..][..GROUP];
@@ -384,6 +421,10 @@ pub(super) fn backward_rows(
             let mut acc = [_mm512_setzero_ps(); GROUP];
             for i in 0..n {
                 let at = i * d_in + o;
+                ask_ahead(x.as_ptr().wrapping_add(at));
+                if let Some(dx) = dx.as_deref() {
+                    ask_ahead(dx.as_ptr().wrapping_add(at));
+                }
                 // SAFETY: lanes o..d_in of row i of x (x.len() ≥ n · d_in).
                 let input = unsafe { _mm512_maskz_loadu_ps(m, x.as_ptr().add(at)) };
                 let bits = keep.map(|keep| keep.bits(at, m));
