@@ -908,6 +908,12 @@ impl NormTape {
             });
     }
 
+    /// Lets go of the saved rows (after the backward, their last reader).
+    fn release(&mut self) {
+        self.normalized = Vec::new();
+        self.inv_std = Vec::new();
+    }
+
     /// `∂L/∂(input)` from `∂L/∂(output)` (in place), with γ's and β's gradients.
     fn backward(&self, dy: &mut [f32], grads: &mut Vec<Grad>) {
         let d = self.gamma.len();
@@ -1482,6 +1488,9 @@ fn layer_backward(
     let dy = &mut d_output;
     // Output block: LN2(dropout(expanded W_o + b_o) + attended).
     tape.norm2.backward(dy, grads);
+    // Each part of the tape goes once its last reader is done: the backward's peak is at the
+    // layer's query, key and value products, with every layer below still taped.
+    tape.norm2.release();
     let mut d_attended = fastmath::copy_of(dy); // the residual path
     apply_mask(dy, tape.output_mask);
     let d_expanded = reused(&mut scratch.d_expanded, out_rows * intermediate);
@@ -1526,6 +1535,7 @@ fn layer_backward(
 
     // Attention output block: LN1(dropout(context W_ao + b_ao) + input).
     tape.norm1.backward(&mut d_attended, grads);
+    tape.norm1.release();
     let d_input = fastmath::copy_of(&d_attended); // the residual path
     apply_mask(&mut d_attended, tape.attention_mask);
     let d_context = reused(&mut scratch.d_context, out_rows * hidden);
@@ -1538,6 +1548,7 @@ fn layer_backward(
         false,
         grads,
     );
+    drop(std::mem::take(&mut tape.context));
     let d_context = &*d_context;
 
     // Attention core: the gradients of the queries, keys and values.
@@ -1575,6 +1586,7 @@ fn layer_backward(
         );
         d_qkv
     };
+    drop(std::mem::take(&mut tape.qkv));
     // The queries of a first-tokens layer (their rows' residual gradient in `d_input`) go
     // apart and are added at their rows once keys and values (every token) are done.
     let (mut d_all, mut d_firsts) = if first_tokens {
