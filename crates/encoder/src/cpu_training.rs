@@ -1439,6 +1439,17 @@ struct BackwardScratch {
     d_context: Vec<f32>,
     /// The attention block's output, made again.
     attended: Vec<f32>,
+    /// The layer's input, made again from the layer below ([`LayerInput::Below`]).
+    input: Vec<f32>,
+}
+
+/// A layer's input as its backward gets it: kept by its tape (the first layer), or the output
+/// of the layer below, made again from that layer's saved LayerNorm rows only when the query,
+/// key and value products read it (the backward's last step), so that it is not held through
+/// the rest of the layer's backward (2 MB of MiniLM's LoRA peak, at the attention's backward).
+enum LayerInput<'a> {
+    Kept(&'a [f32]),
+    Below(&'a NormTape),
 }
 
 /// `buffer` as `len` floats, holding whatever it held (its user overwrites every one). Grown
@@ -1453,15 +1464,16 @@ fn reused(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     buffer
 }
 
-/// `dy_out` (the gradient of the layer's output) becomes the gradient of its input.
-/// `input`: the layer's input (kept, or the layer before's output made again). The tape's
+/// `dy_out` (the gradient of the layer's output) becomes the gradient of its input; for a
+/// first-tokens layer it holds only the sequences' first rows (`[batch, hidden]`: nothing
+/// reads the others). `input`: the layer's input ([`LayerInput`]). The tape's
 /// GELU input is consumed (turned into GELU's output in place). `needs_input_gradient`:
 /// whether anything reads the input's gradient (not where the first layer's input is the frozen
 /// embeddings': its query, key and value products through `Wᵀ` are skipped, and `dy_out` is
 /// left as the residual path's part).
 fn layer_backward(
     tape: &mut LayerTape,
-    input: &[f32],
+    input: LayerInput<'_>,
     dy_out: &mut Vec<f32>,
     dims: Dims,
     grads: &mut Vec<Grad>,
@@ -1477,14 +1489,14 @@ fn layer_backward(
     } = dims;
     let rows = dims.rows();
     let first_tokens = tape.first_tokens;
-    // Past the attention a first-tokens layer has `batch` rows: only those rows of `dy` are
-    // read (its other rows are 0: nothing after the layer reads them).
+    // Past the attention a first-tokens layer has `batch` rows, and its `dy_out` those rows.
     let out_rows = if first_tokens { batch } else { rows };
-    let mut d_output = if first_tokens {
-        first_rows(dy_out, dims)
-    } else {
-        std::mem::take(dy_out)
-    };
+    assert_eq!(
+        dy_out.len(),
+        out_rows * hidden,
+        "the layer output's gradient"
+    );
+    let mut d_output = std::mem::take(dy_out);
     let dy = &mut d_output;
     // Output block: LN2(dropout(expanded W_o + b_o) + attended).
     tape.norm2.backward(dy, grads);
@@ -1587,6 +1599,13 @@ fn layer_backward(
         d_qkv
     };
     drop(std::mem::take(&mut tape.qkv));
+    let input: &[f32] = match input {
+        LayerInput::Kept(input) => input,
+        LayerInput::Below(norm) => {
+            norm.output_into(&mut scratch.input);
+            &scratch.input
+        }
+    };
     // The queries of a first-tokens layer (their rows' residual gradient in `d_input`) go
     // apart and are added at their rows once keys and values (every token) are done.
     let (mut d_all, mut d_firsts) = if first_tokens {
@@ -1687,26 +1706,29 @@ impl TrainTape {
         let dims = self.dims;
         let (rows, hidden) = (dims.rows(), dims.hidden);
         let grad_h = host(grad_h);
-        let mut dy = fastmath::zeros(rows * hidden);
-        for b in 0..dims.batch {
-            dy[b * dims.seq * hidden..b * dims.seq * hidden + hidden]
-                .copy_from_slice(&grad_h[b * hidden..(b + 1) * hidden]);
-        }
+        // `H` is each sequence's first row of the top layer's output: a first-tokens layer
+        // takes those rows alone ([`layer_backward`]), else they go into rows of zeros.
+        let mut dy = if self.layers.last().is_some_and(|layer| layer.first_tokens) {
+            grad_h[..dims.batch * hidden].to_vec()
+        } else {
+            let mut dy = fastmath::zeros(rows * hidden);
+            for b in 0..dims.batch {
+                dy[b * dims.seq * hidden..b * dims.seq * hidden + hidden]
+                    .copy_from_slice(&grad_h[b * hidden..(b + 1) * hidden]);
+            }
+            dy
+        };
         let mut collected = Vec::new();
         let mut scratch = BackwardScratch::default();
         let inner = self.device.clone().without_autodiff();
         // Each layer's tape is freed once its backward is done: the gradients grow while the
         // tape shrinks, so the peak holds about one of the two, not both.
         let mut layers = self.layers;
-        let mut recomputed = Vec::new();
         while let Some(mut layer) = layers.pop() {
             let kept = layer.input.take();
-            let input: &[f32] = match (&kept, layers.last()) {
-                (Some(input), _) => input,
-                (None, Some(before)) => {
-                    before.norm2.output_into(&mut recomputed);
-                    &recomputed
-                }
+            let input = match (&kept, layers.last()) {
+                (Some(input), _) => LayerInput::Kept(input),
+                (None, Some(before)) => LayerInput::Below(&before.norm2),
                 (None, None) => unreachable!("the first layer keeps its input"),
             };
             // The first layer's input gradient is only read by the embeddings' backward.
