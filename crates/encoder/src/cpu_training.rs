@@ -1500,8 +1500,9 @@ fn layer_backward(
     let dy = &mut d_output;
     // Output block: LN2(dropout(expanded W_o + b_o) + attended).
     tape.norm2.backward(dy, grads);
-    // Each part of the tape goes once its last reader is done: the backward's peak is at the
-    // layer's query, key and value products, with every layer below still taped.
+    // Each part of the tape goes once its last reader is done: the backward's peak comes in
+    // an upper layer, while every layer below is still taped (MiniLM: the full step's at the
+    // second layer from the top, LoRA's at the top's attention backward).
     tape.norm2.release();
     let mut d_attended = fastmath::copy_of(dy); // the residual path
     apply_mask(dy, tape.output_mask);
