@@ -29,6 +29,7 @@ use crate::attention_kernel;
 use crate::config::HiddenAct;
 use crate::fastmath;
 use crate::model::{Encoder, EncoderInput, EncoderOutput, Layer, LazyKeep, ProductPrecision};
+use crate::panel_product;
 use crate::speed_split::SpeedSplit;
 use lora::LoraLinear;
 
@@ -177,6 +178,28 @@ pub(crate) unsafe fn product(
     let len = m.max(n);
     // Blocks of whole 16-float vectors.
     let block = len.div_ceil(threads).next_multiple_of(16);
+    // A weight product (rows of `lhs` and `dst` contiguous): the weight packed once for all
+    // threads, the rows claimed as they go.
+    if threads > 1
+        && m >= 2 * threads * panel_product::MIN_CLAIM
+        && m * n * k >= SPLIT_MIN_WORK
+        && lhs_cs == 1
+        && dst_cs == 1
+        && panel_product::product(
+            (m, n, k),
+            dst,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_rs,
+            rhs,
+            (rhs_rs, rhs_cs),
+            alpha,
+            threads,
+        )
+    {
+        return;
+    }
     if threads > 1 && m * n * k >= SPLIT_MIN_WORK && block >= SPLIT_MIN_BLOCK {
         // The factors as addresses (and `dst` wrapped), so the tasks may share them.
         let (dst, lhs, rhs) = (SharedOut(dst), lhs as usize, rhs as usize);

@@ -40,6 +40,7 @@ mod gpu_products;
 mod loader;
 mod low_rank;
 mod model;
+mod panel_product;
 mod speed_split;
 mod tokenize;
 
