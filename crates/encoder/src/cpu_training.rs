@@ -41,6 +41,7 @@ use crate::cpu_inference::{
 use crate::fastmath;
 use crate::low_rank;
 use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer, LazyKeep, ProductPrecision};
+use crate::panel_product;
 
 /// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`, in bf16 on AMX
 /// tiles when `precision` asks for it and they can take the shape.
@@ -295,7 +296,10 @@ struct LinearTape {
 /// laid out row by row packs as fast as the forward's `W`. A frozen weight does not change
 /// within a run, so its copy is made at its first step. The encoder holds them for the
 /// attention projections only (query, key, value, output: ≈ 14 MB for MiniLM, 113 MB for
-/// roberta-base), what LoRA's 0.6× memory target leaves room for (BENCHMARKS.md).
+/// roberta-base), what LoRA's 0.6× memory target leaves room for (BENCHMARKS.md). Only where
+/// the panel products do not run ([`panel_product::available`]): they pack `W` read
+/// transposed as fast as `Wᵀ`, so there the copies would be memory for nothing (8 MiB of
+/// MiniLM LoRA's peak, "Twenty-third session").
 ///
 /// An entry holds its weight's storage (read in place, [`HostTensor::Shared`]), so while it is
 /// kept no other tensor can take that address: the parameter still holding the same storage
@@ -537,7 +541,9 @@ impl LinearTape {
     /// f32; lets go of a kept copy where the weight trains.
     fn transposes_from(&mut self, layer: &LoraLinear, cache: &FrozenTransposes) {
         let id = layer.base.weight.id;
-        if self.weight_id.is_some() {
+        // With the panel products `W` read transposed packs as fast as `Wᵀ` would
+        // (`panel_product`'s 16 × 16 register transposes): no copy is kept.
+        if self.weight_id.is_some() || panel_product::available() {
             cache.forget(id);
         } else if self.precision == ProductPrecision::F32 {
             self.transposes = Some((cache.clone(), id));
