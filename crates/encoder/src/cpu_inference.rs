@@ -180,9 +180,8 @@ pub(crate) unsafe fn product(
     let block = len.div_ceil(threads).next_multiple_of(16);
     // A weight product (rows of `lhs` and `dst` contiguous): the weight packed once for all
     // threads, the rows claimed as they go.
-    if threads > 1
-        && m >= 2 * threads * panel_product::MIN_CLAIM
-        && m * n * k >= SPLIT_MIN_WORK
+    if parallel
+        && panel_takes((m, n, k))
         && lhs_cs == 1
         && dst_cs == 1
         && panel_product::product(
@@ -303,6 +302,17 @@ pub(crate) fn forward_product(
             true,
         )
     }
+}
+
+/// Whether a parallel product of `m × n × k` whose rows are contiguous goes to the panel
+/// products: on two threads or more, enough rows for each to claim a few blocks, large enough
+/// to be split at all.
+pub(crate) fn panel_takes((m, n, k): (usize, usize, usize)) -> bool {
+    let threads = rayon::current_num_threads();
+    panel_product::available()
+        && threads > 1
+        && m >= 2 * threads * panel_product::MIN_CLAIM
+        && m * n * k >= SPLIT_MIN_WORK
 }
 
 /// A projection's weight (`[d_in, d_out]`, burn's layout) and bias, on the host.

@@ -1373,100 +1373,140 @@ mod tests {
     #[test]
     fn fused_training_matches_burn_autodiff() {
         let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
-        let device = Device::flex().autodiff();
         const {
             assert!(
                 4 <= crate::low_rank::ROW_KERNEL_MAX_RANK
                     && 40 > crate::low_rank::ROW_KERNEL_MAX_RANK
             )
         };
+        let ids: Vec<i64> = vec![
+            0, 7, 9, 11, 2, 1, 1, 0, 5, 6, 8, 13, 17, 2, 0, 4, 2, 1, 1, 1, 1,
+        ];
         // Head widths 8 (attention through `gemm`) and 16 (the AVX-512 tiles, where the CPU
         // has them).
         for hidden in [24, 48] {
             let config = training_config(hidden, 3, 40);
             for lora_rank in [None, Some(4), Some(40)] {
-                device.seed(3);
-                let mut encoder = Encoder::new(&config, &device);
-                if let Some(rank) = lora_rank {
-                    let lora = lora::LoraConfig {
-                        dropout: 0.2,
-                        ..lora::LoraConfig::with_rank(rank)
-                    };
-                    encoder = encoder.apply_lora(&lora).unwrap();
-                    // Non-zero B everywhere, so every adapter path carries gradient.
-                    encoder = perturb_adapters(encoder);
-                }
-                let ids: Vec<i64> = vec![
-                    0, 7, 9, 11, 2, 1, 1, 0, 5, 6, 8, 13, 17, 2, 0, 4, 2, 1, 1, 1, 1,
-                ];
-                let mask: Vec<i64> = ids.iter().map(|&t| i64::from(t != 1)).collect();
-                let int =
-                    |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [3, 7]), &device);
-                let input = EncoderInput {
-                    input_ids: int(ids.clone()),
-                    attention_mask: int(mask),
-                    token_type_ids: int(vec![0; 21]),
-                };
-                let weights: Vec<f32> = (0..3 * hidden)
-                    .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
-                    .collect();
-                let weights =
-                    Tensor::<2>::from_data(TensorData::new(weights, [3, hidden]), &device);
-                // burn parameters initialise lazily from the RNG: one forward fixes them first.
-                let _ = encoder.forward(input.clone());
-
-                device.seed(11);
-                let h_burn = encoder.first_token(input.clone());
-                let grads = (h_burn.clone() * weights.clone()).sum().backward();
-                let burn_grads = burn::optim::GradientsParams::from_grads(grads, &encoder);
-
-                device.seed(11);
-                let (h, tape) = encoder
-                    .forward_train(input)
-                    .expect("the CPU training path applies");
-                let grads = (h.clone() * weights.clone()).sum().backward();
-                let mut ours = burn::optim::GradientsParams::new();
-                tape.backward(h.grad(&grads), &mut ours);
-
-                let (a, b) = (values(h.inner()), values(h_burn.inner()));
-                let delta = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0, f32::max);
-                assert!(delta <= 1e-5, "H: max |Δ| {delta}");
-                let (ours, reference) =
-                    (gradients(&encoder, &ours), gradients(&encoder, &burn_grads));
-                let expected = if lora_rank.is_some() {
-                    2 * 6 * 2
-                } else {
-                    16 * 2 + 5
-                };
-                assert_eq!(
-                    reference.len(),
-                    expected,
-                    "parameters with a gradient (burn)"
-                );
-                assert_eq!(
-                    ours.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                    reference.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                    "the same parameters get a gradient"
-                );
-                for ((id, g), (_, r)) in ours.iter().zip(&reference) {
-                    // Relative to the tensor's largest value (the key biases' gradients are 0 in
-                    // exact arithmetic, rounding noise of ~1e-8 here).
-                    let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                    let delta = g
-                        .iter()
-                        .zip(r)
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0.0, f32::max);
-                    assert!(
-                        delta <= 2e-6 * scale + 1e-7,
-                        "{id} (hidden {hidden}, LoRA {lora_rank:?}): max |Δ| {delta} of {scale}"
-                    );
-                }
+                assert_training_matches_autodiff(&config, (ids.clone(), [3, 7]), lora_rank);
             }
+        }
+    }
+
+    /// [`fused_training_matches_burn_autodiff`] with products large enough for the panel
+    /// products (`panel_product`: 256 rows, every weight product 2²⁰ multiply-adds or more,
+    /// forward and input gradients, the weight read in place and read transposed).
+    #[test]
+    fn fused_training_on_the_panel_products_matches_burn_autodiff() {
+        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        if !crate::cpu_inference::panel_takes((256, 64, 64)) {
+            eprintln!("skipped: the panel products do not run here (one thread, or no AVX-512F)");
+            return;
+        }
+        let (batch, seq) = (8, 32);
+        // Sequences of 32 − 3b real tokens, then padding (id 1).
+        let ids: Vec<i64> = (0..batch * seq)
+            .map(|i| {
+                let (b, t) = (i / seq, i % seq);
+                if t == 0 {
+                    0
+                } else if t >= seq - 3 * b {
+                    1
+                } else {
+                    2 + ((7 * i + 3 * b) % 47) as i64
+                }
+            })
+            .collect();
+        let config = training_config(64, 4, 256);
+        for lora_rank in [None, Some(8)] {
+            assert_training_matches_autodiff(&config, (ids.clone(), [batch, seq]), lora_rank);
+        }
+    }
+
+    /// The fused CPU training step against burn's autodiff through the same encoder (`config`,
+    /// its LoRA adapters of `lora_rank` with dropout, `B` non-zero): same first-token `H`, same
+    /// gradient for every parameter, on `ids` (`[batch, seq]`, id 1 padding).
+    fn assert_training_matches_autodiff(
+        config: &EncoderConfig,
+        (ids, [batch, seq]): (Vec<i64>, [usize; 2]),
+        lora_rank: Option<usize>,
+    ) {
+        let device = Device::flex().autodiff();
+        let hidden = config.hidden_size;
+        device.seed(3);
+        let mut encoder = Encoder::new(config, &device);
+        if let Some(rank) = lora_rank {
+            let lora = lora::LoraConfig {
+                dropout: 0.2,
+                ..lora::LoraConfig::with_rank(rank)
+            };
+            encoder = encoder.apply_lora(&lora).unwrap();
+            // Non-zero B everywhere, so every adapter path carries gradient.
+            encoder = perturb_adapters(encoder);
+        }
+        let mask: Vec<i64> = ids.iter().map(|&t| i64::from(t != 1)).collect();
+        let int =
+            |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [batch, seq]), &device);
+        let input = EncoderInput {
+            input_ids: int(ids.clone()),
+            attention_mask: int(mask),
+            token_type_ids: int(vec![0; batch * seq]),
+        };
+        let weights: Vec<f32> = (0..batch * hidden)
+            .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+            .collect();
+        let weights = Tensor::<2>::from_data(TensorData::new(weights, [batch, hidden]), &device);
+        // burn parameters initialise lazily from the RNG: one forward fixes them first.
+        let _ = encoder.forward(input.clone());
+
+        device.seed(11);
+        let h_burn = encoder.first_token(input.clone());
+        let grads = (h_burn.clone() * weights.clone()).sum().backward();
+        let burn_grads = burn::optim::GradientsParams::from_grads(grads, &encoder);
+
+        device.seed(11);
+        let (h, tape) = encoder
+            .forward_train(input)
+            .expect("the CPU training path applies");
+        let grads = (h.clone() * weights.clone()).sum().backward();
+        let mut ours = burn::optim::GradientsParams::new();
+        tape.backward(h.grad(&grads), &mut ours);
+
+        let (a, b) = (values(h.inner()), values(h_burn.inner()));
+        let delta = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(delta <= 1e-5, "H: max |Δ| {delta}");
+        let (ours, reference) = (gradients(&encoder, &ours), gradients(&encoder, &burn_grads));
+        let expected = if lora_rank.is_some() {
+            2 * 6 * 2
+        } else {
+            16 * 2 + 5
+        };
+        assert_eq!(
+            reference.len(),
+            expected,
+            "parameters with a gradient (burn)"
+        );
+        assert_eq!(
+            ours.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            reference.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            "the same parameters get a gradient"
+        );
+        for ((id, g), (_, r)) in ours.iter().zip(&reference) {
+            // Relative to the tensor's largest value (the key biases' gradients are 0 in
+            // exact arithmetic, rounding noise of ~1e-8 here).
+            let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let delta = g
+                .iter()
+                .zip(r)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                delta <= 2e-6 * scale + 1e-7,
+                "{id} (hidden {hidden}, LoRA {lora_rank:?}): max |Δ| {delta} of {scale}"
+            );
         }
     }
 
