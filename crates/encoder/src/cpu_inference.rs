@@ -616,8 +616,26 @@ pub(crate) fn attention_probs(
     let scale = 1.0 / (head_dim as f32).sqrt();
     // SAFETY: the q and k rows of this pair lie inside the sequence's block of qkv (asserted
     // above: b's block ends within qkv, h's columns within a row); probs is a distinct buffer
-    // of seq × seq.
+    // of seq × seq, `keys_t` one of head_dim × seq.
     unsafe {
+        // On the kernels straight from `q` and `kᵀ` (laid out row by row first) where they run.
+        let mut keys_t = vec![0f32; head_dim * seq];
+        let keys = qkv.as_ptr().add(first + hidden);
+        if panel_product::transpose(&mut keys_t, seq, keys, stride, (head_dim, seq))
+            && panel_product::small_product(
+                (seq, seq, head_dim),
+                probs.as_mut_ptr(),
+                seq,
+                false,
+                qkv.as_ptr().add(first),
+                (stride, 1),
+                keys_t.as_ptr(),
+                seq,
+                scale,
+            )
+        {
+            return softmax_over_kept(probs, keep);
+        }
         product(
             (seq, seq, head_dim),
             probs.as_mut_ptr(),

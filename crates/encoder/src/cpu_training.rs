@@ -1348,9 +1348,10 @@ fn attention_backward(
                 vec![0f32; seq * seq],
                 vec![0f32; seq * seq],
                 vec![0u8; seq * seq],
+                vec![0f32; head_dim * seq],
             )
         },
-        |(d_probs, dropped, p, bytes), pair| {
+        |(d_probs, dropped, p, bytes, values_t), pair| {
             let (b, h) = (pair / heads, pair % heads);
             let first = b * seq * stride + h * head_dim;
             let context_first = b * seq * hidden + h * head_dim;
@@ -1366,34 +1367,32 @@ fn attention_backward(
                 }
                 None => p,
             };
+            let values = qkv[first + 2 * hidden..].as_ptr();
             // SAFETY: every block read lies inside qkv / d_context; the d_qkv blocks written
-            // (rows of b, this head's q, k and v columns) belong to this pair only.
+            // (rows of b, this head's q, k and v columns) belong to this pair only; `values_t`
+            // holds `head_dim × seq`.
             unsafe {
                 // dV = P̃ᵀ · dC
-                product(
+                pair_product(
                     (seq, head_dim, seq),
-                    out.ptr().add(first + 2 * hidden),
-                    (stride, 1),
-                    false,
-                    weights.as_ptr(),
-                    (1, seq),
-                    d_context.as_ptr().add(context_first),
-                    (hidden, 1),
+                    (out.ptr().add(first + 2 * hidden), stride),
+                    (weights.as_ptr(), (1, seq)),
+                    (d_context.as_ptr().add(context_first), (hidden, 1)),
                     1.0,
-                    false,
                 );
-                // dP̃ = dC · Vᵀ
-                product(
+                // dP̃ = dC · Vᵀ, `Vᵀ` laid out row by row first where it can be.
+                let values_t =
+                    if panel_product::transpose(values_t, seq, values, stride, (head_dim, seq)) {
+                        (values_t.as_ptr(), (seq, 1))
+                    } else {
+                        (values, (1, stride))
+                    };
+                pair_product(
                     (seq, seq, head_dim),
-                    d_probs.as_mut_ptr(),
-                    (seq, 1),
-                    false,
-                    d_context.as_ptr().add(context_first),
-                    (hidden, 1),
-                    qkv.as_ptr().add(first + 2 * hidden),
-                    (1, stride),
+                    (d_probs.as_mut_ptr(), seq),
+                    (d_context.as_ptr().add(context_first), (hidden, 1)),
+                    values_t,
                     1.0,
-                    false,
                 );
             }
             if let Some(mask) = &probs_mask {
@@ -1404,33 +1403,66 @@ fn attention_backward(
             // SAFETY: as above.
             unsafe {
                 // dQ = scale · dS · K
-                product(
+                pair_product(
                     (seq, head_dim, seq),
-                    out.ptr().add(first),
-                    (stride, 1),
-                    false,
-                    d_probs.as_ptr(),
-                    (seq, 1),
-                    qkv.as_ptr().add(first + hidden),
-                    (stride, 1),
+                    (out.ptr().add(first), stride),
+                    (d_probs.as_ptr(), (seq, 1)),
+                    (qkv.as_ptr().add(first + hidden), (stride, 1)),
                     scale,
-                    false,
                 );
                 // dK = scale · dSᵀ · Q
-                product(
+                pair_product(
                     (seq, head_dim, seq),
-                    out.ptr().add(first + hidden),
-                    (stride, 1),
-                    false,
-                    d_probs.as_ptr(),
-                    (1, seq),
-                    qkv.as_ptr().add(first),
-                    (stride, 1),
+                    (out.ptr().add(first + hidden), stride),
+                    (d_probs.as_ptr(), (1, seq)),
+                    (qkv.as_ptr().add(first), (stride, 1)),
                     scale,
-                    false,
                 );
             }
         },
+    );
+}
+
+/// `dst (m × n, row stride dst_rs) = alpha · lhs · rhs` for one (sequence, head) pair, on this
+/// thread: on the kernels straight from the operands where `rhs`'s rows are contiguous
+/// ([`panel_product::small_product`]), through `gemm` otherwise; operands as (first element,
+/// row and column strides).
+///
+/// # Safety
+/// As [`product`]'s.
+unsafe fn pair_product(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (lhs, lhs_strides): (*const f32, (usize, usize)),
+    (rhs, (rhs_rs, rhs_cs)): (*const f32, (usize, usize)),
+    alpha: f32,
+) {
+    if rhs_cs == 1
+        && panel_product::small_product(
+            (m, n, k),
+            dst,
+            dst_rs,
+            false,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_rs,
+            alpha,
+        )
+    {
+        return;
+    }
+    product(
+        (m, n, k),
+        dst,
+        (dst_rs, 1),
+        false,
+        lhs,
+        lhs_strides,
+        rhs,
+        (rhs_rs, rhs_cs),
+        alpha,
+        false,
     );
 }
 

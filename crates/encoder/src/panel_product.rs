@@ -8,6 +8,8 @@
 //! fixed when the call starts, so the faster core waits for the slower at the end of each
 //! product. Here the weight is packed once, both threads packing half, and then the rows are
 //! claimed in blocks that shrink towards the end (guided scheduling) by whichever thread is free.
+//! A weight read transposed (the input gradient's `Wᵀ`) packs through 16 × 16 register
+//! transposes as fast as one read row by row, so frozen weights need no transposed copy.
 //!
 //! The sums are those of `gemm`'s kernels over the same depth blocks, so each value does not
 //! depend on which thread computed it or on the split: a run gives the same values each time.
@@ -24,10 +26,12 @@ const ALIGN: usize = 32;
 /// Rows of `x` (and `out`) a kernel call takes.
 const TILE_ROWS: usize = 6;
 /// The deepest depth block a kernel call sums over; deeper products are cut into equal blocks
-/// (`gemm`'s own choice on these shapes: 384 for a depth of 384 or 1152, 512 for 1536).
+/// (`gemm`'s own choice on these shapes: 384 for a depth of 384, 768 or 1152, 512 for 1536
+/// or 3072).
 const MAX_DEPTH: usize = 512;
 /// Bytes of panels (at one depth block) read in turn by every tile of a claimed block of rows:
-/// three quarters of a Zen 4 core's L2, the rest for the rows of `x`.
+/// what `gemm` keeps in L2 on these shapes (its `mc × kc`, 512 × 384 floats), well inside the
+/// L2 of this machine's Xeon (2 MiB a core) and of a Zen 4 (1 MiB), the rest for rows of `x`.
 const PANELS_BYTES: usize = 768 << 10;
 /// The smallest and largest blocks of rows a thread claims (whole tiles).
 pub(crate) const MIN_CLAIM: usize = 8 * TILE_ROWS;
@@ -84,7 +88,9 @@ impl Layout {
     }
 }
 
-/// Whether [`product`] runs here (an x86-64 CPU with AVX-512F).
+/// Whether [`product`] runs here (an x86-64 CPU with AVX-512F), unless `DAO_GEMM_PRODUCTS` is
+/// set: then `gemm` makes every product, as before these panels (for timing one against the
+/// other in one build, BENCHMARKS.md).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -200,6 +206,104 @@ pub(crate) unsafe fn product(
         work(0);
     }
     true
+}
+
+/// `dst (m × n, row stride dst_rs) = alpha · lhs (m × k) · rhs (k × n)` (`+ dst` when
+/// `accumulate`) on this thread, the kernels reading both factors where they lie: for the
+/// attention backward's small products (one sequence and head: 128 × 32 × 128 at MiniLM's
+/// shape), where `gemm`'s packing and set-up were a fifth of each call (BENCHMARKS.md,
+/// "Twenty-third session"). `lhs`'s element `(i, d)` at `lhs[i · lhs_rs + d · lhs_cs]`;
+/// `rhs`'s rows contiguous (`rhs[d · rhs_rs + j]`), in whole vectors (`n` a multiple of 16).
+/// Returns false, having done nothing, where it does not run ([`available`], or `n` not a
+/// multiple of 16, or an empty depth).
+///
+/// # Safety
+/// Every element the strides address must lie inside the caller's buffers, and `dst` must not
+/// overlap `lhs` or `rhs` or be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn small_product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    rhs_rs: usize,
+    alpha: f32,
+) -> bool {
+    if !available() || k == 0 || !n.is_multiple_of(16) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let status = u8::from(accumulate);
+        // The kernels' view is the transposed product: `rhs`'s rows are their panel, read in
+        // place (64 columns a depth step), `lhs`'s elements their broadcast factors.
+        for first_col in (0..n).step_by(PANEL) {
+            let width = PANEL.min(n - first_col);
+            for tile in (0..m).step_by(TILE_ROWS) {
+                let tile_rows = TILE_ROWS.min(m - tile);
+                KERNELS[width / 16 - 1][tile_rows - 1](
+                    width,
+                    tile_rows,
+                    k,
+                    dst.add(tile * dst_rs + first_col),
+                    rhs.add(first_col),
+                    lhs.add(tile * lhs_rs),
+                    dst_rs as isize,
+                    1,
+                    rhs_rs as isize,
+                    lhs_cs as isize,
+                    lhs_rs as isize,
+                    1.0,
+                    alpha,
+                    status,
+                    false,
+                    false,
+                    false,
+                    std::ptr::null(),
+                );
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (
+            m, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, alpha,
+        );
+        unreachable!("available() is false off x86-64");
+    }
+}
+
+/// `out[d · width + c] = from[c · stride + d]` for `d < depths`, `c < cols` (`cols` ≤ `width`):
+/// a block read transposed, for [`small_product`]'s contiguous rows. False, having done
+/// nothing, where the register transposes do not run ([`available`]).
+///
+/// # Safety
+/// `from`'s `cols` columns of `depths` floats at `stride` lie inside the caller's buffer, and
+/// `out` holds `depths · width` floats.
+pub(crate) unsafe fn transpose(
+    out: &mut [f32],
+    width: usize,
+    from: *const f32,
+    stride: usize,
+    (depths, cols): (usize, usize),
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if available() && width.is_multiple_of(16) && cols == width {
+        transpose_into(
+            &mut out[..depths * width],
+            width,
+            from,
+            stride,
+            (depths, cols),
+        );
+        return true;
+    }
+    let _ = (out, width, from, stride, depths, cols);
+    false
 }
 
 /// The next block of rows: a share of what is left (half of it over the threads, in whole
@@ -587,6 +691,87 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn small_products_equal_the_sums_with_either_factor_read_as_it_lies() {
+        if !available() {
+            eprintln!("skipped: no AVX-512F on this CPU, the panel products do not run");
+            return;
+        }
+        // The attention backward's shapes (tiles whole and cut: 128 and 20 rows; one panel
+        // and two cut ones: 32, 128, 80 columns), `lhs` by rows and read transposed.
+        for &(m, n, k) in &[(128, 32, 128), (20, 128, 32), (128, 80, 7)] {
+            for transposed in [false, true] {
+                for &(accumulate, alpha) in &[(false, 0.25), (true, -1.5)] {
+                    let (lhs_rs, lhs_cs, lhs_len) = if transposed {
+                        (1, m + 3, k * (m + 3))
+                    } else {
+                        (k + 2, 1, m * (k + 2))
+                    };
+                    let (rhs_rs, dst_rs) = (n + 16, n + 5);
+                    let lhs = values(lhs_len, 4);
+                    let rhs = values(k * rhs_rs, 5);
+                    let mut dst = values(m * dst_rs, 6);
+                    let mut expected = dst.clone();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let sum: f64 = (0..k)
+                                .map(|d| {
+                                    f64::from(lhs[i * lhs_rs + d * lhs_cs])
+                                        * f64::from(rhs[d * rhs_rs + j])
+                                })
+                                .sum();
+                            let before = if accumulate {
+                                f64::from(dst[i * dst_rs + j])
+                            } else {
+                                0.0
+                            };
+                            expected[i * dst_rs + j] = (before + f64::from(alpha) * sum) as f32;
+                        }
+                    }
+                    // SAFETY: the strides address inside the three buffers made above.
+                    let ran = unsafe {
+                        small_product(
+                            (m, n, k),
+                            dst.as_mut_ptr(),
+                            dst_rs,
+                            accumulate,
+                            lhs.as_ptr(),
+                            (lhs_rs, lhs_cs),
+                            rhs.as_ptr(),
+                            rhs_rs,
+                            alpha,
+                        )
+                    };
+                    assert!(ran);
+                    for (index, (&got, &want)) in dst.iter().zip(&expected).enumerate() {
+                        let bound = 1e-5 * (k as f32).sqrt() * (1.0 + want.abs());
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "{m}×{n}×{k} transposed {transposed} at {index}: {got} against {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // Columns not in whole vectors: not taken.
+        let mut dst = [0f32; 24];
+        // SAFETY: nothing is read or written when it is not taken.
+        let ran = unsafe {
+            small_product(
+                (1, 24, 1),
+                dst.as_mut_ptr(),
+                24,
+                false,
+                dst.as_ptr(),
+                (1, 1),
+                dst.as_ptr(),
+                24,
+                1.0,
+            )
+        };
+        assert!(!ran);
     }
 
     #[test]
