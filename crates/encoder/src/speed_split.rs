@@ -9,6 +9,9 @@
 //! the split cannot be made finer to balance by stealing (each block packs the whole other factor:
 //! BENCHMARKS.md, "Nineteenth session"); instead each thread claims, when it starts, a share
 //! proportional to its CPU's measured speed, and the last to start takes what is left.
+//! (The weight products on AVX-512 CPUs share one packing and claim their rows as they go,
+//! `panel_product`; this split is for the products still on `gemm`: the weight gradients, and
+//! every product elsewhere.)
 //!
 //! The values do not depend on the split: each element's sum runs over the depth in the same
 //! order whichever block computes it (`gemm`'s depth blocking depends on the depth alone), so
