@@ -244,25 +244,13 @@ pub(crate) unsafe fn small_product(
             let width = PANEL.min(n - first_col);
             for tile in (0..m).step_by(TILE_ROWS) {
                 let tile_rows = TILE_ROWS.min(m - tile);
-                KERNELS[width / 16 - 1][tile_rows - 1](
-                    width,
-                    tile_rows,
-                    k,
-                    dst.add(tile * dst_rs + first_col),
-                    rhs.add(first_col),
-                    lhs.add(tile * lhs_rs),
-                    dst_rs as isize,
-                    1,
-                    rhs_rs as isize,
-                    lhs_cs as isize,
-                    lhs_rs as isize,
-                    1.0,
+                kernel_tile(
+                    (width, width, tile_rows, k),
+                    (dst.add(tile * dst_rs + first_col), dst_rs),
+                    (rhs.add(first_col), rhs_rs),
+                    (lhs.add(tile * lhs_rs), (lhs_rs, lhs_cs)),
                     alpha,
                     status,
-                    false,
-                    false,
-                    false,
-                    std::ptr::null(),
                 );
             }
         }
@@ -520,6 +508,47 @@ const KERNELS: [[Kernel; TILE_ROWS]; 4] = [
     ],
 ];
 
+/// One kernel call: the `rows × cols` tile at `dst` (row stride `dst_rs`) gets `alpha` times the
+/// sum over `depth` of the panel's rows (`width` floats read a depth step, `panel_rs` apart; the
+/// first `cols` of them count) by the tile's rows of the other factor (element `(r, d)` at
+/// `x[r · x_rs + d · x_cs]`, broadcast); `status` 0 stores it, 1 adds it to what is there.
+///
+/// # Safety
+/// Every element addressed lies inside the caller's buffers; AVX-512F present.
+#[cfg(target_arch = "x86_64")]
+unsafe fn kernel_tile(
+    (cols, width, rows, depth): (usize, usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (panel, panel_rs): (*const f32, usize),
+    (x, (x_rs, x_cs)): (*const f32, (usize, usize)),
+    alpha: f32,
+    status: u8,
+) {
+    // The kernels' arguments: their `dst` column and row strides, the panel's depth stride,
+    // the broadcast factor's depth and column strides, `dst`'s and the sums' factors, then
+    // conjugation flags and a prefetch address that f32 kernels ignore.
+    KERNELS[width / 16 - 1][rows - 1](
+        cols,
+        rows,
+        depth,
+        dst,
+        panel,
+        x,
+        dst_rs as isize,
+        1,
+        panel_rs as isize,
+        x_cs as isize,
+        x_rs as isize,
+        1.0,
+        alpha,
+        status,
+        false,
+        false,
+        false,
+        std::ptr::null(),
+    );
+}
+
 /// `dst[rows] (+)= alpha · lhs[rows] · w`, `w` as `packed` panels: depth block by depth block
 /// (the first one storing, unless `accumulate`), a few panels at a time, tile by tile.
 ///
@@ -548,26 +577,13 @@ unsafe fn rows_product(
                 let x = lhs.add(tile * lhs_rs + depths.start);
                 for p in first_panel..last_panel {
                     let (cols, width) = layout.panel_width(p);
-                    let kernel = KERNELS[width / 16 - 1][tile_rows - 1];
-                    kernel(
-                        cols,
-                        tile_rows,
-                        depths.len(),
-                        dst.add(tile * dst_rs + p * PANEL),
-                        packed.as_ptr().add(layout.offset(depths.start, p)),
-                        x,
-                        dst_rs as isize,
-                        1,
-                        width as isize,
-                        1,
-                        lhs_rs as isize,
-                        1.0,
+                    kernel_tile(
+                        (cols, width, tile_rows, depths.len()),
+                        (dst.add(tile * dst_rs + p * PANEL), dst_rs),
+                        (packed.as_ptr().add(layout.offset(depths.start, p)), width),
+                        (x, (lhs_rs, 1)),
                         alpha,
                         status,
-                        false,
-                        false,
-                        false,
-                        std::ptr::null(),
                     );
                 }
             }
