@@ -600,13 +600,15 @@ fn add_and_norm(x: &mut [f32], bias: Option<&[f32]>, residual: &[f32], norm: &Ho
 
 /// The attention probabilities of one (sequence `b`, head `h`) pair into `probs`
 /// (`[seq, seq]`): `softmax(scale · q kᵀ)` over the kept keys. Deterministic (one thread), so
-/// the training backward can make them again rather than keep them.
+/// the training backward can make them again rather than keep them. `keys_t`: scratch (the
+/// pair's `kᵀ`, `head_dim × seq`), the caller's so that it is not allocated a pair.
 pub(crate) fn attention_probs(
     qkv: &[f32],
     keep: &[bool],
     (seq, hidden, heads): (usize, usize, usize),
     (b, h): (usize, usize),
     probs: &mut [f32],
+    keys_t: &mut Vec<f32>,
 ) {
     let head_dim = hidden / heads;
     let stride = 3 * hidden;
@@ -618,10 +620,11 @@ pub(crate) fn attention_probs(
     // above: b's block ends within qkv, h's columns within a row); probs is a distinct buffer
     // of seq × seq, `keys_t` one of head_dim × seq.
     unsafe {
-        // On the kernels straight from `q` and `kᵀ` (laid out row by row first) where they run.
-        let mut keys_t = vec![0f32; head_dim * seq];
+        // On the kernels straight from `q` and `kᵀ` (laid out row by row first, in the caller's
+        // scratch) where they run.
+        keys_t.resize(head_dim * seq, 0.0);
         let keys = qkv.as_ptr().add(first + hidden);
-        if panel_product::transpose(&mut keys_t, seq, keys, stride, (head_dim, seq))
+        if panel_product::transpose(keys_t, keys, stride, (head_dim, seq))
             && panel_product::small_product(
                 (seq, seq, head_dim),
                 probs.as_mut_ptr(),
@@ -722,7 +725,14 @@ unsafe fn attend_pair(
     let head_dim = hidden / heads;
     let stride = 3 * hidden;
     let first = b * seq * stride + h * head_dim;
-    attention_probs(qkv, keep, (seq, hidden, heads), (b, h), probs);
+    attention_probs(
+        qkv,
+        keep,
+        (seq, hidden, heads),
+        (b, h),
+        probs,
+        &mut Vec::new(),
+    );
     let dropped: Vec<f32>;
     let weights = match dropout {
         Some((mask, scale)) => {

@@ -1356,7 +1356,8 @@ fn attention_backward(
             let first = b * seq * stride + h * head_dim;
             let context_first = b * seq * hidden + h * head_dim;
             let keep = &keep[b * seq..(b + 1) * seq];
-            attention_probs(qkv, keep, (seq, hidden, heads), (b, h), p);
+            // `values_t` is scratch here: `Kᵀ` for the probabilities, then `Vᵀ` below.
+            attention_probs(qkv, keep, (seq, hidden, heads), (b, h), p, values_t);
             let p = &p[..];
             let weights: &[f32] = match &probs_mask {
                 Some(mask) => {
@@ -1382,7 +1383,7 @@ fn attention_backward(
                 );
                 // dP̃ = dC · Vᵀ, `Vᵀ` laid out row by row first where it can be.
                 let values_t =
-                    if panel_product::transpose(values_t, seq, values, stride, (head_dim, seq)) {
+                    if panel_product::transpose(values_t, values, stride, (head_dim, seq)) {
                         (values_t.as_ptr(), (seq, 1))
                     } else {
                         (values, (1, stride))

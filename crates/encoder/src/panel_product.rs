@@ -265,32 +265,31 @@ pub(crate) unsafe fn small_product(
     }
 }
 
-/// `out[d · width + c] = from[c · stride + d]` for `d < depths`, `c < cols` (`cols` ≤ `width`):
-/// a block read transposed, for [`small_product`]'s contiguous rows. False, having done
-/// nothing, where the register transposes do not run ([`available`]).
+/// `out[d · cols + c] = from[c · stride + d]` for `d < depths`, `c < cols`: a block read
+/// transposed into rows, for [`small_product`]'s contiguous rows. False, having done nothing,
+/// where the register transposes do not run ([`available`], or `cols` not whole vectors).
 ///
 /// # Safety
 /// `from`'s `cols` columns of `depths` floats at `stride` lie inside the caller's buffer, and
-/// `out` holds `depths · width` floats.
+/// `out` holds `depths · cols` floats.
 pub(crate) unsafe fn transpose(
     out: &mut [f32],
-    width: usize,
     from: *const f32,
     stride: usize,
     (depths, cols): (usize, usize),
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if available() && width.is_multiple_of(16) && cols == width {
+    if available() && cols.is_multiple_of(16) {
         transpose_into(
-            &mut out[..depths * width],
-            width,
+            &mut out[..depths * cols],
+            cols,
             from,
             stride,
             (depths, cols),
         );
         return true;
     }
-    let _ = (out, width, from, stride, depths, cols);
+    let _ = (out, from, stride, depths, cols);
     false
 }
 
