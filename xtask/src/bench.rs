@@ -9,8 +9,9 @@
 //!   norms taken over the encoder's parameters (`grad_norm_wrt = "shared-parameters"`).
 //! - Inference = encoder + both heads on a plain (non-autodiff) device, batch 32, length 128.
 //! - A `-bf16` suffix on any mode (`infer-bf16`, `dao-bf16`, …) multiplies by the encoder's
-//!   weights in bf16 with f32 sums on AMX tiles where the CPU has them
-//!   (`encoder::ProductPrecision::Bf16`; the result's `bf16_products` says whether it did).
+//!   weights in bf16 with f32 sums on AMX tiles, or AVX-512 BF16 where it outruns f32 FMAs
+//!   (`encoder::ProductPrecision::Bf16`; the result's `bf16_products` says whether it did,
+//!   `bf16_kernel` on which instructions: `amx`, `avx512-bf16`).
 //! - Each (model, mode) runs in a fresh child process (the xtask binary re-executed with the
 //!   hidden `--one MODEL:MODE`), so its peak memory (`VmHWM`) is its own.
 //! - On the CPU the children of one model take turns, one step each (`constant` step 1, `dao`
@@ -29,7 +30,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use dao::{StrategyConfig, TaskOutputs};
 use encoder::{
-    bf16_products_available, parse_device, Encoder, EncoderConfig, EncoderInput, ProductPrecision,
+    bf16_products_available, bf16_products_kernel, parse_device, Encoder, EncoderConfig,
+    EncoderInput, ProductPrecision,
 };
 use heads::{HeadsConfig, MultiTaskHeads};
 use serde_json::{json, Value};
@@ -63,7 +65,7 @@ fn known_mode(mode: &str) -> bool {
     MODES.contains(&mode) || mode == "dao-shared" || lora_mode(mode).is_some()
 }
 
-/// A mode's `-bf16` suffix: the encoder's weight products in bf16 on AMX tiles
+/// A mode's `-bf16` suffix: the encoder's weight products in bf16 (AMX tiles or AVX-512 BF16)
 /// ([`ProductPrecision::Bf16`]); `infer-bf16` is `infer` with it.
 fn products_of(mode: &str) -> (&str, ProductPrecision) {
     match mode.strip_suffix("-bf16") {
@@ -421,6 +423,7 @@ fn train(
             && setup.device == "cpu"
             && !shared
             && bf16_products_available(),
+        "bf16_kernel": bf16_products_kernel(),
     });
     if phases {
         let [forward, backward, optimizer] = phase_ms.map(median);
@@ -449,7 +452,7 @@ fn count_trainable(model: &Model) -> usize {
 }
 
 /// Inference throughput (sentences per second) at batch 32; `infer-bf16` with the weight
-/// products in bf16 on AMX tiles where the CPU has them (`"bf16_products"` says whether it did).
+/// products in bf16 where the CPU can (`"bf16_products"` says whether it did).
 fn infer(
     model_name: &str,
     mode: &str,
@@ -477,6 +480,7 @@ fn infer(
         "model": model_name, "mode": mode, "dtype": setup.dtype,
         "sentences_per_s": INFER_BATCH as f64 / median(times.wall.clone()),
         "bf16_products": bf16 && setup.device == "cpu" && bf16_products_available(),
+        "bf16_kernel": bf16_products_kernel(),
         "peak_mem_bytes": peak_rss_bytes()?,
         "device_mem_bytes": device_mem_bytes(&device),
         "cublas": encoder::cublas_products(&device),

@@ -71,7 +71,8 @@ enum Task {
         #[arg(long, default_value = "minilm")]
         model: String,
         /// Comma-separated modes: constant, dao, lora8-dao, infer, infer-bf16 (inference with
-        /// bf16 weight products on AMX tiles, where the CPU has them); also lora{r}-dao,
+        /// bf16 weight products on AMX tiles or AVX-512 BF16, where the CPU has them and they
+        /// pay); also lora{r}-dao,
         /// dao-shared, a -bf16 suffix on any of them, matmul (burn's product rate at the
         /// step's largest shape), linear (the encoder's product there: cuBLAS with
         /// DAO_CUBLAS=1 on CUDA) and rowsum (a bias gradient's sum over the rows, by

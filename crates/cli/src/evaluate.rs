@@ -19,9 +19,10 @@ pub struct EvaluateArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Multiply by the encoder's weights in bf16 (f32 sums) on the CPU's AMX tiles, where it
-    /// has them: ≈ 1.7× the throughput, at bf16's precision (BENCHMARKS.md measures the effect
-    /// on the metrics). Without AMX the products stay f32.
+    /// Multiply by the encoder's weights in bf16 (f32 sums) on the CPU's AMX tiles, or its
+    /// AVX-512 BF16 where that outruns f32 (AMD Zen 4): ≈ 1.7× the throughput on AMX, at
+    /// bf16's precision (BENCHMARKS.md measures the effect on the metrics). Elsewhere the
+    /// products stay f32.
     #[arg(long)]
     bf16_products: bool,
 }

@@ -76,8 +76,8 @@ fn product_precision(bf16: bool) -> encoder::ProductPrecision {
     }
     if !encoder::bf16_products_available() {
         tracing::warn!(
-            "--bf16-products: this CPU has no AMX tiles (or the kernel refused them); \
-             the products stay f32"
+            "--bf16-products: this CPU has neither AMX tiles (or the OS refused them) nor an \
+             AVX-512 BF16 faster than its f32 FMAs; the products stay f32"
         );
     }
     encoder::ProductPrecision::Bf16

@@ -1,16 +1,23 @@
-//! bf16 matrix products with f32 accumulation on Intel's AMX tiles (Sapphire Rapids and later):
-//! the kernel behind [`ProductPrecision::Bf16`](crate::ProductPrecision), for the weight
+//! bf16 matrix products with f32 accumulation: on Intel's AMX tiles (Sapphire Rapids and later)
+//! or, where there are none, on AVX-512 BF16's `vdpbf16ps` (AMD Zen 4 and later, Intel Cooper
+//! Lake): the kernel behind [`ProductPrecision::Bf16`](crate::ProductPrecision), for the weight
 //! products of CPU inference and of the training step (forward, input and weight gradients).
 //!
 //! Why: the encoder is bound by its matrix products, and f32 FMAs give ≈ 150 GFLOPS per core
 //! here whichever library runs them (`gemm`, MKL); one `tdpbf16ps` does a 16 × 16 × 32 product
 //! in 16 cycles, so even fed from the caches a core reaches 250–500 GFLOPS (BENCHMARKS.md).
-//! `vdpbf16ps` (AVX-512 bf16, also on Zen 4) measured slower than f32 FMAs and is not used.
+//! `vdpbf16ps` does 32 multiply-adds an instruction where an f32 FMA does 16, but how many it
+//! issues a cycle depends on the CPU: on this project's Xeon a quarter of the FMAs' count, so
+//! half their multiply-adds (88 against 176 GFLOPS in a register-only loop); on Zen 4, by the
+//! published instruction tables (not measured here), one 512-bit instruction a cycle like its
+//! FMAs, so twice theirs. So the vector kernel is taken only where a short register-only race
+//! at start-up ([`vector::pays`], ≈ 1 ms) finds it at least 1.25× the FMAs' multiply-adds, or
+//! when asked (`DAO_BF16_KERNEL=vector`, for tests and timing); the tiles win wherever present.
 //!
 //! Both operands are rounded to bf16 (round to nearest even; 8 significant bits), the products
 //! are summed in f32, starting from zero, the output's values or a bias row ([`Start`]). Each
 //! operand is first packed into 32-bit words of two bf16, in the tiles' layouts, so that every
-//! tile load reads 1 KiB of contiguous memory:
+//! tile load reads 1 KiB of contiguous memory (the vector kernel reads the same layouts):
 //! - the left operand `[m, k]` as 16-row bands of tiles, `[m/16][k/32][16 rows][16 words]`
 //!   (rows padded with zeros to 32, `k` to a multiple of 32);
 //! - the right operand `[k, n]` in the pairs `tdpbf16ps` wants, `[n/16][k/2][16 words]`: word
@@ -20,21 +27,114 @@
 //! how, and each layout has its own packing loop.
 //!
 //! Tiles are an x86-64 Linux feature (the kernel hands them out per process after
-//! `arch_prctl(ARCH_REQ_XCOMP_PERM)`); everywhere else [`available`] is false and callers keep
-//! their f32 products.
+//! `arch_prctl(ARCH_REQ_XCOMP_PERM)`); `vdpbf16ps` needs no permission. Where neither runs,
+//! [`available`] is false and callers keep their f32 products.
 
-/// Whether this process can run the bf16 tile products (CPU support and the kernel's consent,
-/// asked once).
-pub(crate) fn available() -> bool {
+/// Which instructions run the bf16 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// AMX tiles (`tdpbf16ps`).
+    Tiles,
+    /// AVX-512 BF16 vectors (`vdpbf16ps`).
+    Vector,
+}
+
+impl Kernel {
+    /// Its name in reports (`xtask bench`'s JSON).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kernel::Tiles => "amx",
+            Kernel::Vector => "avx512-bf16",
+        }
+    }
+}
+
+/// The kernel this process runs the bf16 products on, chosen once: the tiles where the CPU
+/// has them and the OS grants them, else `vdpbf16ps` where the CPU has it and it outruns the
+/// f32 FMAs, else none. `DAO_BF16_KERNEL=vector` asks for `vdpbf16ps` wherever the CPU has it.
+pub(crate) fn kernel() -> Option<Kernel> {
+    #[cfg(test)]
+    match FORCED.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => return Some(Kernel::Tiles),
+        2 => return Some(Kernel::Vector),
+        _ => {}
+    }
+    static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        if std::env::var_os("DAO_BF16_KERNEL").is_some_and(|v| v == "vector") {
+            return vector_available().then_some(Kernel::Vector);
+        }
+        if tiles_granted() {
+            return Some(Kernel::Tiles);
+        }
+        (vector_available() && vector_pays()).then_some(Kernel::Vector)
+    })
+}
+
+/// Tests: the kernel [`force`] set (0: none, 1: tiles, 2: vector).
+#[cfg(test)]
+static FORCED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Tests: every kernel this CPU runs.
+#[cfg(test)]
+pub(crate) fn kernels_here() -> Vec<Kernel> {
+    let tiles = tiles_granted().then_some(Kernel::Tiles);
+    tiles
+        .into_iter()
+        .chain(vector_available().then_some(Kernel::Vector))
+        .collect()
+}
+
+/// Tests: the bf16 products run on `kernel` (one this CPU has) until the guard drops. The
+/// tests that use it take turns (the model tests' lock); every other test names its kernel.
+#[cfg(test)]
+pub(crate) fn force(kernel: Kernel) -> impl Drop {
+    struct Forced;
+    impl Drop for Forced {
+        fn drop(&mut self) {
+            FORCED.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let code = match kernel {
+        Kernel::Tiles => 1,
+        Kernel::Vector => 2,
+    };
+    FORCED.store(code, std::sync::atomic::Ordering::Relaxed);
+    Forced
+}
+
+/// Whether the CPU has AMX tiles and the OS lets this process use them (asked once).
+fn tiles_granted() -> bool {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(tiles::request)
+        static GRANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *GRANTED.get_or_init(tiles::request)
     }
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     {
         false
     }
+}
+
+/// Whether the CPU has AVX-512 BF16 (`vdpbf16ps`).
+fn vector_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vector::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether `vdpbf16ps` does more multiply-adds a second than f32 FMAs on this CPU.
+fn vector_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vector::pays();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether this process can run the bf16 products ([`kernel`]).
+pub(crate) fn available() -> bool {
+    kernel().is_some()
 }
 
 /// A matrix operand: element `(i, j)` at `data[i · rs + j · cs]`.
@@ -78,9 +178,25 @@ impl Start<'_> {
 }
 
 /// `dst[m, n]` (row stride `dst_rs`) `(+)= bf16(alpha · lhs)[m, k] · bf16(rhs)[k, n]`, summed in
-/// f32. Returns false, touching nothing, when the tiles are unavailable or `n` is not a
+/// f32. Returns false, touching nothing, when no bf16 kernel runs here or `n` is not a
 /// multiple of 32 (the caller then runs its f32 product); `k` is padded with zeros to 32.
 pub(crate) fn product_bf16(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    start: Start<'_>,
+    lhs: Strided<'_>,
+    rhs: Strided<'_>,
+    alpha: f32,
+) -> bool {
+    kernel()
+        .is_some_and(|kernel| product_bf16_on(kernel, dims, dst, dst_rs, start, lhs, rhs, alpha))
+}
+
+/// [`product_bf16`] on the given kernel (available: the caller checks).
+#[allow(clippy::too_many_arguments)]
+fn product_bf16_on(
+    kernel: Kernel,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -89,21 +205,22 @@ pub(crate) fn product_bf16(
     rhs: Strided<'_>,
     alpha: f32,
 ) -> bool {
-    if !available() || !n.is_multiple_of(32) || m == 0 || n == 0 || k == 0 {
+    if !n.is_multiple_of(32) || m == 0 || n == 0 || k == 0 {
         return false;
     }
     assert!(lhs.holds(m, k) && rhs.holds(k, n) && dst.len() >= (m - 1) * dst_rs + n);
     assert!(!matches!(start, Start::Bias(bias) if bias.len() < n));
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-    {
-        PACKED.with(|packed| {
-            let (mut a, mut b) = packed.take();
-            pack_lhs(&mut a, lhs, m, k, alpha);
-            pack_rhs(&mut b, rhs, k, n);
-            tiles::product(&a, &b, (m, n, k.div_ceil(32) * 32), dst, dst_rs, start);
-            packed.replace((a, b));
-        });
-    }
+    #[cfg(target_arch = "x86_64")]
+    PACKED.with(|packed| {
+        let (mut a, mut b) = packed.take();
+        pack_lhs(&mut a, lhs, m, k, alpha);
+        pack_rhs(&mut b, rhs, k, n);
+        let dims = (m, n, k.div_ceil(32) * 32);
+        packed_product_on(kernel, &a, &b, dims, dst, dst_rs, start);
+        packed.replace((a, b));
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (kernel, lhs, rhs, alpha);
     true
 }
 
@@ -140,11 +257,11 @@ pub(crate) fn product_packed(
     }
     assert!(lhs.holds(m, k) && dst.len() >= (m - 1) * dst_rs + n);
     assert!(!matches!(start, Start::Bias(bias) if bias.len() < n));
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[cfg(target_arch = "x86_64")]
     PACKED.with(|packed| {
         let (mut a, b) = packed.take();
         pack_lhs(&mut a, lhs, m, k, 1.0);
-        tiles::product(
+        packed_product(
             &a,
             &rhs.words,
             (m, n, k.div_ceil(32) * 32),
@@ -156,7 +273,7 @@ pub(crate) fn product_packed(
     });
 }
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(target_arch = "x86_64")]
 thread_local! {
     /// The packed operands' buffers, kept per thread and reused: fresh ones cost a page fault
     /// per 4 KiB (and zeroing) at every product.
@@ -361,14 +478,231 @@ fn pack_rhs(packed: &mut Vec<u32>, rhs: Strided<'_>, k: usize, n: usize) {
         });
 }
 
+/// `c (+)= a · b` from packed operands (`k` already padded to 32), on [`kernel`]'s
+/// instructions, blocks of [`BLOCK_ROWS`] rows in parallel.
+#[cfg(target_arch = "x86_64")]
+fn packed_product(
+    a: &[u32],
+    b: &[u32],
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    c_rs: usize,
+    start: Start<'_>,
+) {
+    let kernel = kernel().expect("the callers check `available` first");
+    packed_product_on(kernel, a, b, (m, n, k), c, c_rs, start);
+}
+
+/// [`packed_product`] on the given kernel (the tests run both).
+#[cfg(target_arch = "x86_64")]
+fn packed_product_on(
+    kernel: Kernel,
+    a: &[u32],
+    b: &[u32],
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    c_rs: usize,
+    start: Start<'_>,
+) {
+    use crate::cpu_inference::SharedOut;
+    use rayon::prelude::*;
+    // SAFETY (both kernels): the kernel was found available (`kernel`); `a` holds the block's
+    // two packed bands, `b` the packed weight; `c` 32 rows of `n` at stride `c_rs` that are
+    // this task's alone.
+    let block = |a_block: &[u32], c: *mut f32, c_rs: usize| unsafe {
+        match kernel {
+            #[cfg(target_os = "linux")]
+            Kernel::Tiles => tiles::block_product(a_block, b, k, n, c, c_rs, start),
+            #[cfg(not(target_os = "linux"))]
+            Kernel::Tiles => unreachable!("tiles are granted on Linux alone"),
+            Kernel::Vector => vector::block_product(a_block, b, k, n, c, c_rs, start),
+        }
+    };
+    let c_ptr = SharedOut::new(c);
+    let blocks = m.div_ceil(BLOCK_ROWS);
+    (0..blocks).into_par_iter().for_each(|index| {
+        let r0 = index * BLOCK_ROWS;
+        let valid = BLOCK_ROWS.min(m - r0);
+        let a_block = &a[r0 * k / 2..(r0 + BLOCK_ROWS) * k / 2];
+        if valid == BLOCK_ROWS {
+            // SAFETY: rows r0 .. r0 + 32 of `c` are this task's alone and lie inside it
+            // (asserted by the caller: c.len() ≥ (m − 1) · c_rs + n).
+            block(a_block, unsafe { c_ptr.ptr().add(r0 * c_rs) }, c_rs);
+        } else {
+            // The last, partial block goes through a full-size scratch block.
+            let mut scratch = vec![0f32; BLOCK_ROWS * n];
+            let row = |r: usize| {
+                // SAFETY: as above, row r0 + r < m is this task's.
+                unsafe { std::slice::from_raw_parts_mut(c_ptr.ptr().add((r0 + r) * c_rs), n) }
+            };
+            if let Start::Dst = start {
+                for r in 0..valid {
+                    scratch[r * n..(r + 1) * n].copy_from_slice(row(r));
+                }
+            }
+            block(a_block, scratch.as_mut_ptr(), n);
+            for r in 0..valid {
+                row(r).copy_from_slice(&scratch[r * n..(r + 1) * n]);
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vector {
+    use std::arch::x86_64::*;
+
+    use super::Start;
+
+    /// Whether the CPU has AVX-512 BF16 (`vdpbf16ps`).
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// Sixteen words of two bf16 each, as `vdpbf16ps` reads them.
+    #[inline(always)]
+    fn pairs(words: __m512i) -> __m512bh {
+        // SAFETY: both are 64 bytes of plain bits.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(words) }
+    }
+
+    /// How much faster `vdpbf16ps` must multiply-add than f32 FMAs to be worth its packing.
+    const MARGIN: f64 = 1.25;
+
+    /// Whether `vdpbf16ps` multiply-adds at least [`MARGIN`] times as fast as f32 FMAs here:
+    /// the best of three short register-only loops of each (≈ 0.2 ms a loop), so that a
+    /// moment's preemption does not decide it.
+    pub(super) fn pays() -> bool {
+        let best = |race: unsafe fn(usize) -> f32, per_instruction: f64| {
+            (0..3)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    // SAFETY: `available` checked the features of both races.
+                    std::hint::black_box(unsafe { race(LAPS) });
+                    (LAPS * CHAINS) as f64 * per_instruction / started.elapsed().as_secs_f64()
+                })
+                .fold(0.0, f64::max)
+        };
+        available() && best(pair_race, 32.0) >= MARGIN * best(fma_race, 16.0)
+    }
+
+    /// Independent sums a race keeps (more than either instruction's latency × issue rate).
+    const CHAINS: usize = 16;
+    /// Rounds of a race.
+    const LAPS: usize = 4096;
+
+    /// `laps` rounds of [`CHAINS`] independent `vdpbf16ps`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn pair_race(laps: usize) -> f32 {
+        let ones = std::hint::black_box(pairs(_mm512_set1_epi32(0x3f80_3f80_u32 as i32)));
+        let mut sums = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..laps {
+            for sum in &mut sums {
+                *sum = _mm512_dpbf16_ps(*sum, ones, ones);
+            }
+        }
+        sums.iter().map(|&sum| _mm512_reduce_add_ps(sum)).sum()
+    }
+
+    /// `laps` rounds of [`CHAINS`] independent f32 FMAs.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma_race(laps: usize) -> f32 {
+        let one = std::hint::black_box(_mm512_set1_ps(1.0));
+        let mut sums = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..laps {
+            for sum in &mut sums {
+                *sum = _mm512_fmadd_ps(one, one, *sum);
+            }
+        }
+        sums.iter().map(|&sum| _mm512_reduce_add_ps(sum)).sum()
+    }
+
+    /// 32 rows of the product, as [`super::tiles::block_product`] makes them from the same
+    /// packed operands: for each pair of 16-column blocks, the rows in groups of 12, 12 and 8,
+    /// each group's sums in registers (two vectors a row: 24 of the 32) across the whole depth;
+    /// every step along `k` loads the two blocks' next word pair-row once and broadcasts one
+    /// word (two bf16) of each row's.
+    ///
+    /// # Safety
+    /// AVX-512 BF16 present; `a` holds this block's two packed 16-row bands, `b` the packed
+    /// weight (`n` a multiple of 32, `k` of 32), and `c` 32 rows of `n` f32 at stride `c_rs`
+    /// that no one else touches.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn block_product(
+        a: &[u32],
+        b: &[u32],
+        k: usize,
+        n: usize,
+        c: *mut f32,
+        c_rs: usize,
+        start: Start<'_>,
+    ) {
+        for pair in 0..n / 32 {
+            // In words: a 16-column block of `b` is 8·k.
+            let columns = (b.as_ptr().add(2 * pair * 8 * k), pair * 32);
+            group::<12>(a.as_ptr(), 0, columns, k, (c, c_rs), start);
+            group::<12>(a.as_ptr(), 12, columns, k, (c, c_rs), start);
+            group::<8>(a.as_ptr(), 24, columns, k, (c, c_rs), start);
+        }
+    }
+
+    /// Rows `first .. first + R` of the block, columns `column .. column + 32`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn group<const R: usize>(
+        a: *const u32,
+        first: usize,
+        (b, column): (*const u32, usize),
+        k: usize,
+        (c, c_rs): (*mut f32, usize),
+        start: Start<'_>,
+    ) {
+        let out = |r: usize| c.add((first + r) * c_rs + column);
+        let mut sums = [[_mm512_setzero_ps(); 2]; R];
+        match start {
+            Start::Zero => {}
+            Start::Dst => {
+                for (r, row) in sums.iter_mut().enumerate() {
+                    *row = [_mm512_loadu_ps(out(r)), _mm512_loadu_ps(out(r).add(16))];
+                }
+            }
+            Start::Bias(bias) => {
+                let bias = bias.as_ptr().add(column);
+                let row = [_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))];
+                sums = [row; R];
+            }
+        }
+        // Row `row` of the block: band `row / 16`, its 16 words a step at `(row % 16) · 16`.
+        let rows: [*const u32; R] = std::array::from_fn(|r| {
+            let row = first + r;
+            a.add(row / 16 * 8 * k + row % 16 * 16)
+        });
+        let second = b.add(8 * k);
+        for step in 0..k / 32 {
+            for word in 0..16 {
+                let p = step * 16 + word;
+                let w0 = pairs(_mm512_loadu_si512(b.add(p * 16).cast()));
+                let w1 = pairs(_mm512_loadu_si512(second.add(p * 16).cast()));
+                for (sum, row) in sums.iter_mut().zip(rows) {
+                    let x = pairs(_mm512_set1_epi32(*row.add(step * 256 + word) as i32));
+                    sum[0] = _mm512_dpbf16_ps(sum[0], x, w0);
+                    sum[1] = _mm512_dpbf16_ps(sum[1], x, w1);
+                }
+            }
+        }
+        for (r, row) in sums.iter().enumerate() {
+            _mm512_storeu_ps(out(r), row[0]);
+            _mm512_storeu_ps(out(r).add(16), row[1]);
+        }
+    }
+}
+
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod tiles {
     use std::arch::asm;
 
-    use rayon::prelude::*;
-
-    use super::{Start, BLOCK_ROWS};
-    use crate::cpu_inference::SharedOut;
+    use super::Start;
 
     /// `ldtilecfg`'s 64-byte operand (palette 1).
     #[repr(C, align(64))]
@@ -403,46 +737,6 @@ mod tiles {
         }
     }
 
-    /// `c (+)= a · b` from packed operands (`k` already padded to 32).
-    pub(super) fn product(
-        a: &[u32],
-        b: &[u32],
-        (m, n, k): (usize, usize, usize),
-        c: &mut [f32],
-        c_rs: usize,
-        start: Start<'_>,
-    ) {
-        let c_ptr = SharedOut::new(c);
-        let blocks = m.div_ceil(BLOCK_ROWS);
-        (0..blocks).into_par_iter().for_each(|block| {
-            let r0 = block * BLOCK_ROWS;
-            let valid = BLOCK_ROWS.min(m - r0);
-            let a_block = &a[r0 * k / 2..(r0 + BLOCK_ROWS) * k / 2];
-            if valid == BLOCK_ROWS {
-                // SAFETY: rows r0 .. r0 + 32 of `c` are this task's alone and lie inside it
-                // (asserted by the caller: c.len() ≥ (m − 1) · c_rs + n).
-                unsafe { block_product(a_block, b, k, n, c_ptr.ptr().add(r0 * c_rs), c_rs, start) };
-            } else {
-                // The last, partial block goes through a full-size scratch block.
-                let mut scratch = vec![0f32; BLOCK_ROWS * n];
-                let row = |r: usize| {
-                    // SAFETY: as above, row r0 + r < m is this task's.
-                    unsafe { std::slice::from_raw_parts_mut(c_ptr.ptr().add((r0 + r) * c_rs), n) }
-                };
-                if let Start::Dst = start {
-                    for r in 0..valid {
-                        scratch[r * n..(r + 1) * n].copy_from_slice(row(r));
-                    }
-                }
-                // SAFETY: scratch holds 32 rows of n.
-                unsafe { block_product(a_block, b, k, n, scratch.as_mut_ptr(), n, start) };
-                for r in 0..valid {
-                    row(r).copy_from_slice(&scratch[r * n..(r + 1) * n]);
-                }
-            }
-        });
-    }
-
     /// 32 rows of the product: for each pair of 16-column blocks, four 16 × 16 f32 tiles
     /// (tmm0–3) summed over k in steps of 32 from two input tiles (tmm4, 5) and two weight
     /// tiles (tmm6, 7).
@@ -450,7 +744,7 @@ mod tiles {
     /// # Safety
     /// The tiles must be available; `a` holds this block's two packed 16-row bands, `b` the
     /// packed weight, and `c` 32 rows of `n` f32 at stride `c_rs` that no one else touches.
-    unsafe fn block_product(
+    pub(super) unsafe fn block_product(
         a: &[u32],
         b: &[u32],
         k: usize,
@@ -576,17 +870,24 @@ mod tests {
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
     }
 
-    /// The tile product equals the f64 product of the bf16-rounded operands (the only
-    /// rounding left is f32 summation): both layouts of each operand (row-major and
+    /// Each kernel's product (the tiles', `vdpbf16ps`') equals the f64 product of the
+    /// bf16-rounded operands (the only rounding left is f32 summation): both layouts of each operand (row-major and
     /// transposed, as the forward, input-gradient and weight-gradient products use them),
     /// with and without accumulation and scaling, a row count that leaves a partial block,
     /// a `k` that needs padding, and an output wider than the product.
     #[test]
-    fn tile_product_equals_the_rounded_operands_product() {
-        if !available() {
-            eprintln!("skipped: no AMX tiles on this CPU (or the kernel refused them)");
+    fn bf16_products_equal_the_rounded_operands_products_on_every_kernel() {
+        let kernels = kernels_here();
+        if kernels.is_empty() {
+            eprintln!("skipped: neither AMX tiles nor AVX-512 BF16 on this CPU");
             return;
         }
+        for kernel in kernels {
+            rounded_operands_product_on(kernel);
+        }
+    }
+
+    fn rounded_operands_product_on(kernel: Kernel) {
         // An odd k: the last pair has a zero partner, and k pads to 96.
         let (m, k, n, dst_rs) = (45, 71, 64, 80);
         let a = values(m * k, 1);
@@ -625,7 +926,8 @@ mod tests {
             };
             let mut dst = start.clone();
             let from = [Start::Zero, Start::Dst, Start::Bias(&bias)][begin];
-            assert!(product_bf16(
+            assert!(product_bf16_on(
+                kernel,
                 (m, n, k),
                 &mut dst,
                 dst_rs,
@@ -655,7 +957,7 @@ mod tests {
                     };
                     assert!(
                         (got as f64 - want).abs() < 1e-5,
-                        "{transposed_lhs}/{transposed_rhs} ({r}, {j}): {got} vs {want}"
+                        "{kernel:?} {transposed_lhs}/{transposed_rhs} ({r}, {j}): {got} vs {want}"
                     );
                 }
             }
@@ -664,7 +966,8 @@ mod tests {
         let mut dst = vec![0f32; 4 * 48];
         let lhs = Strided::new(&a, k, 1);
         let rhs = Strided::new(&b, 48, 1);
-        assert!(!product_bf16(
+        assert!(!product_bf16_on(
+            kernel,
             (4, 48, 32),
             &mut dst,
             48,

@@ -43,8 +43,8 @@ use crate::low_rank;
 use crate::model::{DropoutMasks, Encoder, EncoderInput, Layer, LazyKeep, ProductPrecision};
 use crate::panel_product;
 
-/// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`, in bf16 on AMX
-/// tiles when `precision` asks for it and they can take the shape.
+/// `dx (rows × k) (+)= dy (rows × n, row stride dy_rs) · wᵀ` for `w (k × n)`, in bf16
+/// (`amx`) when `precision` asks for it and the kernel can take the shape.
 #[allow(clippy::too_many_arguments)]
 fn input_gradient(
     precision: ProductPrecision,

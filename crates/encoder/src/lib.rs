@@ -54,7 +54,8 @@ pub use loader::{
     load_weights, save_burnpack, ModelFolder, WeightsFormat, BURN_WEIGHTS, HF_WEIGHTS,
 };
 pub use model::{
-    bf16_products_available, Attention, Embeddings, Encoder, EncoderInput, EncoderOutput,
-    Intermediate, Layer, LayerStack, ProductPrecision, ResidualOutput, SelfAttention,
+    bf16_products_available, bf16_products_kernel, Attention, Embeddings, Encoder, EncoderInput,
+    EncoderOutput, Intermediate, Layer, LayerStack, ProductPrecision, ResidualOutput,
+    SelfAttention,
 };
 pub use tokenize::{pad_batch, Encoded, TextTokenizer};

@@ -430,22 +430,32 @@ pub struct Encoder {
 /// `Bf16` rounds both operands of each projection's products (forward, and in training the
 /// input and weight gradients) to bf16 and sums in f32 on AMX tiles (Intel Sapphire Rapids and
 /// later, Linux): ≈ 2–3× the f32 product rate there, at bf16's precision (8 significant bits;
-/// its effect on the validation metrics is measured in BENCHMARKS.md). Where the tiles are
-/// missing ([`bf16_products_available`] is false), on other devices, and for the attention
-/// scores, the LoRA factors and everything outside the products, it stays f32.
+/// its effect on the validation metrics is measured in BENCHMARKS.md). Where there are no
+/// tiles but AVX-512 BF16 (AMD Zen 4 and later), on `vdpbf16ps` (twice an f32 FMA's
+/// multiply-adds an instruction), where a start-up race finds it faster than f32 FMAs on this
+/// CPU. Where neither runs ([`bf16_products_available`] is false),
+/// on other devices, and for the attention scores, the LoRA factors and everything outside
+/// the products, it stays f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProductPrecision {
     /// f32 products: Hugging Face's numbers to float rounding (the default).
     #[default]
     F32,
-    /// bf16 operands, f32 sums, where the CPU has AMX tiles.
+    /// bf16 operands, f32 sums, where the CPU has AMX tiles or AVX-512 BF16.
     Bf16,
 }
 
-/// Whether this CPU and kernel run [`ProductPrecision::Bf16`] on AMX tiles (false elsewhere:
-/// the products then stay f32).
+/// Whether this CPU (and OS) run [`ProductPrecision::Bf16`]'s products in bf16 (false
+/// elsewhere: the products then stay f32).
 pub fn bf16_products_available() -> bool {
     crate::amx::available()
+}
+
+/// The instructions [`ProductPrecision::Bf16`]'s products run on here: `"amx"` (AMX tiles),
+/// `"avx512-bf16"` (`vdpbf16ps`), or `None` (they stay f32). `DAO_BF16_KERNEL=vector` picks
+/// `vdpbf16ps` where both are present (for timing one against the other).
+pub fn bf16_products_kernel() -> Option<&'static str> {
+    crate::amx::kernel().map(crate::amx::Kernel::name)
 }
 
 /// The dropout masks of one forward pass.
@@ -1120,15 +1130,23 @@ mod tests {
         }
     }
 
-    /// `ProductPrecision::Bf16` takes the tile path (the hidden states move) and stays within
+    /// `ProductPrecision::Bf16` takes the bf16 path (the hidden states move) and stays within
     /// bf16's rounding of the f32 ones; training-free, padding included.
     #[test]
     fn bf16_products_stay_near_the_f32_forward() {
-        if !crate::amx::available() {
-            eprintln!("skipped: no AMX tiles on this CPU (or the kernel refused them)");
+        let kernels = crate::amx::kernels_here();
+        if kernels.is_empty() {
+            eprintln!("skipped: no bf16 kernel here (neither AMX tiles nor AVX-512 BF16)");
             return;
         }
         let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        for kernel in kernels {
+            let _forced = crate::amx::force(kernel);
+            bf16_forward_near_the_f32_one(kernel);
+        }
+    }
+
+    fn bf16_forward_near_the_f32_one(kernel: crate::amx::Kernel) {
         let device = Device::flex();
         // Widths that are multiples of 32, as the tiles need.
         let config: EncoderConfig = serde_json::from_str(
@@ -1159,8 +1177,8 @@ mod tests {
             .fold(0.0, f32::max);
         // LayerNorm outputs of order 1; bf16 keeps 8 significant bits (2⁻⁹ ≈ 2·10⁻³ relative
         // per operand), summed over 64–128 terms per product, two layers deep.
-        assert!(delta > 0.0, "the bf16 products were not used");
-        assert!(delta < 3e-2, "max |Δ| {delta}");
+        assert!(delta > 0.0, "{kernel:?}: the bf16 products were not used");
+        assert!(delta < 3e-2, "{kernel:?}: max |Δ| {delta}");
         assert!(rounded.iter().all(|v| v.is_finite()));
     }
 
@@ -1284,18 +1302,26 @@ mod tests {
     }
 
     /// The training step with `ProductPrecision::Bf16`: the base weights' products (forward,
-    /// input and weight gradients) on the tiles, everything else as in f32. `H` and every
+    /// input and weight gradients) in bf16, everything else as in f32. `H` and every
     /// parameter gradient stay within bf16's rounding of the f32 step's (relative to each
-    /// tensor's largest value), and they do move (the tiles were used); full fine-tuning and
+    /// tensor's largest value), and they do move (the bf16 kernel was used); full fine-tuning and
     /// LoRA, dropout on, padded keys, and a row count (2 × 21) that pads `k` in the weight
     /// gradients.
     #[test]
     fn bf16_training_products_stay_near_the_f32_step() {
-        if !crate::amx::available() {
-            eprintln!("skipped: no AMX tiles on this CPU (or the kernel refused them)");
+        let kernels = crate::amx::kernels_here();
+        if kernels.is_empty() {
+            eprintln!("skipped: no bf16 kernel here (neither AMX tiles nor AVX-512 BF16)");
             return;
         }
         let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        for kernel in kernels {
+            let _forced = crate::amx::force(kernel);
+            bf16_training_step_near_the_f32_one(kernel);
+        }
+    }
+
+    fn bf16_training_step_near_the_f32_one(kernel: crate::amx::Kernel) {
         let config = training_config(64, 4, 128);
         let device = Device::flex().autodiff();
         for lora_rank in [None, Some(4)] {
@@ -1344,7 +1370,7 @@ mod tests {
                     / scale
             };
             let h_delta = relative(&h_rounded, &h_exact);
-            assert!(h_delta > 0.0 && h_delta < 3e-2, "H: {h_delta}");
+            assert!(h_delta > 0.0 && h_delta < 3e-2, "{kernel:?} H: {h_delta}");
             assert_eq!(rounded.len(), exact.len());
             let mut moved = 0;
             for ((id, g), (_, r)) in rounded.iter().zip(&exact) {
@@ -1352,15 +1378,20 @@ mod tests {
                 let scale = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 if scale < 1e-6 {
                     // The key biases' gradients: zero in exact arithmetic, rounding noise here.
-                    assert!(g.iter().all(|v| v.abs() < 1e-5), "{lora_rank:?} {id}");
+                    let small = g.iter().all(|v| v.abs() < 1e-5);
+                    assert!(small, "{kernel:?} {lora_rank:?} {id}");
                     continue;
                 }
-                assert!(delta < 5e-2, "{lora_rank:?} {id}: relative max |Δ| {delta}");
+                let near = delta < 5e-2;
+                assert!(
+                    near,
+                    "{kernel:?} {lora_rank:?} {id}: relative max |Δ| {delta}"
+                );
                 moved += usize::from(delta > 0.0);
             }
             assert!(
                 moved * 2 > exact.len(),
-                "{lora_rank:?}: only {moved} gradients moved"
+                "{kernel:?} {lora_rank:?}: only {moved} gradients moved"
             );
         }
     }

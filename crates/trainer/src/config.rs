@@ -232,7 +232,8 @@ pub struct TrainConfig {
     /// holding the model between steps.
     pub device: String,
     /// On the CPU, multiply by the encoder's weights in bf16 with f32 sums on AMX tiles
-    /// (Intel Sapphire Rapids and later; f32 elsewhere): ≈ 0.6× the step time, at bf16's
+    /// (Intel Sapphire Rapids and later) or AVX-512 BF16 where it outruns f32 FMAs (AMD Zen 4;
+    /// f32 elsewhere): ≈ 0.6× the step time on AMX, at bf16's
     /// precision (`encoder::ProductPrecision`; BENCHMARKS.md measures the effect on the
     /// metrics). Master weights, optimizer, heads and attention scores stay f32.
     pub bf16_products: bool,

@@ -347,8 +347,8 @@ pub fn train(
     let mut model = SentimentModel::from_config(config, &device)?;
     if config.train.bf16_products && !encoder::bf16_products_available() {
         tracing::warn!(
-            "train.bf16_products: this CPU has no AMX tiles (or the kernel refused them); the \
-             products stay f32"
+            "train.bf16_products: this CPU has neither AMX tiles (or the OS refused them) nor \
+             an AVX-512 BF16 faster than its f32 FMAs; the products stay f32"
         );
     }
     let mut weighting = RunWeighting::new(&config.strategy_config(), &device)?;
