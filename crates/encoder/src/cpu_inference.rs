@@ -853,11 +853,16 @@ fn activation(values: &mut [f32], bias: Option<&[f32]>, act: HiddenAct) {
     };
     match bias {
         None => fastmath::map_parallel(values, kernel),
-        // Row by row: the bias added, then the activation, while the row is in cache.
+        // Row by row: the bias added, then the activation, while the row is in cache (GELU's
+        // in the same pass).
         Some(bias) => values.par_chunks_mut(16 * bias.len()).for_each(|rows| {
             for row in rows.chunks_exact_mut(bias.len()) {
-                fastmath::add(row, bias);
-                kernel(row);
+                if act == HiddenAct::Gelu {
+                    fastmath::gelu_biased_slice(row, bias);
+                } else {
+                    fastmath::add(row, bias);
+                    kernel(row);
+                }
             }
         }),
     }
