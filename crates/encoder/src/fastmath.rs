@@ -765,7 +765,9 @@ mod tests {
     fn gelu_with_a_bias_is_gelu_of_the_sum() {
         // A length that leaves a partial vector; a bias that moves values across zero.
         let values = grid(-8.0, 8.0, 1_001);
-        let bias: Vec<f32> = (0..values.len()).map(|i| (i % 13) as f32 * 0.37 - 2.0).collect();
+        let bias: Vec<f32> = (0..values.len())
+            .map(|i| (i % 13) as f32 * 0.37 - 2.0)
+            .collect();
         let mut out = values.clone();
         gelu_biased_slice(&mut out, &bias);
         for ((x, b), y) in values.iter().zip(&bias).zip(&out) {
