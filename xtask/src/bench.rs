@@ -41,7 +41,8 @@ pub const MODES: [&str; 5] = ["constant", "dao", "lora8-dao", "infer", "infer-bf
 
 // Modes not run by default: other LoRA ranks (`lora{r}-dao`), DAO over the shared parameters
 // (`dao-shared`), `lora8-dao-p0` (`lora8-dao` with the adapters' dropout off, to price
-// that dropout), `matmul` (the rate of the device's products at the step's largest shape) and
+// that dropout), `matmul` (the rate of the device's products at the step's largest shape),
+// `products` (the encoder's own CPU weight products at inference's shapes, f32 and bf16) and
 // `rowsum` (a parameter gradient's sum over the rows, by reduction and by product).
 
 /// `lora{r}-dao[-p0]` → (rank, dropout).
@@ -58,7 +59,7 @@ fn lora_mode(mode: &str) -> Option<(usize, f64)> {
 }
 
 fn known_mode(mode: &str) -> bool {
-    if mode == "matmul" || mode == "linear" || mode == "rowsum" {
+    if ["matmul", "linear", "rowsum", "products"].contains(&mode) {
         return true;
     }
     let (mode, _) = products_of(mode);
@@ -611,6 +612,46 @@ fn rowsum(model_name: &str, setup: &Setup, steps: usize, warmup: usize) -> Resul
     }))
 }
 
+/// The encoder's CPU weight products at inference's rows (batch 32 × `--seq`): the fused
+/// query/key/value projection, the attention output, the feed-forward's two; each in f32 and,
+/// where a bf16 kernel runs, in bf16 (GFLOP/s, the best of `steps` runs). Set beside
+/// PyTorch's `matmul` at the same shapes (`scripts/peer-products.py`) it says how much of an
+/// inference ratio the products themselves can give.
+fn products(model_name: &str, setup: &Setup, steps: usize) -> Result<Value> {
+    if setup.device != "cpu" {
+        bail!("the `products` mode times the CPU's products: run it with --device cpu");
+    }
+    let config = shape(model_name)?;
+    let (rows, hidden, inner) = (
+        INFER_BATCH * setup.seq,
+        config.hidden_size,
+        config.intermediate_size,
+    );
+    let shapes = [
+        ("query_key_value", (rows, hidden, 3 * hidden)),
+        ("attention_output", (rows, hidden, hidden)),
+        ("intermediate", (rows, hidden, inner)),
+        ("output", (rows, inner, hidden)),
+    ];
+    let rates: Vec<Value> = shapes
+        .into_iter()
+        .map(|(name, (m, k, n))| {
+            let rate = |precision| encoder::weight_product_gflops((m, k, n), precision, steps);
+            json!({
+                "product": name, "shape": [m, k, n],
+                "f32_gflops": rate(ProductPrecision::F32),
+                "bf16_gflops": rate(ProductPrecision::Bf16),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "model": model_name, "mode": "products", "dtype": setup.dtype,
+        "products": rates,
+        "bf16_kernel": bf16_products_kernel(),
+        "peak_mem_bytes": peak_rss_bytes()?,
+    }))
+}
+
 fn merge(into: &mut Value, from: Value) {
     if let (Value::Object(into), Value::Object(from)) = (into, from) {
         into.extend(from);
@@ -639,6 +680,8 @@ pub fn run_one(spec: &str, setup: &Setup, quick: bool) -> Result<()> {
         matmul(model, mode, setup, steps, warmup)?
     } else if mode == "rowsum" {
         rowsum(model, setup, steps, warmup)?
+    } else if mode == "products" {
+        products(model, setup, steps)?
     } else {
         train(model, mode, setup, steps, warmup)?
     };
@@ -966,6 +1009,21 @@ fn table(results: &[Value], batch: usize) -> Vec<String> {
                 r["shape"],
                 r["reduction_ms"].as_f64().unwrap_or(f64::NAN),
                 r["product_ms"].as_f64().unwrap_or(f64::NAN),
+            )
+        } else if let Some(products) = r["products"].as_array() {
+            let rates: Vec<String> = products
+                .iter()
+                .map(|p| {
+                    let bf16 = p["bf16_gflops"]
+                        .as_f64()
+                        .map_or(String::new(), |v| format!(" (bf16 {v:.0})"));
+                    let f32 = p["f32_gflops"].as_f64().unwrap_or(f64::NAN);
+                    format!("{} {f32:.0}{bf16}", p["product"].as_str().unwrap_or(""))
+                })
+                .collect();
+            format!(
+                "{model:14} {mode:15} {dtype:5} GFLOP/s: {}",
+                rates.join(", ")
             )
         } else if let Some(tflops) = r["tflops"].as_f64() {
             format!(

@@ -72,11 +72,12 @@ enum Task {
         model: String,
         /// Comma-separated modes: constant, dao, lora8-dao, infer, infer-bf16 (inference with
         /// bf16 weight products on AMX tiles or AVX-512 BF16, where the CPU has them and they
-        /// pay); also lora{r}-dao,
-        /// dao-shared, a -bf16 suffix on any of them, matmul (burn's product rate at the
-        /// step's largest shape), linear (the encoder's product there: cuBLAS with
-        /// DAO_CUBLAS=1 on CUDA) and rowsum (a bias gradient's sum over the rows, by
-        /// reduction and by product).
+        /// pay); also lora{r}-dao, dao-shared, a -bf16 suffix on any of them, matmul (burn's
+        /// product rate at the step's largest shape), linear (the encoder's product there:
+        /// cuBLAS with DAO_CUBLAS=1 on CUDA), products (the encoder's CPU weight products at
+        /// inference's shapes, f32 and bf16, in GFLOP/s; scripts/peer-products.py times
+        /// PyTorch's) and rowsum (a bias gradient's sum over the rows, by reduction and by
+        /// product).
         #[arg(long, default_value = "constant,dao,lora8-dao,infer,infer-bf16")]
         modes: String,
         /// Fewer steps (3 after 1 warm-up instead of 20 after 2 on the CPU, 10 on a GPU).

@@ -131,6 +131,58 @@ impl SharedOut {
     }
 }
 
+/// The rate, in GFLOP/s (two per multiply-add), of the weight product `x [m, k] · W [k, n]` as
+/// CPU inference runs it at `precision`: f32 on the panels (or `gemm`), bf16 on the packed
+/// kernel with the weight packed once; the best of `repeats` runs on made-up values. `None`
+/// for bf16 where no bf16 kernel runs here. For `cargo xtask bench --modes products`, which
+/// sets these rates beside PyTorch's `matmul` at the same shapes.
+pub fn weight_product_gflops(
+    (m, k, n): (usize, usize, usize),
+    precision: ProductPrecision,
+    repeats: usize,
+) -> Option<f64> {
+    let values = |len: usize, seed: u64| -> Vec<f32> {
+        (0..len as u64)
+            .map(|i| (fastmath::splitmix64(seed ^ i) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+            .collect()
+    };
+    let (x, w) = (values(m * k, 1), values(k * n, 2));
+    let mut out = vec![0f32; m * n];
+    let packed = match precision {
+        ProductPrecision::F32 => None,
+        ProductPrecision::Bf16 => Some(amx::pack_weight(Strided::new(&w, n, 1), k, n)?),
+    };
+    let seconds = (0..repeats.max(1))
+        .map(|_| {
+            let started = std::time::Instant::now();
+            match &packed {
+                // SAFETY: `x`, `w` and `out` hold `m × k`, `k × n` and `m × n` values, row-major.
+                None => unsafe {
+                    product(
+                        (m, n, k),
+                        out.as_mut_ptr(),
+                        (n, 1),
+                        false,
+                        x.as_ptr(),
+                        (k, 1),
+                        w.as_ptr(),
+                        (n, 1),
+                        1.0,
+                        true,
+                    )
+                },
+                Some(packed) => {
+                    let x = Strided::new(&x, k, 1);
+                    amx::product_packed(m, &mut out, n, Start::Zero, x, packed);
+                }
+            }
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    std::hint::black_box(&out);
+    Some(2.0 * (m * n * k) as f64 / seconds / 1e9)
+}
+
 /// A product this large (multiply-adds) or larger is split between the threads by
 /// [`product`]; smaller ones go to `gemm` whole.
 const SPLIT_MIN_WORK: usize = 1 << 20;
@@ -1230,6 +1282,25 @@ fn run_layers(
 mod tests {
     use super::*;
     use crate::fastmath::test_values as values;
+
+    /// The products' rates `xtask bench --modes products` reports: finite and positive for
+    /// f32 (panels and `gemm` sizes both), and for bf16 exactly where a bf16 kernel runs.
+    #[test]
+    fn product_rates_are_measured_where_the_products_run() {
+        for shape in [(256, 64, 96), (8, 16, 32)] {
+            let f32 = weight_product_gflops(shape, ProductPrecision::F32, 2);
+            assert!(
+                f32.is_some_and(|r| r.is_finite() && r > 0.0),
+                "{shape:?}: {f32:?}"
+            );
+            let bf16 = weight_product_gflops(shape, ProductPrecision::Bf16, 2);
+            assert_eq!(bf16.is_some(), amx::available(), "{shape:?}");
+            assert!(
+                bf16.is_none_or(|r| r.is_finite() && r > 0.0),
+                "{shape:?}: {bf16:?}"
+            );
+        }
+    }
 
     /// `product` against a sum in f64, on pools of 2 and 3 threads: cut by rows (m > n) and by
     /// columns, blocks of unequal size (lengths not a multiple of the block), the left factor

@@ -46,6 +46,7 @@ mod tokenize;
 
 pub use adapters::{TrainableParameters, ADAPTER_CONFIG, ADAPTER_WEIGHTS, LORA_TARGETS};
 pub use config::{EncoderConfig, HiddenAct, ModelFamily};
+pub use cpu_inference::weight_product_gflops;
 pub use cpu_training::TrainTape;
 pub use device::{parse_device, parse_devices};
 pub use error::EncoderError;
