@@ -571,8 +571,9 @@ mod vector {
     const MARGIN: f64 = 1.25;
 
     /// Whether `vdpbf16ps` multiply-adds at least [`MARGIN`] times as fast as f32 FMAs here:
-    /// the best of three short register-only loops of each (≈ 0.2 ms a loop), so that a
-    /// moment's preemption does not decide it.
+    /// the best of three short register-only loops of each (0.1–0.2 ms a loop), so that a
+    /// moment's preemption, or the first loop's wait for the wide units to power up, does not
+    /// decide it.
     pub(super) fn pays() -> bool {
         let best = |race: unsafe fn(usize) -> f32, per_instruction: f64| {
             (0..3)
@@ -589,8 +590,8 @@ mod vector {
 
     /// Independent sums a race keeps (more than either instruction's latency × issue rate).
     const CHAINS: usize = 16;
-    /// Rounds of a race.
-    const LAPS: usize = 4096;
+    /// Rounds of a race: 2¹⁸ instructions, 0.1–0.2 ms at one or two a cycle.
+    const LAPS: usize = 16384;
 
     /// `laps` rounds of [`CHAINS`] independent `vdpbf16ps`.
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -871,8 +872,9 @@ mod tests {
     }
 
     /// Each kernel's product (the tiles', `vdpbf16ps`') equals the f64 product of the
-    /// bf16-rounded operands (the only rounding left is f32 summation): both layouts of each operand (row-major and
-    /// transposed, as the forward, input-gradient and weight-gradient products use them),
+    /// bf16-rounded operands (the only rounding left is f32 summation): both layouts of each
+    /// operand (row-major and transposed, as the forward, input-gradient and weight-gradient
+    /// products use them),
     /// with and without accumulation and scaling, a row count that leaves a partial block,
     /// a `k` that needs padding, and an output wider than the product.
     #[test]
