@@ -433,9 +433,8 @@ pub struct Encoder {
 /// its effect on the validation metrics is measured in BENCHMARKS.md). Where there are no
 /// tiles but AVX-512 BF16 (AMD Zen 4 and later), on `vdpbf16ps` (twice an f32 FMA's
 /// multiply-adds an instruction), where a start-up race finds it faster than f32 FMAs on this
-/// CPU. Where neither runs ([`bf16_products_available`] is false),
-/// on other devices, and for the attention scores, the LoRA factors and everything outside
-/// the products, it stays f32.
+/// CPU. Where neither runs ([`bf16_products_available`] is false), on other devices, and for
+/// the attention scores, the LoRA factors and everything outside the products, it stays f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProductPrecision {
     /// f32 products: Hugging Face's numbers to float rounding (the default).
