@@ -412,6 +412,11 @@ fn train(
         step_index += 1;
         Ok(())
     })?;
+    // dao-shared runs the encoder through burn's graph, which keeps f32.
+    let bf16_used = products == ProductPrecision::Bf16
+        && setup.device == "cpu"
+        && !shared
+        && bf16_products_available();
     let mut result = json!({
         "model": model_name, "mode": mode, "dtype": setup.dtype,
         "step_ms": 1e3 * median(times.wall.clone()),
@@ -419,12 +424,8 @@ fn train(
         "device_mem_bytes": device_mem_bytes(&device),
         "cublas": encoder::cublas_products(&device),
         "trainable_params": trainable,
-        // dao-shared runs the encoder through burn's graph, which keeps f32.
-        "bf16_products": products == ProductPrecision::Bf16
-            && setup.device == "cpu"
-            && !shared
-            && bf16_products_available(),
-        "bf16_kernel": bf16_products_kernel(),
+        "bf16_products": bf16_used,
+        "bf16_kernel": bf16_used.then(bf16_products_kernel).flatten(),
     });
     if phases {
         let [forward, backward, optimizer] = phase_ms.map(median);
@@ -477,11 +478,12 @@ fn infer(
         out.logits.into_data();
         Ok(())
     })?;
+    let bf16_used = bf16 && setup.device == "cpu" && bf16_products_available();
     let mut result = json!({
         "model": model_name, "mode": mode, "dtype": setup.dtype,
         "sentences_per_s": INFER_BATCH as f64 / median(times.wall.clone()),
-        "bf16_products": bf16 && setup.device == "cpu" && bf16_products_available(),
-        "bf16_kernel": bf16_products_kernel(),
+        "bf16_products": bf16_used,
+        "bf16_kernel": bf16_used.then(bf16_products_kernel).flatten(),
         "peak_mem_bytes": peak_rss_bytes()?,
         "device_mem_bytes": device_mem_bytes(&device),
         "cublas": encoder::cublas_products(&device),

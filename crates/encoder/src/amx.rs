@@ -86,7 +86,8 @@ pub(crate) fn kernels_here() -> Vec<Kernel> {
 }
 
 /// Tests: the bf16 products run on `kernel` (one this CPU has) until the guard drops. The
-/// tests that use it take turns (the model tests' lock); every other test names its kernel.
+/// tests that force one take turns (the model tests' lock); the kernels' own test names its
+/// kernel, and no other test asserts which kernel ran.
 #[cfg(test)]
 pub(crate) fn force(kernel: Kernel) -> impl Drop {
     struct Forced;
