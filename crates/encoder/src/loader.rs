@@ -74,9 +74,18 @@ impl ModelFolder {
     /// `tokenizer.json` exists.
     pub fn open(dir: &Path, weights: Option<&Path>) -> Result<Self, EncoderError> {
         if !dir.is_dir() {
+            // A relative path is looked for from the working directory: say which, since a
+            // run folder's config may have been written from another one.
+            let message = match std::env::current_dir() {
+                Ok(here) if dir.is_relative() => format!(
+                    "model folder not found (looked for from the working directory {})",
+                    here.display()
+                ),
+                _ => "model folder not found".to_string(),
+            };
             return Err(EncoderError::Io {
                 path: dir.to_path_buf(),
-                error: std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, message),
             });
         }
         let config = EncoderConfig::from_file(&dir.join("config.json"))?;

@@ -15,7 +15,8 @@
 //!
 //! Unknown keys and values of the wrong type are errors that name the key and where it came
 //! from (the file, the environment or `--set`). The result is validated once, at load.
-//! Relative paths are relative to the working directory, not to the config file.
+//! Relative paths are relative to the working directory, not to the config file; a run's
+//! `config.toml` holds them made absolute ([`RunConfig::with_absolute_paths`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -662,6 +663,27 @@ impl RunConfig {
         }
     }
 
+    /// This configuration with its relative paths made absolute against the working directory
+    /// (the model folder, the data files, and a weights file where one is found from here; a
+    /// weights file that is not is the model folder's own and stays as it is). A run writes
+    /// its `config.toml` so, and `evaluate`, `predict`, `export` and `report --compare` then
+    /// open that run folder from any working directory.
+    pub fn with_absolute_paths(&self) -> std::io::Result<Self> {
+        let absolute = |path: &Path| std::path::absolute(path);
+        let mut config = self.clone();
+        config.model.path = absolute(&self.model.path)?;
+        if let Some(weights) = &self.model.weights {
+            if weights.exists() {
+                config.model.weights = Some(absolute(weights)?);
+            }
+        }
+        config.data.train = absolute(&self.data.train)?;
+        if let Some(valid) = &self.data.valid {
+            config.data.valid = Some(absolute(valid)?);
+        }
+        Ok(config)
+    }
+
     /// The configuration as TOML (what the run folder's `config.toml` holds); loading it back
     /// gives the same configuration.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
@@ -986,6 +1008,35 @@ mod tests {
     }
 
     const MINIMAL: &str = "[model]\npath = \"models/m\"\n[data]\ntrain = \"d.jsonl\"\n";
+
+    #[test]
+    fn absolute_paths_are_the_working_directorys_joined() {
+        let (dir, src) = toml_sources(
+            "[model]\npath = \"models/m\"\nweights = \"w.bpk\"\n\
+             [data]\ntrain = \"d.jsonl\"\nvalid = \"/data/v.jsonl\"\n",
+        );
+        let run = RunConfig::load_from(&src).unwrap();
+        let absolute = run.with_absolute_paths().unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(absolute.model.path, here.join("models/m"));
+        assert_eq!(absolute.data.train, here.join("d.jsonl"));
+        // Already absolute: as it was.
+        assert_eq!(absolute.data.valid, Some(PathBuf::from("/data/v.jsonl")));
+        // Not found from here: the model folder's own file, left for the loader to find there.
+        assert_eq!(absolute.model.weights, Some(PathBuf::from("w.bpk")));
+        // A weights file found from here is made absolute as well (tests run in the crate's
+        // folder, which holds Cargo.toml).
+        let mut found = run.clone();
+        found.model.weights = Some(PathBuf::from("Cargo.toml"));
+        assert_eq!(
+            found.with_absolute_paths().unwrap().model.weights,
+            Some(here.join("Cargo.toml"))
+        );
+        drop(dir);
+        // Everything else is untouched, and a second pass changes nothing.
+        assert_eq!(absolute.train, run.train);
+        assert_eq!(absolute.with_absolute_paths().unwrap(), absolute);
+    }
 
     #[test]
     fn defaults_are_the_papers_hyperparameters() {

@@ -300,6 +300,10 @@ pub fn train(
             run.display()
         )));
     }
+    // The run folder's config.toml names its files absolutely, so the run opens from anywhere.
+    let config = &config
+        .with_absolute_paths()
+        .map_err(io_error(&config.model.path))?;
     let run_dir = RunDir::create(run)?;
     let devices = encoder::parse_devices(&config.train.device)?;
     let base_device = devices[0].clone();

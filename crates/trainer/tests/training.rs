@@ -50,7 +50,7 @@ fn config(f: &Fixture, extra: &[&str]) -> RunConfig {
              input = \"text+target\"\n[train]\nepochs = 2\nbatch_size = 10\nlr = 1e-3\n\
              warmup_steps = 2\nseed = 7\n",
             f.model,
-            f.root.join("train.jsonl"),
+            relative_from_here(&f.root.join("train.jsonl")),
             f.root.join("valid.jsonl")
         ),
     )
@@ -61,6 +61,17 @@ fn config(f: &Fixture, extra: &[&str]) -> RunConfig {
         overrides: extra.iter().map(|s| s.to_string()).collect(),
     };
     RunConfig::load_from(&sources).unwrap()
+}
+
+/// `path` (absolute) as a path relative to the working directory: the training file is named
+/// so, as a user's config would, and the run's `config.toml` must hold it made absolute.
+fn relative_from_here(path: &Path) -> PathBuf {
+    let here = std::env::current_dir().unwrap();
+    let up = here.components().count() - 1; // all but the root
+    let mut relative: PathBuf = std::iter::repeat_n("..", up).collect();
+    relative.push(path.strip_prefix("/").unwrap());
+    assert!(relative.is_relative() && relative.is_file(), "{relative:?}");
+    relative
 }
 
 fn run_to_end(config: &RunConfig, out: &Path) -> trainer::TrainSummary {
@@ -105,6 +116,10 @@ fn check_run_folder(run: &Path, epochs: usize, steps: usize) {
             run.display()
         );
     }
+    // Its config names every file absolutely, so the run opens from any working directory.
+    let saved = RunDir::open(run).unwrap().read_config().unwrap();
+    assert!(saved.model.path.is_absolute(), "{:?}", saved.model.path);
+    assert!(saved.data.train.is_absolute(), "{:?}", saved.data.train);
     assert_eq!(
         csv_header(&run.join("metrics.csv")),
         trainer::EpochRow::COLUMNS.join(",")
