@@ -801,6 +801,8 @@ mod tests {
             (64, 16, 32, 33, true),
             // d_in a multiple of 16: the AVX-512 forward keeps the mask as bits.
             (150, 48, 8, 21, true),
+            // Whole vectors both ways with dropout, two groups of ranks, a last block of 5 rows.
+            (69, 32, 16, 16, true),
         ] {
             let (out_rs, col0, dy_rs) = (d_out + 7, 3, d_out + 2);
             let x: Vec<f32> = (0..rows * d_in).map(value).collect();
