@@ -59,10 +59,13 @@ fn enabled() -> bool {
     })
 }
 
+/// Each CUDA device's cuBLAS handle, or `None` where it could not be set up.
+type Handles = HashMap<usize, Option<&'static Mutex<Blas>>>;
+
 /// The handle of CUDA device `index`, made on first use; `None` if cuBLAS is off or could
 /// not be set up there (said once, then burn's products).
 fn blas(index: usize) -> Option<&'static Mutex<Blas>> {
-    static HANDLES: OnceLock<Mutex<HashMap<usize, Option<&'static Mutex<Blas>>>>> = OnceLock::new();
+    static HANDLES: OnceLock<Mutex<Handles>> = OnceLock::new();
     if !enabled() {
         return None;
     }
