@@ -1011,7 +1011,7 @@ mod tests {
 
     #[test]
     fn absolute_paths_are_the_working_directorys_joined() {
-        let (dir, src) = toml_sources(
+        let (_dir, src) = toml_sources(
             "[model]\npath = \"models/m\"\nweights = \"w.bpk\"\n\
              [data]\ntrain = \"d.jsonl\"\nvalid = \"/data/v.jsonl\"\n",
         );
@@ -1032,7 +1032,6 @@ mod tests {
             found.with_absolute_paths().unwrap().model.weights,
             Some(here.join("Cargo.toml"))
         );
-        drop(dir);
         // Everything else is untouched, and a second pass changes nothing.
         assert_eq!(absolute.train, run.train);
         assert_eq!(absolute.with_absolute_paths().unwrap(), absolute);
