@@ -141,12 +141,10 @@ pub fn weight_product_gflops(
     precision: ProductPrecision,
     repeats: usize,
 ) -> Option<f64> {
-    let values = |len: usize, seed: u64| -> Vec<f32> {
-        (0..len as u64)
-            .map(|i| (fastmath::splitmix64(seed ^ i) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-            .collect()
-    };
-    let (x, w) = (values(m * k, 1), values(k * n, 2));
+    let (x, w) = (
+        fastmath::test_values(m * k, 1),
+        fastmath::test_values(k * n, 1 << 40),
+    );
     let mut out = vec![0f32; m * n];
     let packed = match precision {
         ProductPrecision::F32 => None,

@@ -486,8 +486,7 @@ pub(crate) fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Values in [-1, 1) from a fixed sequence, for tests (no RNG dependency).
-#[cfg(test)]
+/// Values in [-1, 1) from a fixed sequence, for tests and timings (no RNG dependency).
 pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
     (0..n as u64)
         .map(|i| {
