@@ -10,6 +10,10 @@ pub struct EvaluateArgs {
     /// The run folder.
     #[arg(long)]
     run: PathBuf,
+    /// The model folder the run was trained from, where it lies now if not where the run's
+    /// config.toml says (the run or the model moved to another place or machine).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
     /// Rows to evaluate on (default: the run's validation rows).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -32,6 +36,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     let m = trainer::evaluate_run(
         &args.run,
         "best",
+        args.model.as_deref(),
         args.data.as_deref(),
         &device,
         crate::product_precision(args.bf16_products),

@@ -10,13 +10,22 @@ pub struct ExportArgs {
     /// The run folder.
     #[arg(long)]
     run: PathBuf,
+    /// The model folder the run was trained from, where it lies now if not where the run's
+    /// config.toml says (the run or the model moved to another place or machine).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
     /// Output folder: config.json, model.safetensors, tokenizer.json, heads.safetensors.
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    trainer::export_run(&args.run, &args.out, &burn::tensor::Device::flex())?;
+    trainer::export_run(
+        &args.run,
+        args.model.as_deref(),
+        &args.out,
+        &burn::tensor::Device::flex(),
+    )?;
     println!("{}", args.out.display());
     Ok(())
 }

@@ -10,6 +10,10 @@ pub struct PredictArgs {
     /// The run folder (its best checkpoint is used, LoRA merged).
     #[arg(long)]
     run: PathBuf,
+    /// The model folder the run was trained from, where it lies now if not where the run's
+    /// config.toml says (the run or the model moved to another place or machine).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
     /// JSON Lines with "text" (and "target" when the run used text+target pairs).
     #[arg(long)]
     input: PathBuf,
@@ -31,6 +35,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let device = encoder::parse_device(&args.device)?;
     let n = trainer::predict_file(
         &args.run,
+        args.model.as_deref(),
         &args.input,
         &args.output,
         &device,

@@ -684,6 +684,22 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// This configuration with its model folder at `dir` (made absolute against the working
+    /// directory): for a run whose model folder has moved since it was trained (`evaluate`,
+    /// `predict` and `export`'s `--model`). A weights file that lay inside the old folder is
+    /// looked for at the same place inside the new one.
+    pub fn with_model_folder(&self, dir: &Path) -> std::io::Result<Self> {
+        let dir = std::path::absolute(dir)?;
+        let mut config = self.clone();
+        if let Some(weights) = &self.model.weights {
+            if let Ok(inside) = weights.strip_prefix(&self.model.path) {
+                config.model.weights = Some(dir.join(inside));
+            }
+        }
+        config.model.path = dir;
+        Ok(config)
+    }
+
     /// The configuration as TOML (what the run folder's `config.toml` holds); loading it back
     /// gives the same configuration.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
@@ -1035,6 +1051,29 @@ mod tests {
         // Everything else is untouched, and a second pass changes nothing.
         assert_eq!(absolute.train, run.train);
         assert_eq!(absolute.with_absolute_paths().unwrap(), absolute);
+    }
+
+    #[test]
+    fn a_moved_model_folder_takes_its_weights_file_along() {
+        let (_dir, src) = toml_sources(
+            "[model]\npath = \"/old/m\"\nweights = \"/old/m/sub/w.bin\"\n[data]\ntrain = \"d.jsonl\"\n",
+        );
+        let run = RunConfig::load_from(&src).unwrap();
+        let moved = run.with_model_folder(Path::new("new/m")).unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(moved.model.path, here.join("new/m"));
+        assert_eq!(moved.model.weights, Some(here.join("new/m/sub/w.bin")));
+        // A weights file outside the old folder, or one of the folder's own by name, stays.
+        for weights in ["/elsewhere/w.bin", "w.bin"] {
+            let mut other = run.clone();
+            other.model.weights = Some(PathBuf::from(weights));
+            let moved = other.with_model_folder(Path::new("/new/m")).unwrap();
+            assert_eq!(moved.model.weights, Some(PathBuf::from(weights)));
+            assert_eq!(moved.model.path, PathBuf::from("/new/m"));
+        }
+        // Nothing else moves.
+        assert_eq!(moved.data, run.data);
+        assert_eq!(moved.train, run.train);
     }
 
     #[test]

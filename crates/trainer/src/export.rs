@@ -20,9 +20,15 @@ pub const HEADS_FILE: &str = "heads.safetensors";
 
 /// Writes the best model of `run` to `out` as a Hugging Face folder: `config.json` and
 /// `tokenizer.json` of the base model, `model.safetensors` with Hugging Face keys and
-/// `[out, in]` weights (LoRA merged), and the heads in `heads.safetensors`.
-pub fn export_run(run: &Path, out: &Path, device: &Device) -> Result<(), TrainError> {
-    let (config, model) = SentimentModel::from_run(run, "best", device)?;
+/// `[out, in]` weights (LoRA merged), and the heads in `heads.safetensors`. `model_folder`:
+/// as for [`SentimentModel::from_run`].
+pub fn export_run(
+    run: &Path,
+    model_folder: Option<&Path>,
+    out: &Path,
+    device: &Device,
+) -> Result<(), TrainError> {
+    let (config, model) = SentimentModel::from_run(run, "best", model_folder, device)?;
     let folder = encoder::ModelFolder::open(&config.model.path, config.model.weights.as_deref())?;
     std::fs::create_dir_all(out).map_err(|error| TrainError::Io {
         path: out.to_path_buf(),

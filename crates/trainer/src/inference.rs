@@ -74,15 +74,16 @@ pub struct Prediction {
 /// Reads `input` (JSON Lines with `text`, and `target` when the run used text pairs), runs the
 /// run's best model and writes one JSON line per input line, in order, to `output`.
 /// `products` chooses the precision of the encoder's weight products on the CPU
-/// ([`ProductPrecision`]).
+/// ([`ProductPrecision`]); `model_folder` as for [`SentimentModel::from_run`].
 pub fn predict_file(
     run: &Path,
+    model_folder: Option<&Path>,
     input: &Path,
     output: &Path,
     device: &Device,
     products: ProductPrecision,
 ) -> Result<usize, TrainError> {
-    let (config, mut model) = SentimentModel::from_run(run, "best", device)?;
+    let (config, mut model) = SentimentModel::from_run(run, "best", model_folder, device)?;
     model.encoder.set_product_precision(products);
     let tokenizer = RunData::tokenizer(&config)?;
     let pairs = config.data.input == InputMode::TextTarget;

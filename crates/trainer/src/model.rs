@@ -96,13 +96,35 @@ impl SentimentModel {
     }
 
     /// The inference model of a run folder: its config's encoder, the weights of
-    /// `checkpoints/<which>/`, LoRA merged into the base weights.
+    /// `checkpoints/<which>/`, LoRA merged into the base weights. `model_folder`: where the
+    /// model folder the run was trained from lies now, if not where its `config.toml` says
+    /// (the returned config names it).
     pub fn from_run(
         run: &Path,
         which: &str,
+        model_folder: Option<&Path>,
         device: &Device,
     ) -> Result<(RunConfig, Self), TrainError> {
         let config = crate::RunDir::open(run)?.read_config()?;
+        let config = match model_folder {
+            Some(dir) => config
+                .with_model_folder(dir)
+                .map_err(|error| TrainError::Io {
+                    path: dir.to_path_buf(),
+                    error,
+                })?,
+            // Said here rather than by the loader, which knows nothing of the run.
+            None if !config.model.path.is_dir() => {
+                return Err(TrainError::Input(format!(
+                    "{}: the model folder the run was trained from, {}, is not there (moved, \
+                     or a relative path from another working directory): name where it lies \
+                     now (--model DIR)",
+                    run.join("config.toml").display(),
+                    config.model.path.display()
+                )))
+            }
+            None => config,
+        };
         let mut model = Self::from_config(&config, device)?;
         let dir = run.join("checkpoints").join(which);
         model.load(&dir, config.train.finetune)?;

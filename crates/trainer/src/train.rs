@@ -790,34 +790,41 @@ impl Progress {
     }
 }
 
-/// Validation metrics of a run's own data with the model in `checkpoints/<which>`.
+/// Validation metrics of a run's own data with the model in `checkpoints/<which>`
+/// (`model_folder` as for [`SentimentModel::from_run`]).
 pub fn evaluate_run(
     run: &Path,
     which: &str,
+    model_folder: Option<&Path>,
     data_file: Option<&Path>,
     device: &Device,
     products: encoder::ProductPrecision,
 ) -> Result<ValidationMetrics, TrainError> {
-    let (config, mut model) = SentimentModel::from_run(run, which, device)?;
+    let (config, mut model) = SentimentModel::from_run(run, which, model_folder, device)?;
     model.encoder.set_product_precision(products);
-    let data = RunData::load(&config, Some(run))?;
-    let set = match data_file {
-        None => data.valid,
+    // A file of its own needs none of the run's data files (which may not be here).
+    let (set, tokenizer) = match data_file {
+        None => {
+            let data = RunData::load(&config, Some(run))?;
+            (data.valid, data.tokenizer)
+        }
         Some(file) => {
+            let tokenizer = RunData::tokenizer(&config)?;
             let data_config = config.data_config();
             let options = data::LoadOptions {
                 rejected_dir: Some(run.to_path_buf()),
                 ..data_config.load_options()
             };
             let dataset = data::load(file, &options)?;
-            TokenizedSet::new(&dataset, &data.tokenizer, data_config.input, None)?
+            let set = TokenizedSet::new(&dataset, &tokenizer, data_config.input, None)?;
+            (set, tokenizer)
         }
     };
     let (metrics, _) = evaluate_set(
         &model,
         &set,
         config.train.batch_size,
-        data.tokenizer.pad_id(),
+        tokenizer.pad_id(),
         device,
     )?;
     Ok(metrics)

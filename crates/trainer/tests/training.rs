@@ -380,7 +380,8 @@ fn evaluate_predict_and_export_round_trip() {
     let device = Device::flex();
 
     // evaluate = the best epoch's row of metrics.csv.
-    let metrics = trainer::evaluate_run(&out, "best", None, &device, Default::default()).unwrap();
+    let metrics =
+        trainer::evaluate_run(&out, "best", None, None, &device, Default::default()).unwrap();
     let best = summary.best_epoch.unwrap() as usize;
     let row = &summary.epochs[best - 1];
     assert!(
@@ -399,7 +400,7 @@ fn evaluate_predict_and_export_round_trip() {
     std::fs::write(&input, inputs.join("\n")).unwrap();
     let output = f.root.join("pred.jsonl");
     assert_eq!(
-        trainer::predict_file(&out, &input, &output, &device, Default::default()).unwrap(),
+        trainer::predict_file(&out, None, &input, &output, &device, Default::default()).unwrap(),
         5
     );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
@@ -426,7 +427,7 @@ fn evaluate_predict_and_export_round_trip() {
 
     // export: the folder loads back through ModelFolder with the same outputs.
     let exported = f.root.join("export");
-    trainer::export_run(&out, &exported, &device).unwrap();
+    trainer::export_run(&out, None, &exported, &device).unwrap();
     for file in [
         "config.json",
         "model.safetensors",
@@ -435,7 +436,7 @@ fn evaluate_predict_and_export_round_trip() {
     ] {
         assert!(exported.join(file).is_file(), "{file}");
     }
-    let (_, model) = trainer::SentimentModel::from_run(&out, "best", &device).unwrap();
+    let (_, model) = trainer::SentimentModel::from_run(&out, "best", None, &device).unwrap();
     let folder = ModelFolder::open(&exported, None).unwrap();
     let encoder = folder.load_encoder(&device).unwrap();
     let heads = heads::MultiTaskHeads::from_file(
@@ -478,6 +479,76 @@ fn evaluate_predict_and_export_round_trip() {
                 .scores)
         ) < 1e-5
     );
+
+    // The run and its model folder moved (the run's config naming folders that are not there,
+    // the model copied elsewhere): refused with what to do, then found where it is now, with
+    // the same predictions; evaluating a file of its own needs none of the run's data files.
+    let moved = f.root.join("moved-run");
+    copy_folder(&out, &moved);
+    let model_now = f.root.join("moved-model");
+    copy_folder(&f.model, &model_now);
+    let mut saved = RunDir::open(&moved).unwrap().read_config().unwrap();
+    saved.model.path = f.root.join("gone");
+    saved.data.train = f.root.join("gone-train.jsonl");
+    saved.data.valid = Some(f.root.join("gone-valid.jsonl"));
+    RunDir::open(&moved).unwrap().write_config(&saved).unwrap();
+    let input = f.root.join("input.jsonl");
+    let moved_output = f.root.join("moved-pred.jsonl");
+    let predict = |model: Option<&Path>| {
+        trainer::predict_file(
+            &moved,
+            model,
+            &input,
+            &moved_output,
+            &device,
+            Default::default(),
+        )
+    };
+    let text = predict(None).unwrap_err().to_string();
+    assert!(text.contains("gone") && text.contains("--model"), "{text}");
+    assert_eq!(predict(Some(&model_now)).unwrap(), 5);
+    assert_eq!(
+        std::fs::read_to_string(&moved_output).unwrap(),
+        std::fs::read_to_string(&output).unwrap()
+    );
+    let moved_metrics = trainer::evaluate_run(
+        &moved,
+        "best",
+        Some(&model_now),
+        Some(&f.root.join("valid.jsonl")),
+        &device,
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (moved_metrics.mse, moved_metrics.n),
+        (metrics.mse, metrics.n)
+    );
+    let text = trainer::evaluate_run(
+        &moved,
+        "best",
+        Some(&model_now),
+        None,
+        &device,
+        Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(text.contains("gone-train.jsonl"), "{text}");
+}
+
+/// `to` made a copy of the folder `from`, sub-folders included.
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[test]
