@@ -58,6 +58,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let mut out = BufWriter::new(
         File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
     );
+    let progress = trainer::RowsProgress::new(true, rows.len(), "embed");
     for chunk in rows.chunks(args.batch_size) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let input = pad_batch(&refs, tokenizer.pad_id(), &device);
@@ -72,7 +73,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             serde_json::to_writer(&mut out, &serde_json::json!({ "embedding": embedding }))?;
             out.write_all(b"\n")?;
         }
+        progress.advance(chunk.len());
     }
+    drop(progress);
     out.flush()?;
     drop(out);
     std::fs::rename(&tmp, &args.output)

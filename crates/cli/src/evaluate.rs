@@ -33,14 +33,12 @@ pub struct EvaluateArgs {
 
 pub fn run(args: EvaluateArgs) -> Result<()> {
     let device = encoder::parse_device(&args.device)?;
-    let m = trainer::evaluate_run(
-        &args.run,
-        "best",
-        args.model.as_deref(),
-        args.data.as_deref(),
-        &device,
-        crate::product_precision(args.bf16_products),
-    )?;
+    let options = trainer::InferenceOptions {
+        model_folder: args.model,
+        products: crate::product_precision(args.bf16_products),
+        progress: true,
+    };
+    let m = trainer::evaluate_run(&args.run, "best", args.data.as_deref(), &device, &options)?;
     if args.json {
         let value = serde_json::json!({
             "mse": m.mse, "mae": m.mae, "rmse": m.rmse, "r2": m.r2,

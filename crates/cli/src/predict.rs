@@ -33,14 +33,12 @@ pub struct PredictArgs {
 
 pub fn run(args: PredictArgs) -> Result<()> {
     let device = encoder::parse_device(&args.device)?;
-    let n = trainer::predict_file(
-        &args.run,
-        args.model.as_deref(),
-        &args.input,
-        &args.output,
-        &device,
-        crate::product_precision(args.bf16_products),
-    )?;
+    let options = trainer::InferenceOptions {
+        model_folder: args.model,
+        products: crate::product_precision(args.bf16_products),
+        progress: true,
+    };
+    let n = trainer::predict_file(&args.run, &args.input, &args.output, &device, &options)?;
     eprintln!("{n} predictions written to {}", args.output.display());
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! JSON Lines inputs.
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
@@ -12,8 +12,21 @@ use serde::Serialize;
 
 use crate::config::InputMode;
 use crate::model::SentimentModel;
+use crate::progress::RowsProgress;
 use crate::train::{RunData, TrainError};
 use crate::{ValidationAccumulator, ValidationMetrics, NUM_CLASSES};
+
+/// How [`crate::evaluate_run`] and [`predict_file`] open and run a finished run.
+#[derive(Debug, Clone, Default)]
+pub struct InferenceOptions {
+    /// Where the model folder the run was trained from lies now, if not where the run's
+    /// `config.toml` says ([`SentimentModel::from_run`]).
+    pub model_folder: Option<PathBuf>,
+    /// The precision of the encoder's weight products on the CPU.
+    pub products: ProductPrecision,
+    /// A progress bar over the rows ([`RowsProgress`]).
+    pub progress: bool,
+}
 
 /// The model's outputs for some rows, in row order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,13 +45,15 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {
 }
 
 /// Runs `model` (an inference copy: `model.valid()` or built on a plain device) over every
-/// row of `set` in order, `batch_size` rows at a time, and computes the validation metrics.
+/// row of `set` in order, `batch_size` rows at a time, and computes the validation metrics;
+/// `progress` advances by each batch's rows.
 pub fn evaluate_set(
     model: &SentimentModel,
     set: &TokenizedSet,
     batch_size: usize,
     pad_id: u32,
     device: &Device,
+    progress: &RowsProgress,
 ) -> Result<(ValidationMetrics, Predictions), TrainError> {
     let mut accumulator = ValidationAccumulator::new();
     let mut predictions = Predictions::default();
@@ -53,6 +68,7 @@ pub fn evaluate_set(
         accumulator.push(&score_true, &scores, &class_true, &logits)?;
         predictions.scores.extend(scores);
         predictions.logits.extend(logits);
+        progress.advance(chunk.len());
     }
     Ok((accumulator.finish()?, predictions))
 }
@@ -72,53 +88,22 @@ pub struct Prediction {
 }
 
 /// Reads `input` (JSON Lines with `text`, and `target` when the run used text pairs), runs the
-/// run's best model and writes one JSON line per input line, in order, to `output`.
-/// `products` chooses the precision of the encoder's weight products on the CPU
-/// ([`ProductPrecision`]); `model_folder` as for [`SentimentModel::from_run`].
+/// run's best model and writes one JSON line per input line (blank ones skipped), in order, to
+/// `output`. The whole input is read and checked before the model is loaded.
 pub fn predict_file(
     run: &Path,
-    model_folder: Option<&Path>,
     input: &Path,
     output: &Path,
     device: &Device,
-    products: ProductPrecision,
+    options: &InferenceOptions,
 ) -> Result<usize, TrainError> {
-    let (config, mut model) = SentimentModel::from_run(run, "best", model_folder, device)?;
-    model.encoder.set_product_precision(products);
+    let pairs = crate::RunDir::open(run)?.read_config()?.data.input == InputMode::TextTarget;
+    let rows = read_inputs(input, pairs)?;
+    let (config, mut model) =
+        SentimentModel::from_run(run, "best", options.model_folder.as_deref(), device)?;
+    model.encoder.set_product_precision(options.products);
     let tokenizer = RunData::tokenizer(&config)?;
-    let pairs = config.data.input == InputMode::TextTarget;
-    let file = std::fs::File::open(input).map_err(|error| TrainError::Io {
-        path: input.to_path_buf(),
-        error,
-    })?;
-    let mut rows: Vec<(String, Option<String>)> = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|error| TrainError::Io {
-            path: input.to_path_buf(),
-            error,
-        })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |m: &str| TrainError::Input(format!("{}:{}: {m}", input.display(), i + 1));
-        let value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| bad(&e.to_string()))?;
-        let text = value
-            .get("text")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| bad("no string field `text`"))?
-            .to_string();
-        let target = value
-            .get("target")
-            .and_then(|t| t.as_str())
-            .map(String::from);
-        if pairs && target.is_none() {
-            return Err(bad(
-                "the run used text+target pairs: a string `target` is needed",
-            ));
-        }
-        rows.push((text, target));
-    }
+    let progress = RowsProgress::new(options.progress, rows.len(), "predict");
     let mut lines = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(config.train.batch_size.max(1)) {
         let encoded: Vec<Encoded> = chunk
@@ -146,6 +131,7 @@ pub fn predict_file(
             };
             lines.push(serde_json::to_string(&prediction).expect("serialises"));
         }
+        progress.advance(chunk.len());
     }
     let mut text = lines.join("\n");
     text.push('\n');
@@ -155,4 +141,51 @@ pub fn predict_file(
         error,
     })?;
     Ok(lines.len())
+}
+
+/// `predict`'s input rows: `(text, target)` of each line that is not blank. An error names
+/// the line: not UTF-8 or not JSON, no string `text` or an empty one, no string `target` where
+/// the run used pairs; a file with no rows is one too.
+fn read_inputs(input: &Path, pairs: bool) -> Result<Vec<(String, Option<String>)>, TrainError> {
+    let file = std::fs::File::open(input).map_err(|error| TrainError::Io {
+        path: input.to_path_buf(),
+        error,
+    })?;
+    let mut rows = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let bad = |m: &str| TrainError::Input(format!("{}:{}: {m}", input.display(), i + 1));
+        let line = line.map_err(|e| bad(&e.to_string()))?;
+        // A byte-order mark some editors put at the start of a file is not part of the JSON.
+        let line = line.trim_start_matches('\u{feff}');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let text = value
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| bad("no string field `text`"))?
+            .to_string();
+        if text.trim().is_empty() {
+            return Err(bad("empty `text`"));
+        }
+        let target = value
+            .get("target")
+            .and_then(|t| t.as_str())
+            .map(String::from);
+        if pairs && target.is_none() {
+            return Err(bad(
+                "the run used text+target pairs: a string `target` is needed",
+            ));
+        }
+        rows.push((text, target));
+    }
+    if rows.is_empty() {
+        return Err(TrainError::Input(format!(
+            "{}: no rows (every line blank)",
+            input.display()
+        )));
+    }
+    Ok(rows)
 }

@@ -11,7 +11,8 @@
 //!
 //! - [`train`]: the training loop ([`SentimentModel`], any `dao` weighting strategy, AdamW,
 //!   checkpoints in `checkpoints/{last,best}`, bit-exact resume on CPU); [`evaluate_run`],
-//!   [`predict_file`] and [`export_run`] use a finished run; [`DataParallel`] spreads the
+//!   [`predict_file`] and [`export_run`] use a finished run ([`RowsProgress`] shows how far
+//!   they are); [`DataParallel`] spreads the
 //!   encoder over several devices.
 //! - [`keep_freed_memory`] and [`join_the_thread_pool`]: the allocator and thread settings the
 //!   binaries train with.
@@ -25,6 +26,7 @@ mod metrics;
 mod model;
 mod optimizer;
 mod parallel;
+mod progress;
 mod report;
 mod run_dir;
 mod schedule;
@@ -39,11 +41,12 @@ pub use config::{
     WeightingConfig, WeightingStrategy, ENV_PREFIX, ENV_SEPARATOR,
 };
 pub use export::{export_run, HEADS_FILE};
-pub use inference::{evaluate_set, predict_file, Prediction, Predictions};
+pub use inference::{evaluate_set, predict_file, InferenceOptions, Prediction, Predictions};
 pub use metrics::{MetricsError, ValidationAccumulator, ValidationMetrics, NUM_CLASSES};
 pub use model::{SentimentModel, MODEL_FILE};
 pub use optimizer::{AdamW, AdamWSettings, OptimizerStateError};
 pub use parallel::{DataParallel, ParallelForward};
+pub use progress::RowsProgress;
 pub use report::{compare, write_report, Comparison, ComparisonRow, ReportError, ReportFiles};
 pub use run_dir::{peak_memory_bytes, write_atomic, EpochRow, RunDir, RunDirError, StepRow};
 pub use schedule::{updates_per_run, CosineWithWarmup};

@@ -19,10 +19,11 @@ use encoder::{ModelFolder, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Finetune, RunConfig};
-use crate::inference::evaluate_set;
+use crate::inference::{evaluate_set, InferenceOptions};
 use crate::model::SentimentModel;
 use crate::optimizer::{AdamW, AdamWSettings};
 use crate::parallel::DataParallel;
+use crate::progress::RowsProgress;
 use crate::weighting::RunWeighting;
 use crate::{CosineWithWarmup, EpochRow, RunDir, StepRow, ValidationMetrics};
 
@@ -587,8 +588,14 @@ pub fn train(
         // End of epoch: validation, metrics.csv, best and last checkpoints.
         weighting.end_epoch();
         let valid_model = model.valid();
-        let (metrics, _) =
-            evaluate_set(&valid_model, &data.valid, batch_size, pad_id, &base_device)?;
+        let (metrics, _) = evaluate_set(
+            &valid_model,
+            &data.valid,
+            batch_size,
+            pad_id,
+            &base_device,
+            &RowsProgress::hidden(),
+        )?;
         let seconds = started.elapsed().as_secs_f64();
         let train_loss =
             f64::from_bits(state.epoch_loss_sum_bits) / state.epoch_loss_count.max(1) as f64;
@@ -790,18 +797,18 @@ impl Progress {
     }
 }
 
-/// Validation metrics of a run's own data with the model in `checkpoints/<which>`
-/// (`model_folder` as for [`SentimentModel::from_run`]).
+/// Validation metrics of a run's own validation rows, or of `data_file`'s, with the model in
+/// `checkpoints/<which>`.
 pub fn evaluate_run(
     run: &Path,
     which: &str,
-    model_folder: Option<&Path>,
     data_file: Option<&Path>,
     device: &Device,
-    products: encoder::ProductPrecision,
+    options: &InferenceOptions,
 ) -> Result<ValidationMetrics, TrainError> {
-    let (config, mut model) = SentimentModel::from_run(run, which, model_folder, device)?;
-    model.encoder.set_product_precision(products);
+    let (config, mut model) =
+        SentimentModel::from_run(run, which, options.model_folder.as_deref(), device)?;
+    model.encoder.set_product_precision(options.products);
     // A file of its own needs none of the run's data files (which may not be here).
     let (set, tokenizer) = match data_file {
         None => {
@@ -826,6 +833,7 @@ pub fn evaluate_run(
         config.train.batch_size,
         tokenizer.pad_id(),
         device,
+        &RowsProgress::new(options.progress, set.len(), "evaluate"),
     )?;
     Ok(metrics)
 }

@@ -380,8 +380,7 @@ fn evaluate_predict_and_export_round_trip() {
     let device = Device::flex();
 
     // evaluate = the best epoch's row of metrics.csv.
-    let metrics =
-        trainer::evaluate_run(&out, "best", None, None, &device, Default::default()).unwrap();
+    let metrics = trainer::evaluate_run(&out, "best", None, &device, &Default::default()).unwrap();
     let best = summary.best_epoch.unwrap() as usize;
     let row = &summary.epochs[best - 1];
     assert!(
@@ -400,7 +399,7 @@ fn evaluate_predict_and_export_round_trip() {
     std::fs::write(&input, inputs.join("\n")).unwrap();
     let output = f.root.join("pred.jsonl");
     assert_eq!(
-        trainer::predict_file(&out, None, &input, &output, &device, Default::default()).unwrap(),
+        trainer::predict_file(&out, &input, &output, &device, &Default::default()).unwrap(),
         5
     );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
@@ -494,19 +493,16 @@ fn evaluate_predict_and_export_round_trip() {
     RunDir::open(&moved).unwrap().write_config(&saved).unwrap();
     let input = f.root.join("input.jsonl");
     let moved_output = f.root.join("moved-pred.jsonl");
-    let predict = |model: Option<&Path>| {
-        trainer::predict_file(
-            &moved,
-            model,
-            &input,
-            &moved_output,
-            &device,
-            Default::default(),
-        )
+    let moved_model = trainer::InferenceOptions {
+        model_folder: Some(model_now.clone()),
+        ..Default::default()
     };
-    let text = predict(None).unwrap_err().to_string();
+    let predict = |options: &trainer::InferenceOptions| {
+        trainer::predict_file(&moved, &input, &moved_output, &device, options)
+    };
+    let text = predict(&Default::default()).unwrap_err().to_string();
     assert!(text.contains("gone") && text.contains("--model"), "{text}");
-    assert_eq!(predict(Some(&model_now)).unwrap(), 5);
+    assert_eq!(predict(&moved_model).unwrap(), 5);
     assert_eq!(
         std::fs::read_to_string(&moved_output).unwrap(),
         std::fs::read_to_string(&output).unwrap()
@@ -514,27 +510,54 @@ fn evaluate_predict_and_export_round_trip() {
     let moved_metrics = trainer::evaluate_run(
         &moved,
         "best",
-        Some(&model_now),
         Some(&f.root.join("valid.jsonl")),
         &device,
-        Default::default(),
+        &moved_model,
     )
     .unwrap();
     assert_eq!(
         (moved_metrics.mse, moved_metrics.n),
         (metrics.mse, metrics.n)
     );
-    let text = trainer::evaluate_run(
-        &moved,
-        "best",
-        Some(&model_now),
-        None,
-        &device,
-        Default::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let text = trainer::evaluate_run(&moved, "best", None, &device, &moved_model)
+        .unwrap_err()
+        .to_string();
     assert!(text.contains("gone-train.jsonl"), "{text}");
+
+    // Bad input lines are refused before the model loads (the moved run's model folder is not
+    // there), naming the line; nothing is written.
+    let first = inputs[0];
+    let without_target = r#"{"text": "Shares rose"}"#;
+    for (lines, expected) in [
+        (vec![first, "not json"], "input.jsonl:2: expected"),
+        (
+            vec![first, "", r#"{"text": " ", "target": "X"}"#],
+            "input.jsonl:3: empty `text`",
+        ),
+        (
+            vec![r#"{"target": "X"}"#],
+            "input.jsonl:1: no string field `text`",
+        ),
+        (
+            vec![without_target],
+            "input.jsonl:1: the run used text+target pairs",
+        ),
+        (vec!["", " "], "no rows"),
+    ] {
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        let unwritten = f.root.join("unwritten.jsonl");
+        let text = trainer::predict_file(&moved, &input, &unwritten, &device, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains(expected), "{expected:?}: {text}");
+        assert!(!unwritten.exists());
+    }
+    // A byte-order mark before the first line is not part of its JSON.
+    std::fs::write(&input, format!("\u{feff}{first}")).unwrap();
+    assert_eq!(
+        trainer::predict_file(&out, &input, &output, &device, &Default::default()).unwrap(),
+        1
+    );
 }
 
 /// `to` made a copy of the folder `from`, sub-folders included.
