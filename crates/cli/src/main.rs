@@ -1,6 +1,9 @@
 //! `cli`: the command-line front end. Each subcommand lives in its own module and only parses
 //! arguments and calls into the library crates.
 
+// The arguments' doc comments are `--help` text, where `<name>` is a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

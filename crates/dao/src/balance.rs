@@ -12,7 +12,7 @@ use crate::weighting::{StepInput, TaskOutputs};
 /// Gradient balance over N task-gradient norms (DAO-SPEC step 1).
 ///
 /// For two tasks this is the spec's `λ_r = ‖g_c‖ / (‖g_r‖ + ‖g_c‖)`, `λ_c = ‖g_r‖ / (‖g_r‖ + ‖g_c‖)`.
-/// For N tasks **[choice]** `λ_i ∝ 1/‖g_i‖`, normalised to sum to 1, which is the same formula at
+/// For N tasks **\[choice\]** `λ_i ∝ 1/‖g_i‖`, normalised to sum to 1, which is the same formula at
 /// N = 2 and keeps its property `λ_i ‖g_i‖` equal across tasks. A task whose norm is 0 takes
 /// the whole weight (the limit of the formula), shared equally when several are 0; so both norms
 /// 0 gives 0.5 / 0.5 as the spec demands. λ are plain numbers: constants for the backward pass.

@@ -10,7 +10,7 @@ use crate::config::DaoConfig;
 use crate::error::DaoError;
 
 /// α and β of the imbalance loss (DAO-SPEC step 2), through their raw parameters
-/// **[choice]**: α = softplus(a) > 0 keeps the loss bounded below, β = sigmoid(b) ∈ (0, 1).
+/// **\[choice\]**: α = softplus(a) > 0 keeps the loss bounded below, β = sigmoid(b) ∈ (0, 1).
 #[derive(Module, Debug)]
 pub struct AlphaBeta {
     /// a, shape `[1]`.
@@ -95,7 +95,7 @@ impl DaoModule {
         })
     }
 
-    /// The weight network on u `[2]` (step 3). The caller detaches u (spec [choice]).
+    /// The weight network on u `[2]` (step 3). The caller detaches u (spec \[choice\]).
     pub fn weights(&self, u: Tensor<1>) -> WeightNetworkOutput {
         let hidden = relu(self.fc1.forward(u.reshape([1, 2])));
         let scores = self.fc2.forward(hidden.clone());

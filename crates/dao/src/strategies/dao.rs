@@ -228,7 +228,7 @@ impl LossWeighting for Dao {
 }
 
 /// DAO ablation "gradient balance only": `L = λ_r L_r + λ_c L_c`, step 1's λ with the plain
-/// cross-entropy and no weight network (Ding et al., DAO-SPEC step 1 alone) **[choice]**.
+/// cross-entropy and no weight network (Ding et al., DAO-SPEC step 1 alone) **\[choice\]**.
 pub struct GradBalanceOnly {
     config: GradBalanceOnlyConfig,
 }
@@ -271,7 +271,7 @@ impl LossWeighting for GradBalanceOnly {
 
 /// DAO ablation "imbalance loss only": `L = (1 − w_c) L_r + w_c L_imb`, the constant-weight
 /// baseline with L_c replaced by step 2's L_imb (α, β trained by their own Adam) (Ding et al.,
-/// DAO-SPEC step 2 alone) **[choice]**.
+/// DAO-SPEC step 2 alone) **\[choice\]**.
 pub struct ImbalanceOnly {
     config: ImbalanceOnlyConfig,
     alpha_beta: AlphaBeta,

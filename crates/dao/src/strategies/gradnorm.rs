@@ -17,7 +17,7 @@ use super::plain_losses;
 /// held constant. Its gradient in w is analytic, `sign(G_i − target_i) ‖∇L_i‖`, so the weights
 /// are plain numbers, stepped by gradient descent in [`LossWeighting::update`] and renormalised
 /// to `Σ w_i = 2`. The norms are taken w.r.t. H by default (LibMTL's "representation
-/// gradients"; the paper uses the last shared layer's weights) **[choice]**.
+/// gradients"; the paper uses the last shared layer's weights) **\[choice\]**.
 #[derive(Debug, Clone)]
 pub struct GradNorm {
     alpha: f32,
