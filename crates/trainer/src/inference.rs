@@ -11,7 +11,7 @@ use encoder::{pad_batch, Encoded, ProductPrecision};
 use serde::Serialize;
 
 use crate::config::InputMode;
-use crate::model::SentimentModel;
+use crate::model::{run_config, SentimentModel};
 use crate::progress::RowsProgress;
 use crate::train::{RunData, TrainError};
 use crate::{ValidationAccumulator, ValidationMetrics, NUM_CLASSES};
@@ -97,12 +97,12 @@ pub fn predict_file(
     device: &Device,
     options: &InferenceOptions,
 ) -> Result<usize, TrainError> {
-    let pairs = crate::RunDir::open(run)?.read_config()?.data.input == InputMode::TextTarget;
+    let config = run_config(run, options.model_folder.as_deref())?;
+    let pairs = config.data.input == InputMode::TextTarget;
     let rows = read_inputs(input, pairs)?;
-    let (config, mut model) =
-        SentimentModel::from_run(run, "best", options.model_folder.as_deref(), device)?;
-    model.encoder.set_product_precision(options.products);
     let tokenizer = RunData::tokenizer(&config)?;
+    let mut model = SentimentModel::from_checkpoint(&config, run, "best", device)?;
+    model.encoder.set_product_precision(options.products);
     let progress = RowsProgress::new(options.progress, rows.len(), "predict");
     let mut lines = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(config.train.batch_size.max(1)) {

@@ -12,8 +12,7 @@
 //! - [`train`]: the training loop ([`SentimentModel`], any `dao` weighting strategy, AdamW,
 //!   checkpoints in `checkpoints/{last,best}`, bit-exact resume on CPU); [`evaluate_run`],
 //!   [`predict_file`] and [`export_run`] use a finished run ([`RowsProgress`] shows how far
-//!   they are); [`DataParallel`] spreads the
-//!   encoder over several devices.
+//!   they are); [`DataParallel`] spreads the encoder over several devices.
 //! - [`keep_freed_memory`] and [`join_the_thread_pool`]: the allocator and thread settings the
 //!   binaries train with.
 

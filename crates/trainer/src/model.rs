@@ -105,32 +105,47 @@ impl SentimentModel {
         model_folder: Option<&Path>,
         device: &Device,
     ) -> Result<(RunConfig, Self), TrainError> {
-        let config = crate::RunDir::open(run)?.read_config()?;
-        let config = match model_folder {
-            Some(dir) => config
-                .with_model_folder(dir)
-                .map_err(|error| TrainError::Io {
-                    path: dir.to_path_buf(),
-                    error,
-                })?,
-            // Said here rather than by the loader, which knows nothing of the run.
-            None if !config.model.path.is_dir() => {
-                return Err(TrainError::Input(format!(
-                    "{}: the model folder the run was trained from, {}, is not there (moved, \
-                     or a relative path from another working directory): name where it lies \
-                     now (--model DIR)",
-                    run.join("config.toml").display(),
-                    config.model.path.display()
-                )))
-            }
-            None => config,
-        };
-        let mut model = Self::from_config(&config, device)?;
+        let config = run_config(run, model_folder)?;
+        let model = Self::from_checkpoint(&config, run, which, device)?;
+        Ok((config, model))
+    }
+
+    /// [`Self::from_run`] with the run's config already read ([`run_config`]).
+    pub(crate) fn from_checkpoint(
+        config: &RunConfig,
+        run: &Path,
+        which: &str,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let mut model = Self::from_config(config, device)?;
         let dir = run.join("checkpoints").join(which);
         model.load(&dir, config.train.finetune)?;
         if config.train.finetune == Finetune::Lora {
             model.encoder = model.encoder.merge_lora()?;
         }
-        Ok((config, model))
+        Ok(model)
+    }
+}
+
+/// A run folder's `config.toml`, with its model folder at `model_folder` where given (it has
+/// moved since the run). Without one, a model folder that is not where the config says is an
+/// error saying what to do.
+pub(crate) fn run_config(run: &Path, model_folder: Option<&Path>) -> Result<RunConfig, TrainError> {
+    let config = crate::RunDir::open(run)?.read_config()?;
+    match model_folder {
+        Some(dir) => config
+            .with_model_folder(dir)
+            .map_err(|error| TrainError::Io {
+                path: dir.to_path_buf(),
+                error,
+            }),
+        // Said here rather than by the loader, which knows nothing of the run.
+        None if !config.model.path.is_dir() => Err(TrainError::Input(format!(
+            "{}: the model folder the run was trained from, {}, is not there (moved, or a \
+             relative path from another working directory): name where it lies now (--model DIR)",
+            run.join("config.toml").display(),
+            config.model.path.display()
+        ))),
+        None => Ok(config),
     }
 }

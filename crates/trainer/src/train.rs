@@ -798,7 +798,7 @@ impl Progress {
 }
 
 /// Validation metrics of a run's own validation rows, or of `data_file`'s, with the model in
-/// `checkpoints/<which>`.
+/// `checkpoints/<which>`. The rows are read and checked before the model is loaded.
 pub fn evaluate_run(
     run: &Path,
     which: &str,
@@ -806,9 +806,7 @@ pub fn evaluate_run(
     device: &Device,
     options: &InferenceOptions,
 ) -> Result<ValidationMetrics, TrainError> {
-    let (config, mut model) =
-        SentimentModel::from_run(run, which, options.model_folder.as_deref(), device)?;
-    model.encoder.set_product_precision(options.products);
+    let config = crate::model::run_config(run, options.model_folder.as_deref())?;
     // A file of its own needs none of the run's data files (which may not be here).
     let (set, tokenizer) = match data_file {
         None => {
@@ -827,6 +825,8 @@ pub fn evaluate_run(
             (set, tokenizer)
         }
     };
+    let mut model = SentimentModel::from_checkpoint(&config, run, which, device)?;
+    model.encoder.set_product_precision(options.products);
     let (metrics, _) = evaluate_set(
         &model,
         &set,

@@ -524,8 +524,14 @@ fn evaluate_predict_and_export_round_trip() {
         .to_string();
     assert!(text.contains("gone-train.jsonl"), "{text}");
 
-    // Bad input lines are refused before the model loads (the moved run's model folder is not
-    // there), naming the line; nothing is written.
+    // Bad input lines are refused before the model loads (from a folder with nothing in it
+    // here), naming the line; nothing is written.
+    let empty = f.root.join("empty-model");
+    std::fs::create_dir(&empty).unwrap();
+    let no_model = trainer::InferenceOptions {
+        model_folder: Some(empty),
+        ..Default::default()
+    };
     let first = inputs[0];
     let without_target = r#"{"text": "Shares rose"}"#;
     for (lines, expected) in [
@@ -546,12 +552,18 @@ fn evaluate_predict_and_export_round_trip() {
     ] {
         std::fs::write(&input, lines.join("\n")).unwrap();
         let unwritten = f.root.join("unwritten.jsonl");
-        let text = trainer::predict_file(&moved, &input, &unwritten, &device, &Default::default())
+        let text = trainer::predict_file(&moved, &input, &unwritten, &device, &no_model)
             .unwrap_err()
             .to_string();
         assert!(text.contains(expected), "{expected:?}: {text}");
         assert!(!unwritten.exists());
     }
+    // A good input gets as far as that folder.
+    std::fs::write(&input, first).unwrap();
+    let text = trainer::predict_file(&moved, &input, &output, &device, &no_model)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("empty-model"), "{text}");
     // A byte-order mark before the first line is not part of its JSON.
     std::fs::write(&input, format!("\u{feff}{first}")).unwrap();
     assert_eq!(
