@@ -807,8 +807,9 @@ pub fn evaluate_run(
     options: &InferenceOptions,
 ) -> Result<ValidationMetrics, TrainError> {
     let config = crate::model::run_config(run, options.model_folder.as_deref())?;
-    // A file of its own needs none of the run's data files (which may not be here).
-    let (set, tokenizer) = match data_file {
+    // A file of its own, or the run's validation file, needs none of the others (which may not
+    // be here); only a split of the training file needs that file.
+    let (set, tokenizer) = match data_file.or(config.data.valid.as_deref()) {
         None => {
             let data = RunData::load(&config, Some(run))?;
             (data.valid, data.tokenizer)

@@ -522,7 +522,12 @@ fn evaluate_predict_and_export_round_trip() {
     let text = trainer::evaluate_run(&moved, "best", None, &device, &moved_model)
         .unwrap_err()
         .to_string();
-    assert!(text.contains("gone-train.jsonl"), "{text}");
+    assert!(text.contains("gone-valid.jsonl"), "{text}");
+    // The run's own validation file is all its evaluation reads.
+    saved.data.valid = Some(f.root.join("valid.jsonl"));
+    RunDir::open(&moved).unwrap().write_config(&saved).unwrap();
+    let own = trainer::evaluate_run(&moved, "best", None, &device, &moved_model).unwrap();
+    assert_eq!((own.mse, own.n), (metrics.mse, metrics.n));
 
     // Bad input lines are refused before the model loads (from a folder with nothing in it
     // here), naming the line; nothing is written.
