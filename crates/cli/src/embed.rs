@@ -2,7 +2,7 @@
 //! implementation.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +17,7 @@ pub struct EmbedArgs {
     /// Weights file to use when the folder has several.
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// JSON Lines input, one object with a "text" field per line.
+    /// Texts: JSON Lines with a "text" field, or CSV or TSV with a "text" column.
     #[arg(long)]
     input: PathBuf,
     /// JSON Lines output: one {"embedding": [...]} per input line, in order.
@@ -49,7 +49,15 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         .max_len
         .unwrap_or_else(|| folder.config.max_input_len().min(512));
     let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, max_len)?;
-    let rows = read_texts(&args.input, &tokenizer)?;
+    // Any bad row is an error naming its line: each row is one line of output.
+    let rows = data::load_texts(&args.input, &data::LoadOptions::default())?
+        .iter()
+        .map(|row| {
+            tokenizer
+                .encode(&row.text, None)
+                .with_context(|| format!("{}: line {}", args.input.display(), row.line))
+        })
+        .collect::<Result<Vec<Encoded>>>()?;
     let mut model = folder.load_encoder(&device)?;
     model.set_product_precision(crate::product_precision(args.bf16_products));
 
@@ -86,30 +94,4 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         args.output.display()
     );
     Ok(())
-}
-
-fn read_texts(path: &PathBuf, tokenizer: &TextTokenizer) -> Result<Vec<Encoded>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let n = index + 1;
-        let line = line.with_context(|| format!("{}: line {n}: not UTF-8", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(line.trim_start_matches('\u{feff}'))
-            .with_context(|| format!("{}: line {n}: not JSON", path.display()))?;
-        let text = value
-            .get("text")
-            .and_then(|t| t.as_str())
-            .with_context(|| format!("{}: line {n}: no string field \"text\"", path.display()))?;
-        if text.trim().is_empty() {
-            bail!("{}: line {n}: empty text", path.display());
-        }
-        rows.push(tokenizer.encode(text, None)?);
-    }
-    if rows.is_empty() {
-        bail!("{}: no input lines", path.display());
-    }
-    Ok(rows)
 }

@@ -1,4 +1,4 @@
-//! `cli predict`: scores, classes and probabilities for JSON Lines texts.
+//! `cli predict`: scores, classes and probabilities for texts in a file.
 
 use std::path::PathBuf;
 
@@ -14,10 +14,12 @@ pub struct PredictArgs {
     /// config.toml says (the run or the model moved to another place or machine).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// JSON Lines with "text" (and "target" when the run used text+target pairs).
+    /// Texts to score: JSON Lines, CSV or TSV with the run's text field ("text" by default), and
+    /// its target field when the run used text+target pairs; a score, if present, is not read.
+    /// Any bad row is an error naming its line.
     #[arg(long)]
     input: PathBuf,
-    /// JSON Lines output, one line per input line, in order.
+    /// JSON Lines output, one line per input row, in order.
     #[arg(long)]
     output: PathBuf,
     /// cpu, cuda or cuda:N.

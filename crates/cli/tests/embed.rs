@@ -76,6 +76,34 @@ fn embed_writes_h_in_input_order() {
     let (_, expected) = tensor_f32(&golden["H"]);
     let delta = max_abs_diff(&got, &expected);
     assert!(delta <= 1e-5, "max |Δ| {delta}");
+
+    // The same texts as TSV: the same file out.
+    let tsv = dir.join("in.tsv");
+    let rows: Vec<String> = golden["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("7\t{}", s.as_str().unwrap()))
+        .collect();
+    std::fs::write(&tsv, format!("id\ttext\n{}\n", rows.join("\n"))).unwrap();
+    let from_tsv = dir.join("out-tsv.jsonl");
+    let run = cli(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        tsv.to_str().unwrap(),
+        "--output",
+        from_tsv.to_str().unwrap(),
+        "--batch-size",
+        "3",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&from_tsv).unwrap(), text);
 }
 
 #[test]
@@ -91,7 +119,7 @@ fn embed_reports_bad_input_lines() {
         ("{\"text\": \"fine\"}\n{not json\n", "line 2: not JSON"),
         (
             "{\"text\": \"fine\"}\n{\"txt\": \"x\"}\n",
-            "line 2: no string field \"text\"",
+            "line 2: missing field `text`",
         ),
         ("{\"text\": \"   \"}\n", "line 1: empty text"),
     ] {

@@ -1,7 +1,8 @@
 //! Training data for the sentiment model: rows of (text, optional target, score `y ∈ [-1, 1]`)
 //! read from JSON Lines, CSV or TSV and validated row by row, the 5-class label `z` derived from
 //! `y` (DAO-SPEC.md, Data), the seeded train/validation split by unique text, tokenization
-//! once per run, and deterministic, resumable batches as burn tensors.
+//! once per run, and deterministic, resumable batches as burn tensors; and texts to score,
+//! from the same formats ([`load_texts`]).
 //!
 //! ```no_run
 //! use data::{load_splits, BatchOptions, DataConfig, TokenizedSet};
@@ -36,7 +37,9 @@ pub use batch::{epoch_plan, Batch, BatchOptions, EpochBatches};
 pub use config::{BadRowPolicy, ClassThresholds, DataConfig, InputMode};
 pub use error::{DataError, RowProblem};
 pub use labels::{class_counts, score_class, NUM_CLASSES};
-pub use load::{load, rejected_path, Dataset, Example, FileFormat, LoadOptions};
+pub use load::{
+    load, load_texts, rejected_path, Dataset, Example, FileFormat, LoadOptions, TextRow,
+};
 pub use rng::SplitMix64;
 pub use split::{split_by_text, text_key};
 pub use stats::{DatasetStats, LengthStats};

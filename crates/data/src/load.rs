@@ -1,4 +1,5 @@
-//! Reading (text, target, score) rows from JSON Lines, CSV or TSV, validating every row.
+//! Reading (text, target, score) rows from JSON Lines, CSV or TSV, validating every row; and
+//! texts to score (no score needed) from the same formats ([`load_texts`]).
 //!
 //! Files are streamed: memory holds the kept rows only. A bad row either stops the load with
 //! an error naming the file and line, or (policy `skip`) is written unchanged to the rejected
@@ -26,6 +27,16 @@ pub struct Example {
     pub score: f32,
     /// The 5-class label `z` of `score`.
     pub class: u8,
+    /// 1-based line of the row in its file (where a CSV record starts).
+    pub line: u64,
+}
+
+/// A text to score, as [`load_texts`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextRow {
+    pub text: String,
+    /// The entity to score the text about, when the file has one for this row.
+    pub target: Option<String>,
     /// 1-based line of the row in its file (where a CSV record starts).
     pub line: u64,
 }
@@ -121,11 +132,12 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Dataset, DataError> {
         path: path.to_path_buf(),
     })?;
     let mut sink = Rejects::new(path, options);
-    let examples = match format {
-        FileFormat::JsonLines => read_json_lines(path, options, &mut sink)?,
-        FileFormat::Csv => read_delimited(path, b',', true, options, &mut sink)?,
-        FileFormat::Tsv => read_delimited(path, b'\t', false, options, &mut sink)?,
+    let rows = Rows {
+        options,
+        scored: true,
+        make: example,
     };
+    let examples = read_rows(path, format, &rows, &mut sink)?;
     let (rejected, rejected_file) = sink.finish()?;
     if examples.is_empty() {
         let detail = match &rejected_file {
@@ -150,6 +162,58 @@ pub fn load(path: &Path, options: &LoadOptions) -> Result<Dataset, DataError> {
         rejected,
         rejected_file,
     })
+}
+
+/// The texts of `path` to score (`predict`, `embed`): each row's text, and its target where the
+/// file has one (required under `options.require_target`), in the formats and with the field
+/// names of [`load`]; a score, where there is one, is not read. Blank lines are passed over.
+/// Any bad row is an error naming its line, whatever `options.on_bad_row` says: each row
+/// stands for one line of output, so none may go missing. A file with no rows is an error too.
+pub fn load_texts(path: &Path, options: &LoadOptions) -> Result<Vec<TextRow>, DataError> {
+    let format = FileFormat::of(path).ok_or_else(|| DataError::UnknownFormat {
+        path: path.to_path_buf(),
+    })?;
+    let options = LoadOptions {
+        on_bad_row: BadRowPolicy::Error,
+        ..options.clone()
+    };
+    let mut errors_only = Rejects::new(path, &options);
+    let rows = Rows {
+        options: &options,
+        scored: false,
+        make: text_row,
+    };
+    let texts = read_rows(path, format, &rows, &mut errors_only)?;
+    if texts.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+            detail: String::new(),
+        });
+    }
+    Ok(texts)
+}
+
+/// What a reader makes of each row.
+struct Rows<'o, R> {
+    options: &'o LoadOptions,
+    /// Whether rows carry a score: the score column is required and a blank JSON line is a bad
+    /// row. Texts to score need no score, and their blank lines are passed over.
+    scored: bool,
+    /// The row from its text, score and target fields, validated.
+    make: fn(Field, Field, Field, u64, &LoadOptions) -> Result<R, RowProblem>,
+}
+
+fn read_rows<R>(
+    path: &Path,
+    format: FileFormat,
+    rows: &Rows<R>,
+    rejects: &mut Rejects,
+) -> Result<Vec<R>, DataError> {
+    match format {
+        FileFormat::JsonLines => read_json_lines(path, rows, rejects),
+        FileFormat::Csv => read_delimited(path, b',', true, rows, rejects),
+        FileFormat::Tsv => read_delimited(path, b'\t', false, rows, rejects),
+    }
 }
 
 /// The rejected-lines file, created on the first rejection.
@@ -243,6 +307,52 @@ impl<'a> Field<'a> {
     }
 }
 
+fn wrong_type(field: &str, expected: &'static str) -> RowProblem {
+    RowProblem::WrongType {
+        field: field.to_string(),
+        expected,
+    }
+}
+
+/// A row's text: a string with something in it.
+fn text_of(text: Field, options: &LoadOptions) -> Result<String, RowProblem> {
+    match text {
+        Field::Missing => Err(RowProblem::MissingField(options.text_field.clone())),
+        Field::Text(t) if t.trim().is_empty() => Err(RowProblem::EmptyText),
+        Field::Text(t) => Ok(t.to_string()),
+        _ => Err(wrong_type(&options.text_field, "a string")),
+    }
+}
+
+/// A row's target: a string, or none (empty counts as none); required under `require_target`.
+fn target_of(target: Field, options: &LoadOptions) -> Result<Option<String>, RowProblem> {
+    let target = match target {
+        Field::Missing => None,
+        Field::Text(t) if t.trim().is_empty() => None,
+        Field::Text(t) => Some(t.to_string()),
+        _ => return Err(wrong_type(&options.target_field, "a string or null")),
+    };
+    if options.require_target && target.is_none() {
+        return Err(RowProblem::MissingField(options.target_field.clone()));
+    }
+    Ok(target)
+}
+
+/// A text to score: its text and target validated, its score (if any) not read.
+fn text_row(
+    text: Field,
+    _score: Field,
+    target: Field,
+    line: u64,
+    options: &LoadOptions,
+) -> Result<TextRow, RowProblem> {
+    Ok(TextRow {
+        text: text_of(text, options)?,
+        target: target_of(target, options)?,
+        line,
+    })
+}
+
 /// Validates the three fields of a row and derives its class.
 fn example(
     text: Field,
@@ -251,16 +361,8 @@ fn example(
     line: u64,
     options: &LoadOptions,
 ) -> Result<Example, RowProblem> {
-    let wrong = |field: &str, expected| RowProblem::WrongType {
-        field: field.to_string(),
-        expected,
-    };
-    let text = match text {
-        Field::Missing => return Err(RowProblem::MissingField(options.text_field.clone())),
-        Field::Text(t) if t.trim().is_empty() => return Err(RowProblem::EmptyText),
-        Field::Text(t) => t.to_string(),
-        _ => return Err(wrong(&options.text_field, "a string")),
-    };
+    let wrong = wrong_type;
+    let text = text_of(text, options)?;
     let score = match score {
         Field::Missing => return Err(RowProblem::MissingField(options.score_field.clone())),
         Field::Number(y) => y,
@@ -280,15 +382,7 @@ fn example(
     if !(-1.0..=1.0).contains(&score) {
         return Err(RowProblem::ScoreOutOfRange(score));
     }
-    let target = match target {
-        Field::Missing => None,
-        Field::Text(t) if t.trim().is_empty() => None,
-        Field::Text(t) => Some(t.to_string()),
-        _ => return Err(wrong(&options.target_field, "a string or null")),
-    };
-    if options.require_target && target.is_none() {
-        return Err(RowProblem::MissingField(options.target_field.clone()));
-    }
+    let target = target_of(target, options)?;
     // Labels are compared in f32, the type the model trains on (DAO-SPEC.md, Data).
     let score = score as f32;
     Ok(Example {
@@ -300,11 +394,11 @@ fn example(
     })
 }
 
-fn read_json_lines(
+fn read_json_lines<R>(
     path: &Path,
-    options: &LoadOptions,
+    rows: &Rows<R>,
     rejects: &mut Rejects,
-) -> Result<Vec<Example>, DataError> {
+) -> Result<Vec<R>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut examples = Vec::new();
@@ -324,7 +418,10 @@ fn read_json_lines(
         } else {
             &buf
         };
-        match json_row(raw, line, options) {
+        if !rows.scored && raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match json_row(raw, line, rows) {
             Ok(example) => examples.push(example),
             Err(problem) => rejects.reject(line, problem, raw)?,
         }
@@ -332,7 +429,8 @@ fn read_json_lines(
     Ok(examples)
 }
 
-fn json_row(raw: &[u8], line: u64, options: &LoadOptions) -> Result<Example, RowProblem> {
+fn json_row<R>(raw: &[u8], line: u64, rows: &Rows<R>) -> Result<R, RowProblem> {
+    let options = rows.options;
     let text = std::str::from_utf8(raw).map_err(|_| RowProblem::InvalidUtf8)?;
     if text.trim().is_empty() {
         return Err(RowProblem::BlankLine);
@@ -342,7 +440,7 @@ fn json_row(raw: &[u8], line: u64, options: &LoadOptions) -> Result<Example, Row
     let Value::Object(object) = value else {
         return Err(RowProblem::NotObject);
     };
-    example(
+    (rows.make)(
         Field::of_json(object.get(&options.text_field)),
         Field::of_json(object.get(&options.score_field)),
         Field::of_json(object.get(&options.target_field)),
@@ -361,13 +459,14 @@ fn json_message(error: &serde_json::Error) -> String {
     }
 }
 
-fn read_delimited(
+fn read_delimited<R>(
     path: &Path,
     delimiter: u8,
     quoting: bool,
-    options: &LoadOptions,
+    rows: &Rows<R>,
     rejects: &mut Rejects,
-) -> Result<Vec<Example>, DataError> {
+) -> Result<Vec<R>, DataError> {
+    let options = rows.options;
     let io = |e| DataError::io(path, e);
     let mut file = File::open(path).map_err(io)?;
     let mut head = [0u8; 3];
@@ -420,7 +519,10 @@ fn read_delimited(
         })
     };
     let text_col = column(&options.text_field).ok_or_else(|| missing(&options.text_field))?;
-    let score_col = column(&options.score_field).ok_or_else(|| missing(&options.score_field))?;
+    let score_col = column(&options.score_field);
+    if rows.scored && score_col.is_none() {
+        return Err(missing(&options.score_field));
+    }
     let target_col = column(&options.target_field);
     if options.require_target && target_col.is_none() {
         return Err(missing(&options.target_field));
@@ -452,7 +554,7 @@ fn read_delimited(
             &record,
             columns.len(),
             line,
-            options,
+            rows,
             (text_col, score_col, target_col),
         ) {
             Ok(example) => examples.push(example),
@@ -462,13 +564,13 @@ fn read_delimited(
     Ok(examples)
 }
 
-fn delimited_row(
+fn delimited_row<R>(
     record: &csv::ByteRecord,
     expected: usize,
     line: u64,
-    options: &LoadOptions,
-    (text, score, target): (usize, usize, Option<usize>),
-) -> Result<Example, RowProblem> {
+    rows: &Rows<R>,
+    (text, score, target): (usize, Option<usize>, Option<usize>),
+) -> Result<R, RowProblem> {
     let mut cells = Vec::with_capacity(expected);
     for cell in record.iter() {
         cells.push(std::str::from_utf8(cell).map_err(|_| RowProblem::InvalidUtf8)?);
@@ -486,12 +588,12 @@ fn delimited_row(
             cells.len()
         )));
     }
-    example(
+    (rows.make)(
         Field::of_cell(cells.get(text).copied()),
-        Field::of_cell(cells.get(score).copied()),
+        Field::of_cell(score.and_then(|s| cells.get(s).copied())),
         Field::of_cell(target.and_then(|t| cells.get(t).copied())),
         line,
-        options,
+        rows.options,
     )
 }
 

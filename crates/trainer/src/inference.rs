@@ -1,7 +1,6 @@
 //! Inference with a trained model: validation metrics over a tokenized set, predictions for
-//! JSON Lines inputs.
+//! texts in a file.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::activation::softmax;
@@ -87,9 +86,10 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
 }
 
-/// Reads `input` (JSON Lines with `text`, and `target` when the run used text pairs), runs the
-/// run's best model and writes one JSON line per input line (blank ones skipped), in order, to
-/// `output`. The whole input is read and checked before the model is loaded.
+/// Reads `input` (JSON Lines, CSV or TSV with the run's text field, and its target field when
+/// the run used text pairs: [`data::load_texts`]), runs the run's best model and writes one
+/// JSON line per row, in order, to `output`. The whole input is read and checked before the
+/// model is loaded.
 pub fn predict_file(
     run: &Path,
     input: &Path,
@@ -99,7 +99,8 @@ pub fn predict_file(
 ) -> Result<usize, TrainError> {
     let config = run_config(run, options.model_folder.as_deref())?;
     let pairs = config.data.input == InputMode::TextTarget;
-    let rows = read_inputs(input, pairs)?;
+    // The run's own field names; any bad row is an error (one output line per row).
+    let rows = data::load_texts(input, &config.data_config().load_options())?;
     let tokenizer = RunData::tokenizer(&config)?;
     let mut model = SentimentModel::from_checkpoint(&config, run, "best", device)?;
     model.encoder.set_product_precision(options.products);
@@ -108,23 +109,26 @@ pub fn predict_file(
     for chunk in rows.chunks(config.train.batch_size.max(1)) {
         let encoded: Vec<Encoded> = chunk
             .iter()
-            .map(|(text, target)| {
-                tokenizer.encode(text, if pairs { target.as_deref() } else { None })
+            .map(|row| {
+                let target = if pairs { row.target.as_deref() } else { None };
+                tokenizer.encode(&row.text, target).map_err(|e| {
+                    TrainError::Input(format!("{}: line {}: {e}", input.display(), row.line))
+                })
             })
             .collect::<Result<_, _>>()?;
         let refs: Vec<&Encoded> = encoded.iter().collect();
         let out = model.forward(pad_batch(&refs, tokenizer.pad_id(), device), None);
         let scores = to_vec(out.scores)?;
         let probabilities = to_vec(softmax(out.logits, 1))?;
-        for (i, (text, target)) in chunk.iter().enumerate() {
+        for (i, row) in chunk.iter().enumerate() {
             let p = probabilities[i * NUM_CLASSES..(i + 1) * NUM_CLASSES].to_vec();
             let class = p
                 .iter()
                 .enumerate()
                 .fold(0, |best, (k, &v)| if v > p[best] { k } else { best });
             let prediction = Prediction {
-                text: text.clone(),
-                target: if pairs { target.clone() } else { None },
+                text: row.text.clone(),
+                target: if pairs { row.target.clone() } else { None },
                 score: scores[i],
                 class,
                 probabilities: p,
@@ -141,51 +145,4 @@ pub fn predict_file(
         error,
     })?;
     Ok(lines.len())
-}
-
-/// `predict`'s input rows: `(text, target)` of each line that is not blank. An error names
-/// the line: not UTF-8 or not JSON, no string `text` or an empty one, no string `target` where
-/// the run used pairs; a file with no rows is one too.
-fn read_inputs(input: &Path, pairs: bool) -> Result<Vec<(String, Option<String>)>, TrainError> {
-    let file = std::fs::File::open(input).map_err(|error| TrainError::Io {
-        path: input.to_path_buf(),
-        error,
-    })?;
-    let mut rows = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let bad = |m: &str| TrainError::Input(format!("{}:{}: {m}", input.display(), i + 1));
-        let line = line.map_err(|e| bad(&e.to_string()))?;
-        // A byte-order mark some editors put at the start of a file is not part of the JSON.
-        let line = line.trim_start_matches('\u{feff}');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
-        let text = value
-            .get("text")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| bad("no string field `text`"))?
-            .to_string();
-        if text.trim().is_empty() {
-            return Err(bad("empty `text`"));
-        }
-        let target = value
-            .get("target")
-            .and_then(|t| t.as_str())
-            .map(String::from);
-        if pairs && target.is_none() {
-            return Err(bad(
-                "the run used text+target pairs: a string `target` is needed",
-            ));
-        }
-        rows.push((text, target));
-    }
-    if rows.is_empty() {
-        return Err(TrainError::Input(format!(
-            "{}: no rows (every line blank)",
-            input.display()
-        )));
-    }
-    Ok(rows)
 }

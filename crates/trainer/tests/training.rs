@@ -540,20 +540,20 @@ fn evaluate_predict_and_export_round_trip() {
     let first = inputs[0];
     let without_target = r#"{"text": "Shares rose"}"#;
     for (lines, expected) in [
-        (vec![first, "not json"], "input.jsonl:2: expected"),
+        (vec![first, "not json"], "input.jsonl: line 2: not JSON"),
         (
             vec![first, "", r#"{"text": " ", "target": "X"}"#],
-            "input.jsonl:3: empty `text`",
+            "input.jsonl: line 3: empty text",
         ),
         (
             vec![r#"{"target": "X"}"#],
-            "input.jsonl:1: no string field `text`",
+            "input.jsonl: line 1: missing field `text`",
         ),
         (
             vec![without_target],
-            "input.jsonl:1: the run used text+target pairs",
+            "input.jsonl: line 1: missing field `target`",
         ),
-        (vec!["", " "], "no rows"),
+        (vec!["", " "], "input.jsonl: no rows"),
     ] {
         std::fs::write(&input, lines.join("\n")).unwrap();
         let unwritten = f.root.join("unwritten.jsonl");
@@ -574,6 +574,33 @@ fn evaluate_predict_and_export_round_trip() {
     assert_eq!(
         trainer::predict_file(&out, &input, &output, &device, &Default::default()).unwrap(),
         1
+    );
+    // The same texts as CSV (a blank line passed over, a score column not read): the same
+    // predictions as from JSON Lines.
+    let csv = f.root.join("input.csv");
+    let mut table = String::from("target,score,text\n");
+    for (i, line) in inputs.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let text = v["text"].as_str().unwrap();
+        table += &format!(
+            "{},x,{}\n",
+            quoted(v["target"].as_str().unwrap()),
+            quoted(text)
+        );
+        if i == 1 {
+            table += "\n";
+        }
+    }
+    std::fs::write(&csv, table).unwrap();
+    let from_csv = f.root.join("pred-csv.jsonl");
+    assert_eq!(
+        trainer::predict_file(&out, &csv, &from_csv, &device, &Default::default()).unwrap(),
+        5
+    );
+    assert_eq!(
+        std::fs::read_to_string(&from_csv).unwrap(),
+        std::fs::read_to_string(&moved_output).unwrap()
     );
 }
 
