@@ -20,7 +20,7 @@ pub struct EmbedArgs {
     /// Texts: JSON Lines with a "text" field, or CSV or TSV with a "text" column.
     #[arg(long)]
     input: PathBuf,
-    /// JSON Lines output: one {"embedding": [...]} per input line, in order.
+    /// JSON Lines output: one {"embedding": [...]} per input row, in order.
     #[arg(long)]
     output: PathBuf,
     /// Truncation length in tokens (default: what the model allows, at most 512).

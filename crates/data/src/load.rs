@@ -361,7 +361,6 @@ fn example(
     line: u64,
     options: &LoadOptions,
 ) -> Result<Example, RowProblem> {
-    let wrong = wrong_type;
     let text = text_of(text, options)?;
     let score = match score {
         Field::Missing => return Err(RowProblem::MissingField(options.score_field.clone())),
@@ -374,7 +373,7 @@ fn example(
             .trim()
             .parse::<f64>()
             .map_err(|_| RowProblem::ScoreNotFinite(s.to_string()))?,
-        Field::Other => return Err(wrong(&options.score_field, "a number")),
+        Field::Other => return Err(wrong_type(&options.score_field, "a number")),
     };
     if !score.is_finite() {
         return Err(RowProblem::ScoreNotFinite(score.to_string()));
@@ -401,7 +400,7 @@ fn read_json_lines<R>(
 ) -> Result<Vec<R>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
-    let mut examples = Vec::new();
+    let mut kept = Vec::new();
     let mut buf = Vec::new();
     let mut line = 0u64;
     loop {
@@ -422,11 +421,11 @@ fn read_json_lines<R>(
             continue;
         }
         match json_row(raw, line, rows) {
-            Ok(example) => examples.push(example),
+            Ok(row) => kept.push(row),
             Err(problem) => rejects.reject(line, problem, raw)?,
         }
     }
-    Ok(examples)
+    Ok(kept)
 }
 
 fn json_row<R>(raw: &[u8], line: u64, rows: &Rows<R>) -> Result<R, RowProblem> {
@@ -531,7 +530,7 @@ fn read_delimited<R>(
     raw.read(0, header_end).map_err(io)?;
     rejects.preamble = raw.bytes.clone();
 
-    let mut examples = Vec::new();
+    let mut kept = Vec::new();
     loop {
         let start = csv.position().clone();
         // With byte records and `flexible`, the csv reader fails only on I/O: not a row
@@ -557,11 +556,11 @@ fn read_delimited<R>(
             rows,
             (text_col, score_col, target_col),
         ) {
-            Ok(example) => examples.push(example),
+            Ok(row) => kept.push(row),
             Err(problem) => rejects.reject(line, problem, &raw.bytes[blank..])?,
         }
     }
-    Ok(examples)
+    Ok(kept)
 }
 
 fn delimited_row<R>(
