@@ -19,6 +19,21 @@ fn assert_clean_failure(output: &Output, expected: &str) {
     );
 }
 
+/// `cli embed --model MODEL --input INPUT --output OUTPUT EXTRA…`.
+fn embed(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
 fn write_inputs(dir: &Path, golden: &serde_json::Value) -> PathBuf {
     let input = dir.join("in.jsonl");
     let lines: Vec<String> = golden["sentences"]
@@ -43,17 +58,7 @@ fn embed_writes_h_in_input_order() {
     let input = write_inputs(&dir, &golden);
     let output = dir.join("out.jsonl");
     // Batch size 3 with 4 rows: two batches padded differently, order kept.
-    let run = cli(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--batch-size",
-        "3",
-    ]);
+    let run = embed(&model, &input, &output, &["--batch-size", "3"]);
     assert!(
         run.status.success(),
         "{}",
@@ -87,17 +92,7 @@ fn embed_writes_h_in_input_order() {
         .collect();
     std::fs::write(&tsv, format!("id\ttext\n{}\n", rows.join("\n"))).unwrap();
     let from_tsv = dir.join("out-tsv.jsonl");
-    let run = cli(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        tsv.to_str().unwrap(),
-        "--output",
-        from_tsv.to_str().unwrap(),
-        "--batch-size",
-        "3",
-    ]);
+    let run = embed(&model, &tsv, &from_tsv, &["--batch-size", "3"]);
     assert!(
         run.status.success(),
         "{}",
@@ -125,16 +120,7 @@ fn embed_reports_bad_input_lines() {
     ] {
         let input = dir.join("in.jsonl");
         std::fs::write(&input, content).unwrap();
-        let run = cli(&[
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ]);
-        assert_clean_failure(&run, expected);
+        assert_clean_failure(&embed(&model, &input, &output, &[]), expected);
         assert!(!output.exists(), "no partial output on failure");
     }
 }
@@ -156,19 +142,7 @@ fn embed_reports_broken_model_folders() {
     for name in ["config.json", "model.safetensors"] {
         std::fs::copy(model.join(name), broken.join(name)).unwrap();
     }
-    let run = |model: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        cli(&args)
-    };
+    let run = |model: &Path, extra: &[&str]| embed(model, &input, &output, extra);
     assert_clean_failure(&run(&broken, &[]), "tokenizer.json not found");
     assert_clean_failure(&run(&dir.join("absent"), &[]), "model folder not found");
     assert_clean_failure(&run(&model, &["--device", "tpu"]), "unknown device `tpu`");
