@@ -808,24 +808,21 @@ pub fn evaluate_run(
 ) -> Result<ValidationMetrics, TrainError> {
     let config = crate::model::run_config(run, options.model_folder.as_deref())?;
     // A file of its own, or the run's validation file, needs none of the others (which may not
-    // be here); only a split of the training file needs that file.
-    let (set, tokenizer) = match data_file.or(config.data.valid.as_deref()) {
-        None => {
-            let data = RunData::load(&config, Some(run))?;
-            (data.valid, data.tokenizer)
-        }
+    // be here); a split of the training file needs that file, but only its validation rows are
+    // tokenized.
+    let data_config = config.data_config();
+    let rows = match data_file.or(config.data.valid.as_deref()) {
+        None => data::load_splits(&data_config, Some(run))?.valid,
         Some(file) => {
-            let tokenizer = RunData::tokenizer(&config)?;
-            let data_config = config.data_config();
             let options = data::LoadOptions {
                 rejected_dir: Some(run.to_path_buf()),
                 ..data_config.load_options()
             };
-            let dataset = data::load(file, &options)?;
-            let set = TokenizedSet::new(&dataset, &tokenizer, data_config.input, None)?;
-            (set, tokenizer)
+            data::load(file, &options)?
         }
     };
+    let tokenizer = RunData::tokenizer(&config)?;
+    let set = TokenizedSet::new(&rows, &tokenizer, data_config.input, None)?;
     let mut model = SentimentModel::from_checkpoint(&config, run, which, device)?;
     model.encoder.set_product_precision(options.products);
     let (metrics, _) = evaluate_set(

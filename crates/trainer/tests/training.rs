@@ -369,6 +369,40 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     }
 }
 
+/// A run whose validation rows were split off its training file: `evaluate` makes the same
+/// split again and scores the same rows as training did, with the data files in place or not.
+#[test]
+fn evaluate_a_run_validated_on_a_split_of_its_training_file() {
+    let Some(f) = fixture("evaluate_a_run_validated_on_a_split_of_its_training_file") else {
+        return;
+    };
+    let mut config = config(&f, &["train.epochs=1"]);
+    config.data.valid = None;
+    let out = f.root.join("run");
+    let summary = run_to_end(&config, &out);
+    let row = &summary.epochs[0];
+    let device = Device::flex();
+
+    let metrics = trainer::evaluate_run(&out, "best", None, &device, &Default::default()).unwrap();
+    let splits = data::load_splits(&config.data_config(), None).unwrap();
+    assert_eq!(metrics.n, splits.valid.len());
+    assert!(metrics.n > 0 && metrics.n < 60, "{}", metrics.n);
+    assert!(
+        (metrics.mse - row.mse).abs() < 1e-6,
+        "{} vs {}",
+        metrics.mse,
+        row.mse
+    );
+    assert_eq!(metrics.accuracy, row.accuracy);
+
+    // The split needs the training file: gone, evaluate names it.
+    std::fs::remove_file(f.root.join("train.jsonl")).unwrap();
+    let text = trainer::evaluate_run(&out, "best", None, &device, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("train.jsonl"), "{text}");
+}
+
 #[test]
 fn evaluate_predict_and_export_round_trip() {
     let Some(f) = fixture("evaluate_predict_and_export_round_trip") else {
