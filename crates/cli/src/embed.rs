@@ -26,7 +26,8 @@ pub struct EmbedArgs {
     /// Truncation length in tokens (default: what the model allows, at most 512).
     #[arg(long)]
     max_len: Option<usize>,
-    /// Texts per forward pass.
+    /// Texts per forward pass (texts of similar length are batched together; the output keeps
+    /// the input's order).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// cpu, cuda or cuda:N.
@@ -67,22 +68,27 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
     );
     let progress = trainer::RowsProgress::new(true, rows.len(), "embed");
-    for chunk in rows.chunks(args.batch_size) {
-        let refs: Vec<&Encoded> = chunk.iter().collect();
-        let input = pad_batch(&refs, tokenizer.pad_id(), &device);
-        let h = model.first_token(input);
-        let [batch, hidden] = h.dims();
-        let values = h
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading embeddings back: {e:?}"))?;
-        for row in 0..batch {
-            let embedding = &values[row * hidden..(row + 1) * hidden];
+    let lengths: Vec<usize> = rows.iter().map(|row| row.ids.len()).collect();
+    trainer::in_length_order(
+        &lengths,
+        args.batch_size,
+        |chunk| {
+            let refs: Vec<&Encoded> = chunk.iter().map(|&i| &rows[i]).collect();
+            let h = model.first_token(pad_batch(&refs, tokenizer.pad_id(), &device));
+            let [_, hidden] = h.dims();
+            let values = h
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading embeddings back: {e:?}"))?;
+            progress.advance(chunk.len());
+            Ok(values.chunks_exact(hidden).map(<[f32]>::to_vec).collect())
+        },
+        |embedding| {
             serde_json::to_writer(&mut out, &serde_json::json!({ "embedding": embedding }))?;
             out.write_all(b"\n")?;
-        }
-        progress.advance(chunk.len());
-    }
+            Ok::<_, anyhow::Error>(())
+        },
+    )?;
     drop(progress);
     out.flush()?;
     drop(out);

@@ -40,7 +40,9 @@ pub use config::{
     WeightingConfig, WeightingStrategy, ENV_PREFIX, ENV_SEPARATOR,
 };
 pub use export::{export_run, HEADS_FILE};
-pub use inference::{evaluate_set, predict_file, InferenceOptions, Prediction, Predictions};
+pub use inference::{
+    evaluate_set, in_length_order, predict_file, InferenceOptions, Prediction, Predictions,
+};
 pub use metrics::{MetricsError, ValidationAccumulator, ValidationMetrics, NUM_CLASSES};
 pub use model::{SentimentModel, MODEL_FILE};
 pub use optimizer::{AdamW, AdamWSettings, OptimizerStateError};

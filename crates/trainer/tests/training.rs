@@ -426,6 +426,43 @@ fn evaluate_predict_and_export_round_trip() {
     assert_eq!(metrics.accuracy, row.accuracy);
     assert_eq!(metrics.n, 20);
 
+    // Batches run their rows sorted by length: each row's outputs come back in row order, and
+    // equal (to float rounding) those of the same rows run all in one batch, in file order
+    // within it. One batch pads to the longest row, batches of 7 to lengths near each row's.
+    let (saved, model) = trainer::SentimentModel::from_run(&out, "best", None, &device).unwrap();
+    let folder = ModelFolder::open(&saved.model.path, None).unwrap();
+    let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, 48).unwrap();
+    let rows = data::load(&f.root.join("valid.jsonl"), &Default::default()).unwrap();
+    let set = data::TokenizedSet::new(&rows, &tokenizer, saved.data_config().input, None).unwrap();
+    let lengths = set.lengths();
+    assert!(lengths.windows(2).any(|w| w[0] < w[1]) && lengths.windows(2).any(|w| w[0] > w[1]));
+    let hidden = trainer::RowsProgress::new(false, set.len(), "test");
+    let evaluate = |batch_size| {
+        let pad = tokenizer.pad_id();
+        trainer::evaluate_set(&model, &set, batch_size, pad, &device, &hidden).unwrap()
+    };
+    let (one_metrics, one) = evaluate(set.len());
+    let (sorted_metrics, sorted) = evaluate(7);
+    let largest = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let delta = largest(&sorted.scores, &one.scores).max(largest(&sorted.logits, &one.logits));
+    assert!(
+        delta < 1e-6,
+        "sorted batches differ from one batch by {delta}"
+    );
+    let mse_delta = (sorted_metrics.mse - one_metrics.mse).abs();
+    assert!(
+        mse_delta < 1e-7,
+        "sorted batches' MSE differs by {mse_delta}"
+    );
+    assert_eq!(sorted_metrics.accuracy, one_metrics.accuracy);
+    assert_eq!(sorted_metrics.n, one_metrics.n);
+
     // predict: one line per input, in order, probabilities summing to 1.
     let valid = std::fs::read_to_string(f.root.join("valid.jsonl")).unwrap();
     let input = f.root.join("input.jsonl");
@@ -442,10 +479,13 @@ fn evaluate_predict_and_export_round_trip() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 5);
-    for (line, input) in lines.iter().zip(&inputs) {
+    for (i, (line, input)) in lines.iter().zip(&inputs).enumerate() {
         let input: serde_json::Value = serde_json::from_str(input).unwrap();
         assert_eq!(line["text"], input["text"]);
         assert_eq!(line["target"], input["target"]);
+        // Each line's score is its own row's (the rows ran sorted by length).
+        let score = line["score"].as_f64().unwrap() as f32;
+        assert!((score - one.scores[i]).abs() < 1e-6, "line {i}: {score}");
         let p: Vec<f64> = line["probabilities"]
             .as_array()
             .unwrap()
