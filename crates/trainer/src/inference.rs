@@ -44,17 +44,16 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {
 }
 
 /// Rows of [`in_length_order`]'s window: `batch_size` times this. A window's outputs wait for
-/// its last batch, so this bounds what is held back (and a progress bar's stride).
+/// its last batch, so this bounds what is held back.
 const WINDOW_BATCHES: usize = 64;
 
 /// Runs `batch` over every row (`lengths[row]`: its token count), `batch_size` rows at a time,
-/// and hands `emit` each row's output in row order. The rows of each window of
-/// [`WINDOW_BATCHES`] batches run longest first, sorted by length, so that a batch pads its
-/// rows to lengths near their own instead of to the longest of its neighbours in the file (the
-/// time of a batch grows with its padded length, its attention with the square). A row's
-/// outputs depend on the rows beside it only by float rounding (≈ 2·10⁻⁷ on the tiny test
-/// model, tested), as they did in file order. `batch` gets the rows of one batch and returns
-/// one output each.
+/// and hands `emit` each row's output in row order. The rows of each window of 64 batches run
+/// longest first, sorted by length, so that a batch pads its rows to lengths near their own
+/// instead of to the longest of its neighbours in the file (the time of a batch grows with its
+/// padded length, its attention with the square). A row's outputs depend on the rows beside it
+/// only by float rounding (≈ 2·10⁻⁷ on the tiny test model, tested), as they did in file
+/// order. `batch` gets the rows of one batch and returns one output each.
 pub fn in_length_order<T, E>(
     lengths: &[usize],
     batch_size: usize,
