@@ -20,6 +20,10 @@ pub struct EvaluateArgs {
     /// Print one JSON object (mse, mae, rmse, r2, accuracy, precision, recall, f1, n).
     #[arg(long)]
     json: bool,
+    /// Texts per forward pass (default: the run's train.batch_size). Texts of similar length
+    /// are batched together; the output keeps the input's order.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: Option<u32>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -37,6 +41,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         model_folder: args.model,
         products: crate::product_precision(args.bf16_products),
         progress: true,
+        batch_size: args.batch_size.map(|n| n as usize),
     };
     let m = trainer::evaluate_run(&args.run, "best", args.data.as_deref(), &device, &options)?;
     if args.json {

@@ -22,6 +22,10 @@ pub struct PredictArgs {
     /// JSON Lines output, one line per input row, in order.
     #[arg(long)]
     output: PathBuf,
+    /// Texts per forward pass (default: the run's train.batch_size). Texts of similar length
+    /// are batched together; the output keeps the input's order.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: Option<u32>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -39,6 +43,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         model_folder: args.model,
         products: crate::product_precision(args.bf16_products),
         progress: true,
+        batch_size: args.batch_size.map(|n| n as usize),
     };
     let n = trainer::predict_file(&args.run, &args.input, &args.output, &device, &options)?;
     eprintln!("{n} predictions written to {}", args.output.display());

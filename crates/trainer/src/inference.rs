@@ -25,6 +25,15 @@ pub struct InferenceOptions {
     pub products: ProductPrecision,
     /// A progress bar over the rows ([`RowsProgress`]).
     pub progress: bool,
+    /// Rows per forward pass; `None`: the run's `train.batch_size`.
+    pub batch_size: Option<usize>,
+}
+
+impl InferenceOptions {
+    /// [`Self::batch_size`], or the run's own.
+    pub(crate) fn batch_size(&self, config: &crate::RunConfig) -> usize {
+        self.batch_size.unwrap_or(config.train.batch_size)
+    }
 }
 
 /// The model's outputs for some rows, in row order.
@@ -171,7 +180,7 @@ pub fn predict_file(
     let mut lines = Vec::with_capacity(rows.len());
     in_length_order(
         &lengths,
-        config.train.batch_size,
+        options.batch_size(&config),
         |chunk| {
             let refs: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
             let out = model.forward(pad_batch(&refs, tokenizer.pad_id(), device), None);

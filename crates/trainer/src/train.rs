@@ -828,7 +828,7 @@ pub fn evaluate_run(
     let (metrics, _) = evaluate_set(
         &model,
         &set,
-        config.train.batch_size,
+        options.batch_size(&config),
         tokenizer.pad_id(),
         device,
         &RowsProgress::new(options.progress, set.len(), "evaluate"),

@@ -498,6 +498,25 @@ fn evaluate_predict_and_export_round_trip() {
         assert_eq!(line["class"].as_u64().unwrap() as usize, argmax);
     }
 
+    // Two rows a batch (not the run's ten): the same lines to float rounding.
+    let pairs_output = f.root.join("pred-pairs.jsonl");
+    let two_a_batch = trainer::InferenceOptions {
+        batch_size: Some(2),
+        ..Default::default()
+    };
+    trainer::predict_file(&out, &input, &pairs_output, &device, &two_a_batch).unwrap();
+    let pairs: Vec<serde_json::Value> = std::fs::read_to_string(&pairs_output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(pairs.len(), 5);
+    for (i, (pair, line)) in pairs.iter().zip(&lines).enumerate() {
+        assert_eq!(pair["text"], line["text"]);
+        let score = pair["score"].as_f64().unwrap() as f32;
+        assert!((score - one.scores[i]).abs() < 1e-6, "line {i}: {score}");
+    }
+
     // export: the folder loads back through ModelFolder with the same outputs.
     let exported = f.root.join("export");
     trainer::export_run(&out, None, &exported, &device).unwrap();
