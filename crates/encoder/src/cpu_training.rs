@@ -159,10 +159,13 @@ fn weight_gradient(
     dw
 }
 
-/// Column sums of `dy (rows × n, row stride dy_rs)`: a bias gradient.
+/// Column sums of `dy (rows × n, row stride dy_rs)`: a bias gradient. Sums of 64-row chunks,
+/// made in parallel and added in chunk order: the same bits whichever thread sums a chunk, and
+/// however many threads there are (a parallel reduce's tree follows the work stealing, so its
+/// sums changed from run to run).
 fn column_sums(dy: &[f32], dy_rs: usize, rows: usize, n: usize) -> Vec<f32> {
     let chunk = 64;
-    (0..rows.div_ceil(chunk))
+    let partial: Vec<Vec<f32>> = (0..rows.div_ceil(chunk))
         .into_par_iter()
         .map(|c| {
             let mut sums = vec![0f32; n];
@@ -171,15 +174,12 @@ fn column_sums(dy: &[f32], dy_rs: usize, rows: usize, n: usize) -> Vec<f32> {
             }
             sums
         })
-        .reduce(
-            || vec![0f32; n],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+        .collect();
+    let mut sums = vec![0f32; n];
+    for p in partial {
+        fastmath::add(&mut sums, &p);
+    }
+    sums
 }
 
 /// A dropout mask: element `i` is multiplied by `scale` where `keep[i]` is 1, by 0 elsewhere
@@ -2017,6 +2017,34 @@ mod tests {
         let after = cache.get(id, &reloaded).expect("made again");
         assert!(!Arc::ptr_eq(&remade, &after));
         assert_eq!(*after, *remade);
+    }
+
+    /// A bias's and a weight's gradients are the same bits on one thread as on three, run
+    /// after run (a training run gives the same numbers each time, and after `--resume`).
+    #[test]
+    fn bias_and_weight_gradients_do_not_depend_on_the_threads() {
+        let (rows, n, dy_rs, k) = (1000, 37, 40, 24);
+        let dy = values(rows * dy_rs, 5);
+        let x = values(rows * k, 6);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let sums = column_sums(&dy, dy_rs, rows, n);
+                let dw = weight_gradient(ProductPrecision::F32, &x, &dy, dy_rs, (rows, k, n), 1.0);
+                (sums, dw)
+            })
+        };
+        let once = on(1);
+        for j in 0..n {
+            let exact: f64 = (0..rows).map(|r| f64::from(dy[r * dy_rs + j])).sum();
+            assert!((f64::from(once.0[j]) - exact).abs() <= 1e-4, "column {j}");
+        }
+        for _ in 0..3 {
+            assert!(on(3) == once, "three threads gave other sums than one");
+        }
     }
 
     #[test]

@@ -32,7 +32,12 @@ mod avx512;
 /// The largest rank these kernels are used for (≈ where `gemm` catches up on this CPU).
 pub(crate) const ROW_KERNEL_MAX_RANK: usize = 32;
 
-/// Rows per parallel task: large enough to amortise a task's `dA`, `dB` partial sums.
+/// Blocks of rows whose `dA`, `dB` are summed together before the groups' sums are added (in
+/// order): large enough to amortise a group's partial sums, small enough to share the rows
+/// between the threads.
+const GROUP_BLOCKS: usize = 2;
+
+/// Rows per block of the backward (and per parallel task elsewhere).
 const BLOCK: usize = 64;
 
 /// Rows, and ranks, per tile.
@@ -400,21 +405,22 @@ pub(crate) fn backward(
     // Each adapter's (dAᵀ, dB) partial sums, padded like its factors; scratch: rows for the
     // portable kernel, the AVX-512 one's `∂L/∂low` and keep bytes, and a block's GELU
     // and derivative.
-    let partial = || {
-        let sums: Vec<(Vec<f32>, Vec<f32>)> = adapters
+    let zero_sums = || -> Vec<(Vec<f32>, Vec<f32>)> {
+        adapters
             .iter()
             .map(|adapter| {
                 let (d_in, padded, d_out, _) = adapter.factors.layout();
                 (vec![0f32; padded * d_in], vec![0f32; padded * d_out])
             })
-            .collect();
-        let scratch = (
+            .collect()
+    };
+    let new_scratch = || {
+        (
             vec![0f32; 2 * TILE * d_in],
             Vec::new(),
             Vec::new(),
             (Vec::new(), Vec::new()),
-        );
-        (sums, scratch)
+        )
     };
     let wide = wide();
     let blocks: Vec<Option<&mut [f32]>> = match dx {
@@ -424,75 +430,84 @@ pub(crate) fn backward(
             .collect(),
         None => (0..rows.div_ceil(BLOCK)).map(|_| None).collect(),
     };
-    let (sums, _) = blocks
+    // Each group of blocks sums into its own partial sums, and the groups' are added in order:
+    // the same bits whichever thread runs a group and however many there are (a parallel
+    // fold's accumulators follow the work stealing, so its sums changed from run to run).
+    let groups: Vec<Vec<(Vec<f32>, Vec<f32>)>> = blocks
         .into_par_iter()
         .enumerate()
-        .with_min_len(2)
-        .fold(partial, |(mut sums, mut scratch), (block, mut dx)| {
-            let first = block * BLOCK;
-            let n = BLOCK.min(rows - first);
-            let x = &x[first * d_in..(first + n) * d_in];
-            let (rows_scratch, d_low, keep, (activated, derivative)) = &mut scratch;
-            let x = match input {
-                Input::Rows(_) => x,
-                Input::BeforeGelu(_) => {
-                    activated.resize(x.len(), 0.0);
-                    derivative.resize(x.len(), 0.0);
-                    fastmath::gelu_with_derivative_into(x, activated, derivative);
-                    &activated[..]
+        .chunks(GROUP_BLOCKS)
+        .map_init(new_scratch, |scratch, group| {
+            let mut sums = zero_sums();
+            for (block, mut dx) in group {
+                let first = block * BLOCK;
+                let n = BLOCK.min(rows - first);
+                let x = &x[first * d_in..(first + n) * d_in];
+                let (rows_scratch, d_low, keep, (activated, derivative)) = &mut *scratch;
+                let x = match input {
+                    Input::Rows(_) => x,
+                    Input::BeforeGelu(_) => {
+                        activated.resize(x.len(), 0.0);
+                        derivative.resize(x.len(), 0.0);
+                        fastmath::gelu_with_derivative_into(x, activated, derivative);
+                        &activated[..]
+                    }
+                };
+                for (adapter, (d_at, d_b)) in adapters.iter().zip(sums.iter_mut()) {
+                    let factors = adapter.factors;
+                    let padded = factors.padded;
+                    let dropout = rows_of(adapter.dropout, first, d_in);
+                    let low = &adapter.saved.low[first * padded..(first + n) * padded];
+                    let dy = &adapter.dy[first * adapter.dy_rs..];
+                    #[cfg(target_arch = "x86_64")]
+                    if wide {
+                        let bits = adapter.saved.kept_bits.as_deref();
+                        let bits =
+                            bits.map(|bits| &bits[first * d_in / 16..(first + n) * d_in / 16]);
+                        // SAFETY: `wide` says the CPU has the kernels' features.
+                        unsafe {
+                            avx512::backward_rows(
+                                factors,
+                                (dropout, bits),
+                                x,
+                                low,
+                                (dy, adapter.dy_rs),
+                                dx.as_deref_mut(),
+                                (d_at, d_b),
+                                (d_low, keep),
+                            )
+                        };
+                        continue;
+                    }
+                    let _ = (wide, &d_low, &keep);
+                    backward_rows(
+                        factors,
+                        dropout,
+                        x,
+                        low,
+                        dy,
+                        adapter.dy_rs,
+                        dx.as_deref_mut(),
+                        (d_at, d_b),
+                        rows_scratch,
+                    );
                 }
-            };
-            for (adapter, (d_at, d_b)) in adapters.iter().zip(sums.iter_mut()) {
-                let factors = adapter.factors;
-                let padded = factors.padded;
-                let dropout = rows_of(adapter.dropout, first, d_in);
-                let low = &adapter.saved.low[first * padded..(first + n) * padded];
-                let dy = &adapter.dy[first * adapter.dy_rs..];
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    let bits = adapter.saved.kept_bits.as_deref();
-                    let bits = bits.map(|bits| &bits[first * d_in / 16..(first + n) * d_in / 16]);
-                    // SAFETY: `wide` says the CPU has the kernels' features.
-                    unsafe {
-                        avx512::backward_rows(
-                            factors,
-                            (dropout, bits),
-                            x,
-                            low,
-                            (dy, adapter.dy_rs),
-                            dx.as_deref_mut(),
-                            (d_at, d_b),
-                            (d_low, keep),
-                        )
-                    };
-                    continue;
+                // The block's input gradient times the derivative, once the adapters' parts are in.
+                if let (Input::BeforeGelu(_), Some(dx)) = (input, dx) {
+                    fastmath::multiply(&mut dx[..n * d_in], derivative);
                 }
-                let _ = (wide, &d_low, &keep);
-                backward_rows(
-                    factors,
-                    dropout,
-                    x,
-                    low,
-                    dy,
-                    adapter.dy_rs,
-                    dx.as_deref_mut(),
-                    (d_at, d_b),
-                    rows_scratch,
-                );
             }
-            // The block's input gradient times the derivative, once the adapters' parts are in.
-            if let (Input::BeforeGelu(_), Some(dx)) = (input, dx) {
-                fastmath::multiply(&mut dx[..n * d_in], derivative);
-            }
-            (sums, scratch)
+            sums
         })
-        .reduce(partial, |(mut sums, scratch), (other, _)| {
-            for ((a1, b1), (a2, b2)) in sums.iter_mut().zip(other) {
-                a1.iter_mut().zip(a2).for_each(|(a, b)| *a += b);
-                b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
-            }
-            (sums, scratch)
-        });
+        .collect();
+    let mut groups = groups.into_iter();
+    let mut sums = groups.next().unwrap_or_else(zero_sums);
+    for group in groups {
+        for ((a1, b1), (a2, b2)) in sums.iter_mut().zip(group) {
+            fastmath::add(a1, &a2);
+            fastmath::add(b1, &b2);
+        }
+    }
     adapters
         .iter()
         .zip(sums)
@@ -781,6 +796,45 @@ mod tests {
         (crate::fastmath::splitmix64(i as u64) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 
+    /// The factors' gradients are the same bits on one thread as on three, run after run: a
+    /// training run gives the same numbers each time, and after `--resume`.
+    #[test]
+    fn backward_sums_do_not_depend_on_the_threads() {
+        let (rows, d_in, rank, d_out) = (1000, 48, 8, 40);
+        let x: Vec<f32> = (0..rows * d_in).map(value).collect();
+        let a: Vec<f32> = (0..d_in * rank).map(|i| value(i + 10_000)).collect();
+        let b: Vec<f32> = (0..rank * d_out).map(|i| value(i + 20_000)).collect();
+        let dy: Vec<f32> = (0..rows * d_out).map(|i| value(i + 30_000)).collect();
+        let factors = Factors::new(&a, &b, 0.5, (d_in, rank, d_out));
+        let dropout = Some(LazyKeep::new(5, 123, 0.2));
+        let mut out = vec![0f32; rows * d_out];
+        let saved = forward(&factors, dropout, &x, (&mut out, d_out), None);
+        // `wide` is read on the calling thread: a pool's here, both times.
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut dx = vec![0f32; rows * d_in];
+                let sums = backward_one(
+                    &factors,
+                    dropout,
+                    Input::Rows(&x),
+                    &saved,
+                    &dy,
+                    d_out,
+                    Some(&mut dx),
+                );
+                (sums, dx)
+            })
+        };
+        let once = on(1);
+        for _ in 0..3 {
+            assert!(on(3) == once, "three threads gave other sums than one");
+        }
+    }
+
     /// Forward and backward against the definitions in f64 over shapes that leave partial
     /// tiles and blocks everywhere: rows not a multiple of 4 or of a block, a rank not a
     /// multiple of 4, lengths not a multiple of 16, strided outputs and gradients.
@@ -911,14 +965,11 @@ mod tests {
                     close(d_b[k * d_out + o], want, "dB");
                 }
             }
-            // Without an input gradient to make, the factors' gradients are the same (up to
-            // the order the threads' partial sums are added in).
+            // Without an input gradient to make, the factors' gradients are the same, bit for
+            // bit: the groups' partial sums are added in one order.
             let (no_dx_a, no_dx_b) =
                 backward_one(&factors, dropout, Input::Rows(&x), &saved, &dy, dy_rs, None);
-            for (got, want) in no_dx_a.iter().zip(&d_a).chain(no_dx_b.iter().zip(&d_b)) {
-                close(*got, f64::from(*want), "without dx");
-            }
-            assert_eq!((no_dx_a.len(), no_dx_b.len()), (d_a.len(), d_b.len()));
+            assert_eq!((&no_dx_a, &no_dx_b), (&d_a, &d_b));
             for i in 0..rows {
                 for j in 0..d_in {
                     let through: f64 = (0..rank)
