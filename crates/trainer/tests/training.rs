@@ -369,6 +369,43 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
     }
 }
 
+/// A run gives the same numbers on one thread as on three, bit for bit: every parallel sum of
+/// the CPU step adds its parts in a fixed order (full fine-tuning and LoRA).
+#[test]
+fn a_run_is_the_same_on_one_thread_as_on_three() {
+    let Some(f) = fixture("a_run_is_the_same_on_one_thread_as_on_three") else {
+        return;
+    };
+    for (name, extra) in [
+        ("full", vec!["train.epochs=1"]),
+        (
+            "lora",
+            vec!["train.epochs=1", "train.finetune=lora", "lora.rank=4"],
+        ),
+    ] {
+        let config = config(&f, &extra);
+        let on = |threads: usize| {
+            let out = f.root.join(format!("{name}-{threads}"));
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| run_to_end(&config, &out));
+            let steps = std::fs::read_to_string(out.join(RunDir::STEPS)).unwrap();
+            // The weights, through what they compute (the checkpoint files differ in their
+            // parameters' random ids).
+            let device = Device::flex();
+            let options = Default::default();
+            let metrics = trainer::evaluate_run(&out, "last", None, &device, &options).unwrap();
+            (steps, metrics)
+        };
+        let (steps, metrics) = on(1);
+        let (steps_3, metrics_3) = on(3);
+        assert_eq!(steps_3, steps, "{name}: the losses parted");
+        assert_eq!(metrics_3, metrics, "{name}: the weights parted");
+    }
+}
+
 /// A run whose validation rows were split off its training file: `evaluate` makes the same
 /// split again and scores the same rows as training did, with the data files in place or not.
 #[test]
