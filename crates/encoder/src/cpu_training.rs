@@ -2027,11 +2027,7 @@ mod tests {
         let dy = values(rows * dy_rs, 5);
         let x = values(rows * k, 6);
         let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::fastmath::on_threads(threads, || {
                 let sums = column_sums(&dy, dy_rs, rows, n);
                 let dw = weight_gradient(ProductPrecision::F32, &x, &dy, dy_rs, (rows, k, n), 1.0);
                 (sums, dw)

@@ -496,6 +496,17 @@ pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `work` run on a pool of its own of `threads` threads, for tests that compare what one
+/// thread and several compute.
+#[cfg(test)]
+pub(crate) fn on_threads<T: Send>(threads: usize, work: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(work)
+}
+
 multiversion! {
     /// Dropout keep flags: element pair `i` of `keep` takes hash `first_pair + i` of the stream
     /// `seed`, its low and high 32 bits deciding the two elements (kept when below

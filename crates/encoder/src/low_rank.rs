@@ -811,11 +811,7 @@ mod tests {
         let saved = forward(&factors, dropout, &x, (&mut out, d_out), None);
         // `wide` is read on the calling thread: a pool's here, both times.
         let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            crate::fastmath::on_threads(threads, || {
                 let mut dx = vec![0f32; rows * d_in];
                 let sums = backward_one(
                     &factors,
