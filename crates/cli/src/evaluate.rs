@@ -20,8 +20,8 @@ pub struct EvaluateArgs {
     /// Print one JSON object (mse, mae, rmse, r2, accuracy, precision, recall, f1, n).
     #[arg(long)]
     json: bool,
-    /// Texts per forward pass (default: the run's train.batch_size). Texts of similar length
-    /// are batched together; the output keeps the input's order.
+    /// Rows per forward pass (default: the run's train.batch_size); rows of similar length are
+    /// batched together.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: Option<u32>,
     /// cpu, cuda or cuda:N.
