@@ -21,8 +21,8 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
 if [ ! -x "$llvm/bin/llvm-config" ]; then
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq llvm-22-dev libpolly-22-dev \
-    libzstd-dev libz3-dev
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq llvm-22-dev \
+    libpolly-22-dev libzstd-dev libz3-dev
 fi
 
 export XDG_DATA_HOME="${XDG_DATA_HOME:-$PWD/target/cuda-llvm}"
