@@ -480,14 +480,8 @@ fn evaluate_predict_and_export_round_trip() {
     };
     let (one_metrics, one) = evaluate(set.len());
     let (sorted_metrics, sorted) = evaluate(7);
-    let largest = |a: &[f32], b: &[f32]| {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max)
-    };
-    let delta = largest(&sorted.scores, &one.scores).max(largest(&sorted.logits, &one.logits));
+    let delta = testkit::max_abs_diff(&sorted.scores, &one.scores)
+        .max(testkit::max_abs_diff(&sorted.logits, &one.logits));
     assert!(
         delta < 1e-6,
         "sorted batches differ from one batch by {delta}"
