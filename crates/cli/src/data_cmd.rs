@@ -41,10 +41,14 @@ struct StatsArgs {
     /// Truncation length in tokens (default: what the model allows, at most 512).
     #[arg(long)]
     max_len: Option<usize>,
+    /// The text's field (JSON Lines) or column (CSV, TSV).
     #[arg(long, default_value = "text")]
     text_field: String,
+    /// The score's field or column (a number in [-1, 1]).
     #[arg(long, default_value = "score")]
     score_field: String,
+    /// The target's field or column (an entity the score is about; optional per row unless
+    /// --input text+target).
     #[arg(long, default_value = "target")]
     target_field: String,
 }
@@ -85,6 +89,7 @@ fn stats(args: StatsArgs) -> Result<()> {
             let max_len = args
                 .max_len
                 .unwrap_or_else(|| folder.config.max_input_len().min(512));
+            crate::check_max_len(max_len, args.max_len.is_some(), &folder)?;
             Some(TextTokenizer::from_file(
                 &folder.tokenizer,
                 &folder.config,

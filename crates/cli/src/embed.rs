@@ -44,11 +44,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let output = trainer::output_file(&args.output, &[&args.input])?;
     let device = parse_device(&args.device)?;
     let folder = ModelFolder::open(&args.model, args.weights.as_deref())?;
     let max_len = args
         .max_len
         .unwrap_or_else(|| folder.config.max_input_len().min(512));
+    crate::check_max_len(max_len, args.max_len.is_some(), &folder)?;
     let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, max_len)?;
     // Any bad row is an error naming its line: each row is one line of output.
     let rows = data::load_texts(&args.input, &data::LoadOptions::default())?
@@ -63,10 +65,40 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     model.set_product_precision(crate::product_precision(args.bf16_products));
 
     // Write beside the target and rename at the end: a failed run leaves no partial output.
-    let tmp = args.output.with_extension("jsonl.tmp");
-    let mut out = BufWriter::new(
-        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = output.with_file_name(format!(".{name}.tmp"));
+    let written =
+        write_embeddings(&model, &rows, &tokenizer, &args, &device, &tmp).and_then(|()| {
+            std::fs::rename(&tmp, &output)
+                .with_context(|| format!("cannot write {}", output.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    eprintln!(
+        "wrote {} embeddings to {}",
+        rows.len(),
+        args.output.display()
     );
+    Ok(())
+}
+
+/// Runs the encoder over `rows` and writes one JSON line of H per row, in input order, to
+/// `path`.
+fn write_embeddings(
+    model: &encoder::Encoder,
+    rows: &[Encoded],
+    tokenizer: &TextTokenizer,
+    args: &EmbedArgs,
+    device: &burn::tensor::Device,
+    path: &std::path::Path,
+) -> Result<()> {
+    let in_file = || format!("cannot write {}", path.display());
+    let mut out = BufWriter::new(File::create(path).with_context(in_file)?);
     let progress = trainer::RowsProgress::new(true, rows.len(), "embed");
     let lengths: Vec<usize> = rows.iter().map(|row| row.ids.len()).collect();
     trainer::in_length_order(
@@ -74,7 +106,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         args.batch_size,
         |chunk| {
             let refs: Vec<&Encoded> = chunk.iter().map(|&i| &rows[i]).collect();
-            let h = model.first_token(pad_batch(&refs, tokenizer.pad_id(), &device));
+            let h = model.first_token(pad_batch(&refs, tokenizer.pad_id(), device));
             let [_, hidden] = h.dims();
             let values = h
                 .into_data()
@@ -84,20 +116,16 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             Ok(values.chunks_exact(hidden).map(<[f32]>::to_vec).collect())
         },
         |embedding| {
-            serde_json::to_writer(&mut out, &serde_json::json!({ "embedding": embedding }))?;
-            out.write_all(b"\n")?;
+            serde_json::to_writer(&mut out, &serde_json::json!({ "embedding": embedding }))
+                .with_context(in_file)?;
+            out.write_all(b"\n").with_context(in_file)?;
             Ok::<_, anyhow::Error>(())
         },
     )?;
     drop(progress);
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, &args.output)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    eprintln!(
-        "wrote {} embeddings to {}",
-        rows.len(),
-        args.output.display()
-    );
-    Ok(())
+    out.flush().with_context(in_file)?;
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|file| file.sync_all())
+        .with_context(in_file)
 }

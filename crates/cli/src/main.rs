@@ -34,7 +34,7 @@ enum Command {
     Train(train::TrainArgs),
     /// Validation metrics of a run's best checkpoint.
     Evaluate(evaluate::EvaluateArgs),
-    /// Scores, classes and probabilities for JSON Lines texts.
+    /// Scores, classes and probabilities for the texts of a JSON Lines, CSV or TSV file.
     Predict(predict::PredictArgs),
     /// A run's report, or the comparison of several runs.
     Report(report::ReportArgs),
@@ -84,4 +84,16 @@ fn product_precision(bf16: bool) -> encoder::ProductPrecision {
         );
     }
     encoder::ProductPrecision::Bf16
+}
+
+/// `--max-len` within what the model's position table allows (the default always is).
+fn check_max_len(max_len: usize, given: bool, folder: &encoder::ModelFolder) -> anyhow::Result<()> {
+    let limit = folder.config.max_input_len();
+    if given && !(2..=limit).contains(&max_len) {
+        anyhow::bail!(
+            "--max-len {max_len}: the model in {} takes 2 to {limit} tokens (its position table)",
+            folder.dir.display()
+        );
+    }
+    Ok(())
 }

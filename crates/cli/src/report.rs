@@ -13,19 +13,27 @@ pub struct ReportArgs {
     /// Several run folders: the paper-style comparison.
     #[arg(long, num_args = 1..)]
     compare: Vec<PathBuf>,
-    /// The run whose seconds/epoch the comparison's times are relative to (default: the first).
+    /// With --compare: the run whose seconds/epoch the comparison's times are relative to
+    /// (default: the first).
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// The metric that picks each run's best epoch.
-    #[arg(long, default_value = "mse")]
-    by: String,
-    /// Where the comparison goes (default: comparison/ in the working directory).
-    #[arg(long, default_value = "comparison")]
-    out: PathBuf,
+    /// With --compare: the metric that picks each run's best epoch: mse (the default), mae,
+    /// rmse, r2, accuracy, precision, recall, f1.
+    #[arg(long)]
+    by: Option<String>,
+    /// With --compare: the folder the comparison goes to (default: comparison).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
     if let Some(run) = &args.run {
+        if args.reference.is_some() || args.by.is_some() || args.out.is_some() {
+            bail!(
+                "--reference, --by and --out go with --compare; a run's report is written into \
+                 its folder"
+            );
+        }
         let files = trainer::write_report(run)?;
         println!("{}", files.markdown.display());
         return Ok(());
@@ -33,14 +41,20 @@ pub fn run(args: ReportArgs) -> Result<()> {
     if args.compare.is_empty() {
         bail!("give --run RUN_DIR or --compare RUN_DIR...");
     }
+    let by_name = args.by.as_deref().unwrap_or("mse");
     let by: trainer::Metric = trainer::Metric::ALL
         .into_iter()
-        .find(|m| m.name() == args.by)
-        .ok_or_else(|| anyhow::anyhow!("--by `{}`: not a metric", args.by))?;
+        .find(|m| m.name() == by_name)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--by `{by_name}`: not a metric (mse, mae, rmse, r2, accuracy, precision, \
+                 recall, f1)"
+            )
+        })?;
     let reference = args.reference.unwrap_or_else(|| args.compare[0].clone());
     let comparison = trainer::compare(&args.compare, &reference, by)?;
     println!("{}", comparison.to_markdown());
-    let files = comparison.write(&args.out)?;
+    let files = comparison.write(args.out.as_deref().unwrap_or("comparison".as_ref()))?;
     println!("{}", files.markdown.display());
     Ok(())
 }

@@ -43,7 +43,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .unwrap_or_else(|| PathBuf::from("runs").join(stem));
             (file.clone(), out)
         }
-        (None, Some(out)) if args.resume => (out.join(RunDir::CONFIG), out.clone()),
+        (None, Some(out)) if args.resume => {
+            let file = out.join(RunDir::CONFIG);
+            if !file.is_file() {
+                bail!(
+                    "--resume: {} is not a run folder (no {}); give the --out of an earlier run",
+                    out.display(),
+                    RunDir::CONFIG
+                );
+            }
+            (file, out.clone())
+        }
         _ => bail!("--config FILE is required (or --resume --out RUN_DIR)"),
     };
     let config = RunConfig::load(Some(&config_file), &overrides)?;

@@ -146,5 +146,53 @@ fn embed_reports_broken_model_folders() {
     assert_clean_failure(&run(&broken, &[]), "tokenizer.json not found");
     assert_clean_failure(&run(&dir.join("absent"), &[]), "model folder not found");
     assert_clean_failure(&run(&model, &["--device", "tpu"]), "unknown device `tpu`");
-    assert_clean_failure(&run(&model, &["--max-len", "4096"]), "max length 4096");
+    assert_clean_failure(
+        &run(&model, &["--max-len", "4096"]),
+        "--max-len 4096: the model in",
+    );
+}
+
+#[test]
+fn embed_never_writes_over_its_input_or_a_folder() {
+    let Some(model) = shared_file(
+        "embed_never_writes_over_its_input_or_a_folder",
+        "fixtures/tiny-roberta",
+    ) else {
+        return;
+    };
+    let dir = scratch("embed-outputs");
+    let input = dir.join("in.jsonl");
+    let text = "{\"text\": \"Revenue was flat.\"}\n";
+    std::fs::write(&input, text).unwrap();
+
+    // The input itself, by its name and through a link: refused, the input as it was.
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    for output in [&input, &link] {
+        assert_clean_failure(&embed(&model, &input, output, &[]), "is the input");
+        assert_eq!(std::fs::read_to_string(&input).unwrap(), text);
+    }
+    // A folder: refused, and no temporary file left beside it.
+    let folder = dir.join("out");
+    std::fs::create_dir(&folder).unwrap();
+    assert_clean_failure(&embed(&model, &input, &folder, &[]), "is a folder");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+
+    // A link to another file: that file gets the embeddings, the link stays a link.
+    let target = dir.join("target.jsonl");
+    std::fs::write(&target, "old\n").unwrap();
+    let to_target = dir.join("to-target.jsonl");
+    std::os::unix::fs::symlink(&target, &to_target).unwrap();
+    let output = embed(&model, &input, &to_target, &[]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(std::fs::symlink_metadata(&to_target)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let written = std::fs::read_to_string(&target).unwrap();
+    assert!(written.starts_with("{\"embedding\":["), "{written}");
 }

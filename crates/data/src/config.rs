@@ -164,6 +164,7 @@ impl DataConfig {
             on_bad_row: self.on_bad_row,
             thresholds: self.thresholds,
             rejected_dir: None,
+            rejected_file: None,
         }
     }
 }

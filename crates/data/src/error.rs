@@ -28,8 +28,17 @@ pub enum RowProblem {
     ScoreOutOfRange(f64),
     #[error("empty text")]
     EmptyText,
-    #[error("too few fields: {found}, the header has {expected}")]
-    TooFewFields { found: usize, expected: usize },
+    #[error("empty `{0}` (input = \"text+target\" needs a target on every row)")]
+    EmptyTarget(String),
+    #[error(
+        "too few fields: {found}, the header has {expected}{}",
+        if *.open_quote { " (a quote opened here is never closed: it runs over the lines below)" } else { "" }
+    )]
+    TooFewFields {
+        found: usize,
+        expected: usize,
+        open_quote: bool,
+    },
     #[error("malformed CSV: {0}")]
     Csv(String),
 }

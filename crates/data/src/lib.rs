@@ -65,11 +65,33 @@ pub fn load_splits(config: &DataConfig, rejected_dir: Option<&Path>) -> Result<S
     };
     let mut train = load(&config.train, &options)?;
     match &config.valid {
-        Some(valid) => Ok(Splits {
-            train,
-            valid: load(valid, &options)?,
-            split_from_train: false,
-        }),
+        Some(valid) => {
+            // Two inputs named alike (`a/x.jsonl`, `b/x.jsonl`) would share one rejected file.
+            let rejected = |input| rejected_path(input, options.rejected_dir.as_deref());
+            let valid_options = if rejected(valid) == rejected(&config.train) {
+                let path = rejected(valid);
+                let text = |part: Option<&std::ffi::OsStr>| {
+                    part.map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                };
+                let name = format!(
+                    "{}.valid.rejected.{}",
+                    text(valid.file_stem()),
+                    text(path.extension())
+                );
+                LoadOptions {
+                    rejected_file: Some(path.with_file_name(name)),
+                    ..options.clone()
+                }
+            } else {
+                options.clone()
+            };
+            Ok(Splits {
+                train,
+                valid: load(valid, &valid_options)?,
+                split_from_train: false,
+            })
+        }
         None => {
             let examples = std::mem::take(&mut train.examples);
             let (train_rows, valid_rows) =

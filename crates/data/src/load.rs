@@ -74,6 +74,9 @@ pub struct LoadOptions {
     pub thresholds: ClassThresholds,
     /// Folder of the rejected file (the run's output folder); `None` = beside the input.
     pub rejected_dir: Option<PathBuf>,
+    /// The rejected file itself, where [`rejected_path`]'s name would be taken already (a
+    /// validation file named like the training file); `None` = that name.
+    pub rejected_file: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -232,7 +235,10 @@ impl<'a> Rejects<'a> {
         Self {
             input,
             policy: options.on_bad_row,
-            path: rejected_path(input, options.rejected_dir.as_deref()),
+            path: options
+                .rejected_file
+                .clone()
+                .unwrap_or_else(|| rejected_path(input, options.rejected_dir.as_deref())),
             out: None,
             preamble: Vec::new(),
             count: 0,
@@ -326,14 +332,18 @@ fn text_of(text: Field, options: &LoadOptions) -> Result<String, RowProblem> {
 
 /// A row's target: a string, or none (empty counts as none); required under `require_target`.
 fn target_of(target: Field, options: &LoadOptions) -> Result<Option<String>, RowProblem> {
-    let target = match target {
-        Field::Missing => None,
-        Field::Text(t) if t.trim().is_empty() => None,
-        Field::Text(t) => Some(t.to_string()),
+    let (target, empty) = match target {
+        Field::Missing => (None, false),
+        Field::Text(t) if t.trim().is_empty() => (None, true),
+        Field::Text(t) => (Some(t.to_string()), false),
         _ => return Err(wrong_type(&options.target_field, "a string or null")),
     };
     if options.require_target && target.is_none() {
-        return Err(RowProblem::MissingField(options.target_field.clone()));
+        return Err(if empty {
+            RowProblem::EmptyTarget(options.target_field.clone())
+        } else {
+            RowProblem::MissingField(options.target_field.clone())
+        });
     }
     Ok(target)
 }
@@ -578,6 +588,8 @@ fn delimited_row<R>(
         return Err(RowProblem::TooFewFields {
             found: cells.len(),
             expected,
+            // A quote left open swallows the line breaks (and rows) after it.
+            open_quote: cells.iter().any(|cell| cell.contains('\n')),
         });
     }
     if cells.len() > expected {

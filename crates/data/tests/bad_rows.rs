@@ -142,6 +142,14 @@ fn text_target_input_requires_a_target() {
         message.contains("line 2: missing field `target`"),
         "{message}"
     );
+    // Present but empty: said so, not called missing.
+    let path = write(
+        &dir,
+        "empty.jsonl",
+        format!("{GOOD}\n{{\"text\": \"b\", \"score\": 0.2, \"target\": \" \"}}\n").as_bytes(),
+    );
+    let message = load(&path, &options).unwrap_err().to_string();
+    assert!(message.contains("line 2: empty `target`"), "{message}");
 }
 
 #[test]
@@ -288,6 +296,12 @@ fn csv_each_problem_named() {
     case("empty-text", b" ,0.2\n", "empty text");
     case("utf8", b"caf\xE9,0.2\n", "invalid UTF-8");
     case("few", b"lonely\n", "too few fields");
+    // A quote never closed takes the rest of the file into one field: said so.
+    case(
+        "open-quote",
+        b"\"never closed,0.2\nnext,0.3\n",
+        "a quote opened here is never closed",
+    );
 
     let path = write(&dir, "header.csv", b"sentence,score\nx,0.1\n");
     let message = load(&path, &strict()).unwrap_err().to_string();

@@ -52,6 +52,38 @@ fn explicit_validation_file_and_rejects_in_output_dir() {
 }
 
 #[test]
+fn files_named_alike_keep_their_rejected_lines_apart() {
+    let dir = scratch("alike");
+    for (sub, bad_every) in [("a", 10), ("b", 5)] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("x.jsonl"), rows(20, bad_every)).unwrap();
+    }
+    let out = dir.join("run");
+    let config = DataConfig {
+        train: dir.join("a/x.jsonl"),
+        valid: Some(dir.join("b/x.jsonl")),
+        on_bad_row: BadRowPolicy::Skip,
+        ..DataConfig::default()
+    };
+    let splits = load_splits(&config, Some(&out)).unwrap();
+    assert_eq!((splits.train.rejected, splits.valid.rejected), (2, 4));
+    let count = |name: &str| {
+        std::fs::read_to_string(out.join(name))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(
+        (count("x.rejected.jsonl"), count("x.valid.rejected.jsonl")),
+        (2, 4)
+    );
+    assert_eq!(
+        splits.valid.rejected_file.as_deref(),
+        Some(out.join("x.valid.rejected.jsonl").as_path())
+    );
+}
+
+#[test]
 fn seeded_split_keeps_texts_apart_and_is_repeatable() {
     let dir = scratch("seeded");
     std::fs::write(dir.join("train.jsonl"), rows(400, 0)).unwrap();

@@ -104,10 +104,37 @@ pub struct DataConfig {
     pub input: InputMode,
     #[serde(default)]
     pub on_bad_row: BadRowPolicy,
+    /// Field (JSON Lines) or column (CSV, TSV) names of the text, the score and the target.
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+    #[serde(default = "default_score_field")]
+    pub score_field: String,
+    #[serde(default = "default_target_field")]
+    pub target_field: String,
+    /// The 5-class label's boundaries `[t0, t1, t2, t3]` (DAO-SPEC "Data"): finite and
+    /// strictly increasing.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: [f32; 4],
 }
 
 fn default_valid_fraction() -> f64 {
     0.1
+}
+
+fn default_text_field() -> String {
+    data::DataConfig::default().text_field
+}
+
+fn default_score_field() -> String {
+    data::DataConfig::default().score_field
+}
+
+fn default_target_field() -> String {
+    data::DataConfig::default().target_field
+}
+
+fn default_thresholds() -> [f32; 4] {
+    data::DataConfig::default().thresholds.0
 }
 
 /// Which parameters are trained.
@@ -528,8 +555,21 @@ impl RunConfig {
         check_value_types(&run, &origins)?;
         run.resolve();
         run.validate().map_err(|problems| ConfigError::Invalid {
-            origin: sources.file.as_ref().map(|p| p.display().to_string()),
-            problems,
+            origin: None,
+            // Each problem names its key first; say where that key's value came from.
+            problems: problems
+                .into_iter()
+                .map(|problem| match backticked_after(&problem, "`") {
+                    Some(key)
+                        if value_origin(&merged, &key).is_some()
+                            || overridden.iter().any(|k| k == &key) =>
+                    {
+                        format!("{problem} (in {})", origins.of(&key, None))
+                    }
+                    Some(_) => format!("{problem} (the default)"),
+                    None => problem,
+                })
+                .collect(),
         })?;
         Ok(run)
     }
@@ -577,6 +617,20 @@ impl RunConfig {
             "data.valid_fraction",
             "> 0 when `data.valid` is absent (no validation set otherwise)",
             &vf,
+        );
+        for (key, name) in [
+            ("data.text_field", &self.data.text_field),
+            ("data.score_field", &self.data.score_field),
+            ("data.target_field", &self.data.target_field),
+        ] {
+            check(!name.trim().is_empty(), key, "a field name", &"\"\"");
+        }
+        let th = self.data.thresholds;
+        check(
+            th.iter().all(|v| v.is_finite()) && th[0] < th[1] && th[1] < th[2] && th[2] < th[3],
+            "data.thresholds",
+            "four finite, strictly increasing numbers",
+            &format!("{th:?}"),
         );
 
         let t = &self.train;
@@ -705,6 +759,62 @@ impl RunConfig {
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         toml::to_string_pretty(self).map_err(|e| ConfigError::Serialize(e.to_string()))
     }
+
+    /// The keys whose values differ between `self` and `other`, dotted (`train.lr`), each with
+    /// its value here and there (`None`: the key is absent, an optional value unset).
+    pub fn differences(&self, other: &RunConfig) -> Vec<ConfigDifference> {
+        fn walk(
+            prefix: &str,
+            ours: Option<&toml::Value>,
+            theirs: Option<&toml::Value>,
+            out: &mut Vec<ConfigDifference>,
+        ) {
+            if let (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) = (ours, theirs) {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys {
+                    let dotted = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&dotted, a.get(key), b.get(key), out);
+                }
+            } else if ours != theirs {
+                out.push(ConfigDifference {
+                    key: prefix.to_string(),
+                    ours: ours.map(ToString::to_string),
+                    theirs: theirs.map(ToString::to_string),
+                });
+            }
+        }
+        let value = |config: &RunConfig| toml::Value::try_from(config).ok();
+        let mut out = Vec::new();
+        walk("", value(self).as_ref(), value(other).as_ref(), &mut out);
+        out
+    }
+}
+
+/// One key of [`RunConfig::differences`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigDifference {
+    /// Dotted key, `section.name`.
+    pub key: String,
+    /// Its value (TOML) in the first configuration, and in the second.
+    pub ours: Option<String>,
+    pub theirs: Option<String>,
+}
+
+impl fmt::Display for ConfigDifference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".into());
+        write!(
+            f,
+            "{} = {} → {}",
+            self.key,
+            show(&self.ours),
+            show(&self.theirs)
+        )
+    }
 }
 
 fn valid_device(spec: &str) -> bool {
@@ -831,7 +941,15 @@ impl Origins<'_> {
             Some(o) if o == ENV_ORIGIN || o.starts_with("--set") => o,
             // `config` records files relative to the working directory (`../../tmp/x.toml`):
             // name the file as the caller did instead.
-            _ if self.overridden.iter().any(|k| k == key) => "--set".into(),
+            // An unknown `--set a.b.c`: the error names `a` or `a.b`, a prefix of the key set.
+            _ if self.overridden.iter().any(|k| {
+                k == key
+                    || k.strip_prefix(key)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }) =>
+            {
+                "--set".into()
+            }
             Some(o) => self.file.map(|f| f.display().to_string()).unwrap_or(o),
             None => self
                 .file
@@ -1272,6 +1390,76 @@ mod tests {
         src.overrides = vec!["train.lr".into()];
         let err = RunConfig::load_from(&src).unwrap_err();
         assert!(matches!(err, ConfigError::BadOverride(_)), "{err:?}");
+
+        // An unknown or mistyped key given deeper than it goes, and a value out of range:
+        // each blamed on --set, not on the file.
+        for (set, expected) in [
+            ("foo.bar=1", "unknown key `foo` in --set"),
+            ("train.lr.x=3", "key `train.lr` in --set"),
+            (
+                "train.epochs=0",
+                "`train.epochs` must be ≥ 1, got 0 (in --set)",
+            ),
+        ] {
+            src.overrides = vec![set.into()];
+            let text = RunConfig::load_from(&src).unwrap_err().to_string();
+            assert!(text.contains(expected), "{set}: {text}");
+        }
+        // A range violation in the file names the file.
+        let (_dir, src) = toml_sources(&format!("{MINIMAL}[train]\nepochs = 0\n"));
+        let text = RunConfig::load_from(&src).unwrap_err().to_string();
+        assert!(
+            text.contains("got 0 (in ") && text.contains("run.toml)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn differences_name_each_changed_key_with_both_values() {
+        let (_dir, mut src) = toml_sources(MINIMAL);
+        let base = RunConfig::load_from(&src).unwrap();
+        assert!(base.differences(&base).is_empty());
+        src.overrides = vec![
+            "train.lr=3e-5".into(),
+            "data.valid=v.jsonl".into(),
+            "lora.targets=[\"query\"]".into(),
+        ];
+        let other = RunConfig::load_from(&src).unwrap();
+        let shown: Vec<String> = base
+            .differences(&other)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert!(
+            shown.contains(&"data.valid = (unset) → \"v.jsonl\"".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"train.lr = 0.00001 → 0.00003".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.iter().any(|d| d.starts_with("lora.targets = [")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn field_names_and_class_thresholds_reach_the_data_config() {
+        let (_dir, mut src) = toml_sources(&format!(
+            "{MINIMAL}text_field = \"sentence\"\nthresholds = [-0.6, -0.1, 0.1, 0.6]\n"
+        ));
+        let run = RunConfig::load_from(&src).unwrap();
+        let data = run.data_config();
+        assert_eq!(
+            (data.text_field.as_str(), data.score_field.as_str()),
+            ("sentence", "score")
+        );
+        assert_eq!(data.thresholds.0, [-0.6, -0.1, 0.1, 0.6]);
+        src.overrides = vec!["data.thresholds=[0.5, 0.1, 0.2, 0.3]".into()];
+        let text = RunConfig::load_from(&src).unwrap_err().to_string();
+        assert!(text.contains("`data.thresholds` must be"), "{text}");
     }
 
     #[test]

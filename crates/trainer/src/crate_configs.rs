@@ -21,6 +21,10 @@ impl RunConfig {
                 BadRowPolicy::Error => data::BadRowPolicy::Error,
                 BadRowPolicy::Skip => data::BadRowPolicy::Skip,
             },
+            text_field: self.data.text_field.clone(),
+            score_field: self.data.score_field.clone(),
+            target_field: self.data.target_field.clone(),
+            thresholds: data::ClassThresholds(self.data.thresholds),
             max_len: self.model.max_len,
             ..data::DataConfig::default()
         }

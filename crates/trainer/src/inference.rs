@@ -148,6 +148,54 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
 }
 
+/// The file an output named `output` is written to, checked before any work: a symbolic link
+/// is followed (its target gets the new contents, the link stays); an existing folder, pipe
+/// or device is refused (the output is written under a temporary name and renamed over it);
+/// and so is any of `inputs` itself, which the output would replace.
+///
+/// # Errors
+/// [`TrainError::Input`] naming the output and what to do.
+pub fn output_file(output: &Path, inputs: &[&Path]) -> Result<PathBuf, TrainError> {
+    let mut target = output.to_path_buf();
+    // A chain of links, bounded as the kernel bounds it.
+    for _ in 0..40 {
+        match std::fs::read_link(&target) {
+            Ok(link) => {
+                target = target
+                    .parent()
+                    .map_or_else(|| link.clone(), |parent| parent.join(&link));
+            }
+            Err(_) => break,
+        }
+    }
+    let refuse = |why: &str| {
+        Err(TrainError::Input(format!(
+            "output {} {why}; give the path of a new or regular file (nothing was written)",
+            output.display()
+        )))
+    };
+    match std::fs::metadata(&target) {
+        Ok(meta) if !meta.is_file() => {
+            return refuse(if meta.is_dir() {
+                "is a folder"
+            } else {
+                "is not a regular file (a pipe or a device)"
+            })
+        }
+        Ok(_) => {
+            let same = |input: &&&Path| match (input.canonicalize(), target.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            if let Some(input) = inputs.iter().find(same) {
+                return refuse(&format!("is the input {}", input.display()));
+            }
+        }
+        Err(_) => {}
+    }
+    Ok(target)
+}
+
 /// Reads `input` (JSON Lines, CSV or TSV with the run's text field, and its target field when
 /// the run used text pairs: [`data::load_texts`]), runs the run's best model and writes one
 /// JSON line per row, in order, to `output`. The whole input is read and checked before the
@@ -159,6 +207,7 @@ pub fn predict_file(
     device: &Device,
     options: &InferenceOptions,
 ) -> Result<usize, TrainError> {
+    let output = &output_file(output, &[input])?;
     let config = run_config(run, options.model_folder.as_deref())?;
     let pairs = config.data.input == InputMode::TextTarget;
     // The run's own field names; any bad row is an error (one output line per row).

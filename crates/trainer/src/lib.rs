@@ -35,13 +35,14 @@ mod weighting;
 
 pub use allocator::keep_freed_memory;
 pub use config::{
-    BadRowPolicy, ConfigError, ConfigSources, DaoConfig, DataConfig, Finetune, GradNormWrt,
-    HeadsConfig, InputMode, LoraConfig, Metric, ModelConfig, RunConfig, TrainConfig,
+    BadRowPolicy, ConfigDifference, ConfigError, ConfigSources, DaoConfig, DataConfig, Finetune,
+    GradNormWrt, HeadsConfig, InputMode, LoraConfig, Metric, ModelConfig, RunConfig, TrainConfig,
     WeightingConfig, WeightingStrategy, ENV_PREFIX, ENV_SEPARATOR,
 };
 pub use export::{export_run, HEADS_FILE};
 pub use inference::{
-    evaluate_set, in_length_order, predict_file, InferenceOptions, Prediction, Predictions,
+    evaluate_set, in_length_order, output_file, predict_file, InferenceOptions, Prediction,
+    Predictions,
 };
 pub use metrics::{MetricsError, ValidationAccumulator, ValidationMetrics, NUM_CLASSES};
 pub use model::{SentimentModel, MODEL_FILE};
@@ -53,7 +54,7 @@ pub use run_dir::{peak_memory_bytes, write_atomic, EpochRow, RunDir, RunDirError
 pub use schedule::{updates_per_run, CosineWithWarmup};
 pub use threads::join_the_thread_pool;
 pub use train::{
-    checkpoint_dir, epoch_line, evaluate_run, holds_run, metrics_table, read_state, train, RunData,
-    TrainError, TrainOptions, TrainState, TrainSummary,
+    checkpoint_dir, epoch_line, evaluate_run, holds_run, metrics_table, read_state, train,
+    LastCheckpoint, RunData, TrainError, TrainOptions, TrainState, TrainSummary,
 };
 pub use weighting::RunWeighting;

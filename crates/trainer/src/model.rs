@@ -70,29 +70,56 @@ impl SentimentModel {
             return Err(TrainError::checkpoint(&path, "file not found".into()));
         }
         let lora = finetune == Finetune::Lora;
-        let mut store = BurnpackStore::from_file(&path).allow_partial(lora);
+        // Shapes and missing tensors are checked below, into an error a person can act on.
+        let mut store = BurnpackStore::from_file(&path)
+            .allow_partial(true)
+            .validate(false);
         let result = self
             .load_from(&mut store)
             .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
-        if !result.errors.is_empty() {
-            return Err(TrainError::checkpoint(
-                &path,
-                format!("{:?}", result.errors),
-            ));
-        }
-        let missing: Vec<_> = result
+        let missing: Vec<String> = result
             .missing
             .iter()
             .map(|(name, _)| name)
             .filter(|name| !lora || name.contains(".adapter.") || name.starts_with("heads."))
+            .map(|name| format!("`{name}` is missing"))
             .collect();
-        if !missing.is_empty() {
-            return Err(TrainError::checkpoint(
-                &path,
-                format!("missing tensors {missing:?}"),
-            ));
+        let problems: Vec<String> = result
+            .errors
+            .iter()
+            .map(|error| match error {
+                burn::store::ApplyError::ShapeMismatch {
+                    path,
+                    expected,
+                    found,
+                } => format!(
+                    "`{path}` is {:?} in the checkpoint, {:?} in the model",
+                    found.as_slice(),
+                    expected.as_slice()
+                ),
+                other => other.to_string(),
+            })
+            .chain(missing)
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        const SHOWN: usize = 3;
+        let more = problems.len().saturating_sub(SHOWN);
+        Err(TrainError::checkpoint(
+            &path,
+            format!(
+                "does not fit the model built from the run's configuration ({}{}): the run was \
+                 trained from another model (give --model the folder it was trained from) or \
+                 with other [lora] or [heads] settings",
+                problems[..problems.len().min(SHOWN)].join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+        ))
     }
 
     /// The inference model of a run folder: its config's encoder, the weights of

@@ -31,10 +31,10 @@ pub enum ReportError {
     NoEpochs(PathBuf),
     #[error("plot `{plot}`: cannot draw: {message}")]
     Plot { plot: String, message: String },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -269,9 +269,9 @@ impl Comparison {
     /// MSE and accuracy against `w_c` (`wc_mse.svg`, `wc_accuracy.svg`) with each DAO run as
     /// a horizontal line. `out` is created if needed.
     pub fn write(&self, out: &Path) -> Result<ReportFiles, ReportError> {
-        std::fs::create_dir_all(out).map_err(|source| ReportError::Io {
+        std::fs::create_dir_all(out).map_err(|error| ReportError::Io {
             path: out.to_path_buf(),
-            source,
+            error,
         })?;
         let mut plots = Vec::new();
         for metric in [Metric::Mse, Metric::Accuracy] {
@@ -362,9 +362,9 @@ fn folder_name(path: &Path) -> String {
 }
 
 fn save(path: &Path, text: &str) -> Result<PathBuf, ReportError> {
-    write_atomic(path, text.as_bytes()).map_err(|source| ReportError::Io {
+    write_atomic(path, text.as_bytes()).map_err(|error| ReportError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(path.to_path_buf())
 }

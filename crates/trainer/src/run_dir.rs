@@ -144,13 +144,18 @@ impl StepRow {
 /// Errors of the run folder, each naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: not a run folder (no such directory)", .0.display())]
     NotADirectory(PathBuf),
+    #[error(
+        "{}: not a run folder (no config.toml): give the --out folder of a `train` run",
+        .0.display()
+    )]
+    NotARun(PathBuf),
     #[error("{}: {message}", path.display())]
     Csv { path: PathBuf, message: String },
     #[error("{}: columns are `{found}`, expected `{expected}`", path.display())]
@@ -164,9 +169,9 @@ pub enum RunDirError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
-    move |source| RunDirError::Io {
+    move |error| RunDirError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -215,6 +220,9 @@ impl RunDir {
 
     /// Reads `config.toml` back (no environment, no overrides).
     pub fn read_config(&self) -> Result<RunConfig, RunDirError> {
+        if !self.file(Self::CONFIG).is_file() {
+            return Err(RunDirError::NotARun(self.root.clone()));
+        }
         Ok(RunConfig::load_from(&ConfigSources::file_only(
             self.file(Self::CONFIG),
         ))?)
@@ -269,11 +277,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::other("path has no file name"))?
         .to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
+    let written = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(error) = written {
+        // No half-written temporary left behind (the old file, if any, is untouched).
+        let _ = fs::remove_file(&tmp);
+        return Err(error);
+    }
     // Persist the rename itself; not every platform can open a directory, hence best effort.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if let Ok(dir) = fs::File::open(dir) {

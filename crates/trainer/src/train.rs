@@ -50,17 +50,21 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, message: String },
     #[error(
         "step {step} (epoch {epoch}): the loss is {loss}, not finite; training stopped \
-         (the last good checkpoint is in checkpoints/last)"
+         ({checkpoint}; a lower train.lr may help)"
     )]
-    NonFiniteLoss { step: u64, epoch: u32, loss: f32 },
-    #[error(
-        "step {step} (epoch {epoch}): {error}; training stopped (the last good checkpoint \
-         is in checkpoints/last)"
-    )]
+    NonFiniteLoss {
+        step: u64,
+        epoch: u32,
+        loss: f32,
+        /// Where the last good checkpoint is, if there is one.
+        checkpoint: LastCheckpoint,
+    },
+    #[error("step {step} (epoch {epoch}): {error}; training stopped ({checkpoint})")]
     Step {
         step: u64,
         epoch: u32,
         error: dao::DaoError,
+        checkpoint: LastCheckpoint,
     },
     #[error("{0}")]
     Input(String),
@@ -69,6 +73,34 @@ pub enum TrainError {
         path: PathBuf,
         error: std::io::Error,
     },
+}
+
+/// Whether a stopped run has a checkpoint to resume from (for its error message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastCheckpoint {
+    /// `checkpoints/last` holds the last good state.
+    Written,
+    /// The run stopped before its first checkpoint.
+    None,
+}
+
+impl LastCheckpoint {
+    fn of(run: &Path) -> Self {
+        if checkpoint_dir(run, "last").is_dir() {
+            Self::Written
+        } else {
+            Self::None
+        }
+    }
+}
+
+impl std::fmt::Display for LastCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Written => "the last good checkpoint is in checkpoints/last",
+            Self::None => "no checkpoint was written before it",
+        })
+    }
 }
 
 impl TrainError {
@@ -202,6 +234,15 @@ impl RunData {
     /// The tokenizer of the run's model, truncating to `model.max_len`.
     pub fn tokenizer(config: &RunConfig) -> Result<TextTokenizer, TrainError> {
         let folder = ModelFolder::open(&config.model.path, config.model.weights.as_deref())?;
+        let limit = folder.config.max_input_len();
+        if !(2..=limit).contains(&config.model.max_len) {
+            return Err(TrainError::Input(format!(
+                "model.max_len = {}: the model in {} takes 2 to {limit} tokens (its position \
+                 table); set model.max_len within that",
+                config.model.max_len,
+                config.model.path.display()
+            )));
+        }
         Ok(TextTokenizer::from_file(
             &folder.tokenizer,
             &folder.config,
@@ -274,11 +315,54 @@ impl Checkpoint<'_> {
     }
 }
 
-/// Whether `run` already has a run's files (a fresh run there would mix with them).
+/// Whether `run` already has a run's files (a fresh run there would mix with them, or
+/// overwrite its `config.toml` and report).
 pub fn holds_run(run: &Path) -> bool {
-    [RunDir::METRICS, RunDir::STEPS, "checkpoints"]
-        .iter()
-        .any(|name| run.join(name).exists())
+    [
+        RunDir::CONFIG,
+        RunDir::METRICS,
+        RunDir::STEPS,
+        "checkpoints",
+        "report.md",
+    ]
+    .iter()
+    .any(|name| run.join(name).exists())
+}
+
+/// Keys a resumed run may change: where its files lie now (the model or the data moved) and
+/// how it runs, not what it computes.
+const CHANGEABLE_ON_RESUME: [&str; 6] = [
+    "model.path",
+    "model.weights",
+    "data.train",
+    "data.valid",
+    "train.device",
+    "train.checkpoint_every_steps",
+];
+
+/// A resumed run continues the run its `config.toml` describes: any other change (a learning
+/// rate, the number of epochs, LoRA on or off) would make its checkpoints, metrics and report
+/// those of no single configuration, so it is refused with the keys named.
+fn check_resumable(saved: &RunConfig, config: &RunConfig, run: &Path) -> Result<(), TrainError> {
+    let (moved, changed): (Vec<_>, Vec<_>) = saved
+        .differences(config)
+        .into_iter()
+        .partition(|d| CHANGEABLE_ON_RESUME.contains(&d.key.as_str()));
+    if !changed.is_empty() {
+        let list: Vec<String> = changed.iter().map(ToString::to_string).collect();
+        return Err(TrainError::Input(format!(
+            "--resume continues the run as {} describes it, but these keys differ: {}; resume \
+             without them (--resume --out {} alone), or start a new run with another --out \
+             (nothing was changed)",
+            run.join(RunDir::CONFIG).display(),
+            list.join("; "),
+            run.display()
+        )));
+    }
+    for difference in moved {
+        tracing::warn!("resuming with {difference}");
+    }
+    Ok(())
 }
 
 /// Reads `state.json` of a checkpoint folder.
@@ -301,6 +385,14 @@ pub fn train(
             run.display()
         )));
     }
+    if options.resume && !run.join(RunDir::CONFIG).is_file() {
+        return Err(TrainError::Input(format!(
+            "--resume: {} is not a run folder (no {}); give the --out of an earlier run, or \
+             leave --resume out to start one",
+            run.display(),
+            RunDir::CONFIG
+        )));
+    }
     // The run folder's config.toml names its files absolutely, so the run opens from anywhere.
     let config = &config
         .with_absolute_paths()
@@ -321,19 +413,19 @@ pub fn train(
         }
         if !last.is_dir() {
             return Err(TrainError::Input(format!(
-                "--resume: no checkpoint in {}",
-                last.display()
+                "--resume: no checkpoint in {} (the run stopped before its first one): delete \
+                 {} and train again, or choose another --out",
+                last.display(),
+                run.display()
             )));
         }
-        let saved = run_dir.read_config()?;
-        if &saved != config {
-            tracing::warn!("resuming with a configuration that differs from the run's config.toml");
-        }
+        check_resumable(&run_dir.read_config()?, config, run)?;
         Some(read_state(&last)?)
     } else {
+        // A fresh run's configuration is on disk before its first step.
+        run_dir.write_config(config)?;
         None
     };
-    run_dir.write_config(config)?;
 
     let data = RunData::load(config, Some(run))?;
     let pad_id = data.tokenizer.pad_id();
@@ -381,7 +473,17 @@ pub fn train(
             .load(&path, &device)
             .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         weighting.load(&last)?;
+        // Only now that the checkpoint has loaded: a failed resume leaves the run as it was.
+        run_dir.write_config(config)?;
         run_dir.truncate_to(saved.global_step, saved.epoch)?;
+        if saved.finished {
+            tracing::warn!(
+                "{}: the run is complete ({} of {} epochs; see metrics.csv); nothing to train",
+                run.display(),
+                saved.epoch,
+                config.train.epochs
+            );
+        }
         tracing::info!(
             "resuming at epoch {}, batch {} (step {})",
             saved.epoch + 1,
@@ -490,6 +592,7 @@ pub fn train(
                         step,
                         epoch: epoch + 1,
                         error,
+                        checkpoint: LastCheckpoint::of(run),
                     }
                 })?;
             let d = &weighted.diagnostics;
@@ -499,6 +602,7 @@ pub fn train(
                     step,
                     epoch: epoch + 1,
                     loss: d.loss,
+                    checkpoint: LastCheckpoint::of(run),
                 });
             }
             step_rows.push(step_row(step, epoch + 1, lr, d));
@@ -811,6 +915,19 @@ pub fn evaluate_run(
     // be here); a split of the training file needs that file, but only its validation rows are
     // tokenized.
     let data_config = config.data_config();
+    if data_file.is_none() {
+        let (key, file) = match &config.data.valid {
+            Some(valid) => ("data.valid", valid),
+            None => ("data.train", &config.data.train),
+        };
+        if !file.exists() {
+            return Err(TrainError::Input(format!(
+                "{}: the run's {key} is not there any more; give --data FILE (JSON Lines, CSV \
+                 or TSV with scores) to evaluate on",
+                file.display()
+            )));
+        }
+    }
     let rows = match data_file.or(config.data.valid.as_deref()) {
         None => data::load_splits(&data_config, Some(run))?.valid,
         Some(file) => {

@@ -326,47 +326,139 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
         return;
     };
     for strategy in ["dao", "constant"] {
-        let good = config(&f, &[&format!("weighting.strategy={strategy}")]);
+        // An absurd learning rate: the weights blow up within a step or two of the first
+        // update, after a checkpoint at every step.
+        let strategy = format!("weighting.strategy={strategy}");
+        let bad = [strategy.as_str(), "train.lr=1e30", "train.warmup_steps=0"];
+        let every_step = [&bad[..], &["train.checkpoint_every_steps=1"]].concat();
         let out = f.root.join(format!("nan-{strategy}"));
-        let options = TrainOptions {
-            stop_after_steps: Some(6),
-            ..Default::default()
-        };
-        trainer::train(&good, &out, &options).unwrap();
-        let last = out.join("checkpoints/last");
-        let weights = std::fs::read(last.join("model.bpk")).unwrap();
-        // Resumed with an absurd learning rate: the weights blow up within a step or two.
-        let bad = config(
-            &f,
-            &[
-                &format!("weighting.strategy={strategy}"),
-                "train.lr=1e30",
-                "train.warmup_steps=0",
-            ],
-        );
-        let options = TrainOptions {
-            resume: true,
-            ..Default::default()
-        };
-        // A fresh run into the same folder would mix with this one: refused, nothing touched.
-        let steps = std::fs::read(out.join("steps.csv")).unwrap();
-        let text = trainer::train(&good, &out, &TrainOptions::default())
+        let text = trainer::train(&config(&f, &every_step), &out, &TrainOptions::default())
             .unwrap_err()
             .to_string();
-        assert!(text.contains("already holds a run"), "{text}");
-        assert_eq!(std::fs::read(out.join("steps.csv")).unwrap(), steps);
+        let failed: u64 = text
+            .strip_prefix("step ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|step| step.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!((2..=3).contains(&failed), "{text}");
+        assert!(
+            text.contains("the last good checkpoint is in checkpoints/last"),
+            "{text}"
+        );
+        // The checkpoint is the last step whose loss was finite, not a later one.
+        let last = out.join("checkpoints/last");
+        assert_eq!(trainer::read_state(&last).unwrap().global_step, failed - 1);
 
-        let text = trainer::train(&bad, &out, &options)
+        // Without a checkpoint before it, the message does not promise one.
+        let out = f.root.join(format!("nan-none-{strategy}"));
+        let text = trainer::train(&config(&f, &bad), &out, &TrainOptions::default())
             .unwrap_err()
             .to_string();
         assert!(
-            text.contains("step 8 (epoch 2)") || text.contains("step 9 (epoch 2)"),
+            text.contains("no checkpoint was written before it"),
             "{text}"
         );
-        assert!(text.contains("checkpoints/last"), "{text}");
-        assert_eq!(trainer::read_state(&last).unwrap().global_step, 6);
-        assert_eq!(std::fs::read(last.join("model.bpk")).unwrap(), weights);
+        assert!(!out.join("checkpoints/last").exists());
     }
+}
+
+/// `--resume` continues the run its config.toml describes: a changed learning rate or LoRA
+/// switched on is refused with the keys named and nothing written; a finished run is left as
+/// it is; a folder that holds any file of a run takes no fresh run.
+#[test]
+fn resume_refuses_another_configuration_and_writes_nothing() {
+    let Some(f) = fixture("resume_refuses_another_configuration_and_writes_nothing") else {
+        return;
+    };
+    let config_now = config(&f, &["train.epochs=1"]);
+    let out = f.root.join("run");
+    let options = TrainOptions {
+        stop_after_steps: Some(3),
+        ..Default::default()
+    };
+    assert!(
+        !trainer::train(&config_now, &out, &options)
+            .unwrap()
+            .finished
+    );
+    let files = |names: &[&str]| -> Vec<Vec<u8>> {
+        names
+            .iter()
+            .map(|n| std::fs::read(out.join(n)).unwrap())
+            .collect()
+    };
+    let kept = ["config.toml", "steps.csv", "checkpoints/last/model.bpk"];
+    let before = files(&kept);
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    for (extra, key) in [
+        (
+            vec!["train.epochs=1", "train.lr=2e-3"],
+            "train.lr = 0.001 → 0.002",
+        ),
+        (
+            vec!["train.epochs=1", "train.finetune=lora"],
+            "train.finetune = \"full\" → \"lora\"",
+        ),
+        (vec!["train.epochs=2"], "train.epochs = 1 → 2"),
+    ] {
+        let text = trainer::train(&config(&f, &extra), &out, &resume)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(key) && text.contains("nothing was changed"),
+            "{text}"
+        );
+        assert_eq!(files(&kept), before, "{key}");
+    }
+    // Where the files lie and the device may change (the data moved): resumed to the end.
+    let moved = f.root.join("moved-valid.jsonl");
+    std::fs::copy(f.root.join("valid.jsonl"), &moved).unwrap();
+    let moved_config = config(
+        &f,
+        &["train.epochs=1", &format!("data.valid={}", moved.display())],
+    );
+    assert!(
+        trainer::train(&moved_config, &out, &resume)
+            .unwrap()
+            .finished
+    );
+    let saved = RunDir::open(&out).unwrap().read_config().unwrap();
+    assert_eq!(saved.data.valid.as_deref(), Some(moved.as_path()));
+
+    // A finished run resumed: nothing trained, nothing rewritten but its config.
+    let done = files(&["steps.csv", "metrics.csv", "checkpoints/last/model.bpk"]);
+    assert!(
+        trainer::train(&moved_config, &out, &resume)
+            .unwrap()
+            .finished
+    );
+    assert_eq!(
+        files(&["steps.csv", "metrics.csv", "checkpoints/last/model.bpk"]),
+        done
+    );
+
+    // A folder with only a config.toml (or a report) of a run: no fresh run over it.
+    let other = f.root.join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("config.toml"), "kept").unwrap();
+    let text = trainer::train(&config_now, &other, &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("already holds a run"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(other.join("config.toml")).unwrap(),
+        "kept"
+    );
+    // And --resume where there is no run: refused before anything is made.
+    let nowhere = f.root.join("nowhere");
+    let text = trainer::train(&config_now, &nowhere, &resume)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("not a run folder"), "{text}");
+    assert!(!nowhere.exists());
 }
 
 /// A run gives the same numbers on one thread as on three, bit for bit: every parallel sum of
@@ -646,12 +738,57 @@ fn evaluate_predict_and_export_round_trip() {
     let text = trainer::evaluate_run(&moved, "best", None, &device, &moved_model)
         .unwrap_err()
         .to_string();
-    assert!(text.contains("gone-valid.jsonl"), "{text}");
+    assert!(
+        text.contains("gone-valid.jsonl") && text.contains("--data"),
+        "{text}"
+    );
     // The run's own validation file is all its evaluation reads.
     saved.data.valid = Some(f.root.join("valid.jsonl"));
     RunDir::open(&moved).unwrap().write_config(&saved).unwrap();
     let own = trainer::evaluate_run(&moved, "best", None, &device, &moved_model).unwrap();
     assert_eq!((own.mse, own.n), (metrics.mse, metrics.n));
+
+    // Exporting into the model's own folder would replace the weights the run is trained
+    // from: refused, the folder as it was. Into an earlier export: replaced whole.
+    let before: Vec<Vec<u8>> = ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .map(|name| std::fs::read(model_now.join(name)).unwrap())
+        .collect();
+    let text = trainer::export_run(&moved, Some(&model_now), &model_now, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("the model the run was trained from"),
+        "{text}"
+    );
+    for (name, bytes) in ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .zip(&before)
+    {
+        assert_eq!(
+            &std::fs::read(model_now.join(name)).unwrap(),
+            bytes,
+            "{name}"
+        );
+    }
+    assert!(!model_now.join(trainer::HEADS_FILE).exists());
+    let first_export = std::fs::read(exported.join("model.safetensors")).unwrap();
+    trainer::export_run(&moved, Some(&model_now), &exported, &device).unwrap();
+    let again = std::fs::read(exported.join("model.safetensors")).unwrap();
+    // The same tensors (burn's header lists its metadata in no fixed order).
+    let data = |file: &[u8]| {
+        let header = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+        file[8 + header..].to_vec()
+    };
+    assert_eq!(
+        (again.len(), data(&again)),
+        (first_export.len(), data(&first_export))
+    );
+    let names: Vec<String> = std::fs::read_dir(&exported)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
 
     // Bad input lines are refused before the model loads (from a folder with nothing in it
     // here), naming the line; nothing is written.
