@@ -28,7 +28,11 @@ pub enum DaoError {
         num_classes: usize,
     },
     /// A gradient norm that is negative, NaN or infinite.
-    #[error("gradient norm of task {task} is {value}: norms must be finite and >= 0")]
+    #[error(
+        "gradient norm of task {task} ({}) is {value}: norms must be finite and >= 0 (a \
+         non-finite loss, head output or representation gives one)",
+        if *.task == 0 { "regression" } else { "classification" }
+    )]
     InvalidNorm {
         /// The task's index (0 = regression, 1 = classification).
         task: usize,
@@ -41,6 +45,13 @@ pub enum DaoError {
          `device.autodiff()` for training"
     )]
     NotAutodiff,
+    /// A strategy with parameters of its own built on a device without autodiff: they could
+    /// never learn.
+    #[error(
+        "weighting strategy `{0}` learns parameters of its own: build it on the training \
+         device, `device.autodiff()`"
+    )]
+    NotAutodiffDevice(&'static str),
     /// `grad_norm_wrt = "shared-parameters"` was configured but the step gave no
     /// [`crate::SharedParameters`].
     #[error(

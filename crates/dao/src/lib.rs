@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Int, Tensor};
-//! use dao::{LossWeighting, StrategyConfig, TaskOutputs};
+//! use dao::{StrategyConfig, TaskOutputs};
 //! # fn encoder(device: &Device) -> Tensor<2> { Tensor::zeros([4, 8], device).require_grad() }
 //! # fn regression_loss(h: &Tensor<2>) -> Tensor<1> { h.clone().mean() }
 //! # fn logits(h: &Tensor<2>) -> Tensor<2> { h.clone().narrow(1, 0, 5) }

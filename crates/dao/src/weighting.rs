@@ -87,7 +87,7 @@ pub struct Diagnostics {
 /// A multi-task loss weighting strategy, plug-and-play in a burn training loop:
 ///
 /// 1. `let out = weighting.weigh_step(StepInput { representation: h, heads: &mut heads, shared: None })?;`
-/// 2. `let mut grads = out.loss.backward();`
+/// 2. `let grads = out.loss.backward();`
 /// 3. `weighting.update(&grads);` (the strategy's own parameters, if any, with its own optimizer)
 /// 4. the model's optimizer step from the same `grads`;
 /// 5. `weighting.end_epoch()` after each epoch.
@@ -96,6 +96,11 @@ pub trait LossWeighting {
     fn name(&self) -> &'static str;
 
     /// Builds this step's total loss from the shared representation and the heads.
+    ///
+    /// A non-finite loss is not an error here for the strategies that never read it back
+    /// (constant weights, regression only): check `diagnostics.loss` before the optimizer
+    /// step. DAO and the strategies that measure gradient norms stop with
+    /// [`DaoError::InvalidNorm`] instead.
     fn weigh_step(&mut self, input: StepInput<'_>) -> Result<Weighted, DaoError>;
 
     /// [`weigh_step`](Self::weigh_step) without shared parameters (the common case).

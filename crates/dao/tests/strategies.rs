@@ -285,10 +285,31 @@ fn bad_input_is_an_error_not_a_panic() {
         s.weigh(plain, &mut heads),
         Err(DaoError::NotAutodiff)
     ));
-    assert!(matches!(
-        s.weigh_with_norms(hand_heads(&device)(h), f32::NAN, 1.0),
-        Err(DaoError::InvalidNorm { task: 0, .. })
-    ));
+    let error = s
+        .weigh_with_norms(hand_heads(&device)(h), f32::NAN, 1.0)
+        .unwrap_err();
+    assert!(
+        matches!(error, DaoError::InvalidNorm { task: 0, .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("task 0 (regression) is NaN"),
+        "{error}"
+    );
+    // Strategies with parameters of their own, built where they could never learn: refused.
+    // Those without any build anywhere.
+    let plain_device = burn::tensor::Device::flex();
+    for name in StrategyConfig::NAMES {
+        let built = StrategyConfig::from_name(name)
+            .unwrap()
+            .build(&plain_device);
+        let learns = ["dao", "uncertainty", "dao-imbalance-only"].contains(&name);
+        match built {
+            Err(DaoError::NotAutodiffDevice(refused)) => assert!(learns && refused == name),
+            Ok(_) => assert!(!learns, "{name} built without autodiff"),
+            Err(other) => panic!("{name}: {other}"),
+        }
+    }
     let shared = StrategyConfig::Dao(DaoConfig {
         grad_norm_wrt: GradNormWrt::SharedParameters,
         ..DaoConfig::default()

@@ -61,6 +61,22 @@ impl LoraConfig {
 
     /// Checks every field, naming the first that is out of range.
     pub fn validate(&self) -> Result<(), LoraError> {
+        self.validate_adapter()?;
+        let bad = |m: String| Err(LoraError::InvalidConfig(m));
+        if self.targets.is_empty() {
+            return bad("targets is empty: name at least one projection".into());
+        }
+        if let Some(t) = self.targets.iter().find(|t| t.trim().is_empty()) {
+            return bad(format!("target {t:?} is blank"));
+        }
+        Ok(())
+    }
+
+    /// Checks what one adapter uses (rank, α, dropout): [`LoraLinear::with_adapter`] on a
+    /// single layer needs no `targets`, which only say which layers of a model to adapt.
+    ///
+    /// [`LoraLinear::with_adapter`]: crate::LoraLinear::with_adapter
+    pub fn validate_adapter(&self) -> Result<(), LoraError> {
         let bad = |m: String| Err(LoraError::InvalidConfig(m));
         if self.rank == 0 {
             return bad("rank must be at least 1".into());
@@ -70,12 +86,6 @@ impl LoraConfig {
         }
         if !self.dropout.is_finite() || !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
-        }
-        if self.targets.is_empty() {
-            return bad("targets is empty: name at least one projection".into());
-        }
-        if let Some(t) = self.targets.iter().find(|t| t.trim().is_empty()) {
-            return bad(format!("target {t:?} is blank"));
         }
         Ok(())
     }

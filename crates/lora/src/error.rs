@@ -5,6 +5,8 @@
 pub enum LoraError {
     #[error("invalid LoRA config: {0}")]
     InvalidConfig(String),
+    #[error("LoRA weights of the wrong shape: {0}")]
+    Shape(String),
     #[error("unsupported PEFT adapter config: {0}")]
     UnsupportedPeft(String),
     #[error("the layer has no LoRA adapter")]

@@ -29,6 +29,31 @@
 //!
 //! [`LoraConfig`] holds the settings (validated, serde); [`PeftAdapterConfig`] reads and
 //! writes the matching PEFT `adapter_config.json`.
+//!
+//! # Example
+//! One projection of someone else's model adapted at rank 4 (α = 4), trained, then merged:
+//!
+//! ```
+//! use burn::nn::LinearConfig;
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use lora::{LoraConfig, LoraLinear};
+//!
+//! let device = Device::flex().autodiff();
+//! let layer = LoraLinear::new(LinearConfig::new(16, 8).init(&device))
+//!     .with_adapter(&LoraConfig::with_rank(4))?;
+//! let x = Tensor::<2>::random([3, 16], Distribution::Default, &device);
+//! let y = layer.forward(x.clone()); // [3, 8]; B starts at zero, so y = base(x)
+//! assert_eq!(y.dims(), [3, 8]);
+//! assert_eq!(layer.adapter.as_ref().unwrap().num_params(), 4 * 16 + 8 * 4);
+//! // … train (only A and B receive gradients), then fold the update in for inference:
+//! let merged = layer.merge_and_unload()?;
+//! assert!(merged.adapter.is_none());
+//! # Ok::<(), lora::LoraError>(())
+//! ```
+//!
+//! The formulas are PEFT's `LoraLayer` (`scaling = lora_alpha / r`, `use_rslora`,
+//! `lora_dropout` on the adapter's input only); DAO-SPEC "LoRA" in this project's shared
+//! material writes them out.
 
 mod config;
 mod error;

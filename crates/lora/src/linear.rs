@@ -120,9 +120,15 @@ impl LoraLinear {
 
     /// Adds a fresh adapter (A Kaiming-uniform, B zero) of `config`'s rank, scaling and dropout
     /// and freezes the base weight and bias. Replaces an existing unmerged adapter; refuses a
-    /// merged one (its update lives in the base weight).
+    /// merged one (its update lives in the base weight). `config.targets` is not read (it
+    /// names layers of a whole model). A rank above `min(d_input, d_output)` is allowed, as
+    /// PEFT allows it, but adds no expressive power over a full update of the weight.
+    ///
+    /// # Errors
+    /// A rank of 0, an α that is not finite and positive, a dropout outside `[0, 1)`, or a
+    /// merged adapter present.
     pub fn with_adapter(self, config: &LoraConfig) -> Result<Self, LoraError> {
-        config.validate()?;
+        config.validate_adapter()?;
         if self.adapter.as_ref().is_some_and(|a| a.merged) {
             return Err(LoraError::AlreadyMerged);
         }
@@ -164,8 +170,9 @@ impl LoraLinear {
         }
         let r = adapter.rank();
         if a.dims() != [r, d_input] || b.dims() != [d_output, r] {
-            return Err(LoraError::InvalidConfig(format!(
-                "adapter weights of shapes A {:?}, B {:?}; expected A [{r}, {d_input}], B [{d_output}, {r}]",
+            return Err(LoraError::Shape(format!(
+                "adapter weights of shapes A {:?}, B {:?}; expected A [{r}, {d_input}], B \
+                 [{d_output}, {r}] (PEFT's layout)",
                 a.dims(),
                 b.dims()
             )));
@@ -181,6 +188,9 @@ impl LoraLinear {
     ///
     /// # Shapes
     /// - input `[..., d_input]`, output `[..., d_output]`.
+    ///
+    /// # Panics
+    /// An input whose last dimension is not `d_input` (as burn's `Linear::forward`).
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         self.forward_with(input, |dropout, x| dropout.forward(x))
     }
@@ -214,6 +224,11 @@ impl LoraLinear {
 
     /// Folds the update into the base weight, `W' = W + scaling·BA` (same function, no extra
     /// latency). The adapter is kept (inactive) so [`unmerge`](Self::unmerge) can undo it.
+    ///
+    /// The merged state and the scaling are not module parameters, so a record saved from a
+    /// merged layer that still holds its adapter would, loaded into a fresh adapted layer,
+    /// apply the update twice: save layers unmerged, or after
+    /// [`merge_and_unload`](Self::merge_and_unload).
     ///
     /// # Errors
     /// No adapter, already merged, or a non-finite update (the base weight is left unchanged).

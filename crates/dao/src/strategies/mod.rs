@@ -34,12 +34,26 @@ pub(crate) fn plain_losses(input: &mut StepInput<'_>) -> Result<PlainLosses, Dao
 
 impl crate::config::StrategyConfig {
     /// Builds the configured strategy on `device` (the training device: autodiff).
+    ///
+    /// # Errors
+    /// An invalid configuration, or a strategy with parameters of its own (`dao`,
+    /// `uncertainty`, `dao-imbalance-only`) on a device without autodiff, where they would
+    /// silently never learn.
     pub fn build(
         &self,
         device: &burn::tensor::Device,
     ) -> Result<Box<dyn crate::LossWeighting>, DaoError> {
         use crate::config::StrategyConfig as S;
         self.validate()?;
+        let learns = match self {
+            S::Dao(_) => Some("dao"),
+            S::Uncertainty(_) => Some("uncertainty"),
+            S::DaoImbalanceOnly(_) => Some("dao-imbalance-only"),
+            _ => None,
+        };
+        if let Some(name) = learns.filter(|_| !device.is_autodiff()) {
+            return Err(DaoError::NotAutodiffDevice(name));
+        }
         Ok(match self {
             S::RegressionOnly => Box::new(RegressionOnly),
             S::Constant(c) => Box::new(Constant::new(c.clone())?),
