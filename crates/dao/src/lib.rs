@@ -40,6 +40,28 @@
 //! For `grad_norm_wrt = "shared-parameters"` use [`LossWeighting::weigh_step`] with a
 //! [`SharedParameters`] (e.g. [`SharedModule`]).
 //!
+//! # The method, per batch
+//! With `L_r` the regression loss (MSE), `L_c` the plain mean cross-entropy over 5 classes and
+//! `H` the shared representation:
+//! 1. *Gradient balance* ([`grad_balance`]): `λ_r = ‖∇L_c‖ / (‖∇L_r‖ + ‖∇L_c‖)`,
+//!    `λ_c = ‖∇L_r‖ / (‖∇L_r‖ + ‖∇L_c‖)`, gradients with respect to `H` (or, configured, to the
+//!    shared parameters), L2 norms over the batch; both ½ when both norms are 0; constants for
+//!    the backward.
+//! 2. *Imbalance-aware classification loss* ([`imbalance_loss`]): over the classes present in
+//!    the batch, `p_k = n_k / n`, `v_k = p_k^(−β)`, `L_imb = Σ_k v_k (p_k L_c,k − α log p_k)`,
+//!    with `L_c,k` the mean cross-entropy of class `k`'s rows; `α = softplus(a)`,
+//!    `β = sigmoid(b)` learnable (initially 0.1 and 0.5), so `α = β = 0` gives `L_c`.
+//! 3. *Task weights* ([`DaoModule`]): `[w_r, w_c] = softmax(FC2(ReLU(FC1(u))))` with
+//!    `u = [λ_r L_r, λ_c L_imb]` detached, `FC1: 2 → 16`, `FC2: 16 → 2`.
+//! 4. *Total loss*: `L_mtl = λ_r w_r L_r + λ_c w_c L_imb`, one backward for the model, the
+//!    weight network (through `w`) and `a`, `b` (through `L_imb`).
+//! 5. [`LossWeighting::update`]: the DAO module's own Adam (lr 10⁻³); the model's optimizer
+//!    stays the caller's.
+//!
+//! These are the paper's equations with the choices it leaves open made explicit (the
+//! constrained α and β, the detached input of the weight network, the hidden width);
+//! `DAO-SPEC.md` in this project's shared material is the long form.
+//!
 //! Layout: `balance` (step 1), `imbalance` and `targets` (step 2), `network` (step 3),
 //! `strategies/dao.rs` (steps 4–5 and the ablations), one file per other strategy.
 

@@ -24,6 +24,25 @@ pub(crate) fn state_error(path: &Path, reason: impl std::fmt::Display) -> DaoErr
     }
 }
 
+/// For a strategy without state: `dir` must not hold a state file (then it was saved by
+/// another strategy, and loading it here would restore nothing).
+pub(crate) fn expect_no_state(strategy: &str, dir: &Path) -> Result<(), DaoError> {
+    match [MODULE_FILE, OPTIMIZER_FILE, NUMBERS_FILE]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.exists())
+    {
+        Some(path) => Err(state_error(
+            &path,
+            format!(
+                "saved by a strategy with state, but `{strategy}` has none: load it into the \
+                 strategy it was saved from"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn save_module<M: Module>(module: &M, dir: &Path) -> Result<(), DaoError> {
     let path = dir.join(MODULE_FILE);
     let mut store = BurnpackStore::from_file(&path).overwrite(true);

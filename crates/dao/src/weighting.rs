@@ -134,9 +134,9 @@ pub trait LossWeighting {
     }
 
     /// Restores what [`save`](Self::save) wrote, into a strategy built from the same
-    /// configuration.
+    /// configuration. A strategy without state (the default) refuses a folder that holds
+    /// another strategy's state, rather than carrying on as if it had been restored.
     fn load(&mut self, dir: &std::path::Path) -> Result<(), DaoError> {
-        let _ = dir;
-        Ok(())
+        crate::state::expect_no_state(self.name(), dir)
     }
 }

@@ -543,3 +543,33 @@ fn shared_parameter_mode_takes_norms_over_the_trunk() {
     let grads = out.loss.backward();
     assert!(model.trunk.linear.weight.val().grad(&grads).is_some());
 }
+
+#[test]
+fn a_saved_state_loads_only_into_a_strategy_that_has_one() {
+    let device = device();
+    let dir = std::env::temp_dir().join(format!("dao-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let build = |name: &str| {
+        StrategyConfig::from_name(name)
+            .unwrap()
+            .build(&device)
+            .unwrap()
+    };
+    let mut dao = build("dao");
+    run_hand_case(dao.as_mut());
+    dao.save(&dir).unwrap();
+    build("dao").load(&dir).unwrap();
+    for stateless in ["constant", "regression-only", "dao-grad-balance-only"] {
+        let error = build(stateless).load(&dir).unwrap_err();
+        assert!(
+            matches!(&error, DaoError::State { reason, .. } if reason.contains(stateless)),
+            "{stateless}: {error:?}"
+        );
+    }
+    // An empty folder is what a stateless strategy saves: that loads.
+    let empty = dir.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    build("constant").load(&empty).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

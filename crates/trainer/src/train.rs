@@ -378,6 +378,12 @@ pub fn train(
     run: &Path,
     options: &TrainOptions,
 ) -> Result<TrainSummary, TrainError> {
+    if run.exists() && !run.is_dir() {
+        return Err(TrainError::Input(format!(
+            "--out {} is a file: a run's output is a folder; choose another --out",
+            run.display()
+        )));
+    }
     if !options.resume && holds_run(run) {
         return Err(TrainError::Input(format!(
             "{} already holds a run: pass --resume to continue it, or choose another --out \

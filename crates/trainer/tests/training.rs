@@ -452,6 +452,14 @@ fn resume_refuses_another_configuration_and_writes_nothing() {
         std::fs::read_to_string(other.join("config.toml")).unwrap(),
         "kept"
     );
+    // A file for a run folder: refused, the file as it was.
+    let file = f.root.join("train.jsonl");
+    let rows = std::fs::read(&file).unwrap();
+    let text = trainer::train(&config_now, &file, &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("is a file"), "{text}");
+    assert_eq!(std::fs::read(&file).unwrap(), rows);
     // And --resume where there is no run: refused before anything is made.
     let nowhere = f.root.join("nowhere");
     let text = trainer::train(&config_now, &nowhere, &resume)
