@@ -428,8 +428,6 @@ pub fn train(
         check_resumable(&run_dir.read_config()?, config, run)?;
         Some(read_state(&last)?)
     } else {
-        // A fresh run's configuration is on disk before its first step.
-        run_dir.write_config(config)?;
         None
     };
 
@@ -524,6 +522,11 @@ pub fn train(
                 "train.grad_accum > 1"
             }
         )));
+    }
+    if !options.resume {
+        // A fresh run's configuration is on disk before its first step, and only once its
+        // data and model have loaded: a run that fails before leaves no run in the folder.
+        run_dir.write_config(config)?;
     }
 
     while !state.finished && (state.epoch as usize) < config.train.epochs {

@@ -452,6 +452,21 @@ fn resume_refuses_another_configuration_and_writes_nothing() {
         std::fs::read_to_string(other.join("config.toml")).unwrap(),
         "kept"
     );
+    // A fresh run that fails before its first step (its validation file is not there) leaves
+    // no run behind: once fixed, the same folder takes it.
+    let retry = f.root.join("retry");
+    let missing = format!("data.valid={}", f.root.join("absent.jsonl").display());
+    let broken = config(&f, &["train.epochs=1", &missing]);
+    let text = trainer::train(&broken, &retry, &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("absent.jsonl"), "{text}");
+    assert!(!trainer::holds_run(&retry));
+    assert!(
+        !trainer::train(&config_now, &retry, &options)
+            .unwrap()
+            .finished
+    );
     // A file for a run folder: refused, the file as it was.
     let file = f.root.join("train.jsonl");
     let rows = std::fs::read(&file).unwrap();
