@@ -539,6 +539,10 @@ fn read_delimited<R>(
     let header_end = csv.position().byte();
     raw.read(0, header_end).map_err(io)?;
     rejects.preamble = raw.bytes.clone();
+    // The reader stops a `\r\n` header after its `\r` (the `\n` opens the next record).
+    if rejects.preamble.ends_with(b"\r") {
+        rejects.preamble.push(b'\n');
+    }
 
     let mut kept = Vec::new();
     loop {

@@ -275,6 +275,22 @@ fn csv_rows_validated_with_record_lines() {
 }
 
 #[test]
+fn crlf_csv_rejected_file_keeps_its_line_ends() {
+    let dir = scratch("crlf");
+    let path = write(
+        &dir,
+        "e.csv",
+        b"text,target,score\r\nok,A,0.1\r\nbad,row,2\r\n",
+    );
+    let dataset = load(&path, &skip()).unwrap();
+    assert_eq!((dataset.len(), dataset.rejected), (1, 1));
+    assert_eq!(
+        std::fs::read(dir.join("e.rejected.csv")).unwrap(),
+        b"text,target,score\r\nbad,row,2\r\n"
+    );
+}
+
+#[test]
 fn csv_each_problem_named() {
     let dir = scratch("csv-each");
     let case = |name: &str, row: &[u8], expected: &str| {

@@ -848,6 +848,7 @@ fn environment_source(env: &BTreeMap<String, String>) -> config::Environment {
         .try_parsing(true)
         .list_separator(",")
         .with_list_parse_key("lora.targets")
+        .with_list_parse_key("data.thresholds")
         .source(Some(selected))
 }
 
@@ -1075,7 +1076,14 @@ fn check_value_type(
         (toml::Value::Array(items), K::Array(values)) => {
             if let Some(first) = items.first() {
                 for (i, value) in values.iter().enumerate() {
-                    check_value_type(&format!("{key}[{i}]"), value, first, origins)?;
+                    let item = format!("{key}[{i}]");
+                    // A list split from an environment variable holds its items as text.
+                    let env_number = origin == ENV_ORIGIN
+                        && matches!(first, toml::Value::Float(_))
+                        && matches!(&value.kind, K::String(text) if text.trim().parse::<f64>().is_ok());
+                    if !env_number {
+                        check_value_type(&item, value, first, origins)?;
+                    }
                 }
             }
             return Ok(());
@@ -1347,12 +1355,15 @@ mod tests {
         src.env
             .insert("DAO_LORA__TARGETS".into(), "query,value".into());
         src.env.insert("DAO_SHARED_DIR".into(), "/somewhere".into());
+        src.env
+            .insert("DAO_DATA__THRESHOLDS".into(), "-0.6,-0.1,0.1,0.6".into());
         src.env.insert("PATH".into(), "/bin".into());
         let run = RunConfig::load_from(&src).unwrap();
         assert_eq!(run.train.lr, 2e-5);
         assert_eq!(run.train.batch_size, 4);
         assert_eq!(run.train.epochs, 7);
         assert_eq!(run.lora.targets, ["query", "value"]);
+        assert_eq!(run.data.thresholds, [-0.6, -0.1, 0.1, 0.6]);
         // --set beats environment, in order; values are TOML or plain strings.
         src.overrides = vec![
             "train.lr=1e-4".into(),
