@@ -70,8 +70,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = output.with_file_name(format!(".{name}.tmp"));
-    let written =
-        write_embeddings(&model, &rows, &tokenizer, &args, &device, &tmp).and_then(|()| {
+    let written = write_embeddings(&model, &rows, &tokenizer, &args, &device, (&tmp, &output))
+        .and_then(|()| {
             std::fs::rename(&tmp, &output)
                 .with_context(|| format!("cannot write {}", output.display()))
         });
@@ -88,16 +88,16 @@ pub fn run(args: EmbedArgs) -> Result<()> {
 }
 
 /// Runs the encoder over `rows` and writes one JSON line of H per row, in input order, to
-/// `path`.
+/// `path` (the temporary name of `output`, which errors name).
 fn write_embeddings(
     model: &encoder::Encoder,
     rows: &[Encoded],
     tokenizer: &TextTokenizer,
     args: &EmbedArgs,
     device: &burn::tensor::Device,
-    path: &std::path::Path,
+    (path, output): (&std::path::Path, &std::path::Path),
 ) -> Result<()> {
-    let in_file = || format!("cannot write {}", path.display());
+    let in_file = || format!("cannot write {}", output.display());
     let mut out = BufWriter::new(File::create(path).with_context(in_file)?);
     let progress = trainer::RowsProgress::new(true, rows.len(), "embed");
     let lengths: Vec<usize> = rows.iter().map(|row| row.ids.len()).collect();
