@@ -54,6 +54,31 @@ pub struct Splits {
     pub split_from_train: bool,
 }
 
+/// The options that load `valid`, a validation file beside the training file `train`: the
+/// same as `options`, but where the two would share a rejected file (inputs named alike,
+/// `a/x.jsonl` and `b/x.jsonl`) the validation file's rejected lines go to
+/// `<stem>.valid.rejected.<ext>`, so neither overwrites (or, loading clean, removes) the other's.
+pub fn validation_options(options: &LoadOptions, valid: &Path, train: &Path) -> LoadOptions {
+    let rejected = |input| rejected_path(input, options.rejected_dir.as_deref());
+    if rejected(valid) != rejected(train) {
+        return options.clone();
+    }
+    let path = rejected(valid);
+    let text = |part: Option<&std::ffi::OsStr>| {
+        part.map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let name = format!(
+        "{}.valid.rejected.{}",
+        text(valid.file_stem()),
+        text(path.extension())
+    );
+    LoadOptions {
+        rejected_file: Some(path.with_file_name(name)),
+        ..options.clone()
+    }
+}
+
 /// Loads the data of `config`: the validation file when given, else a seeded split of the
 /// training file by unique text. Rejected rows (policy `skip`) go to `rejected_dir` (the run's
 /// output folder) or, when `None`, beside each input.
@@ -65,33 +90,11 @@ pub fn load_splits(config: &DataConfig, rejected_dir: Option<&Path>) -> Result<S
     };
     let mut train = load(&config.train, &options)?;
     match &config.valid {
-        Some(valid) => {
-            // Two inputs named alike (`a/x.jsonl`, `b/x.jsonl`) would share one rejected file.
-            let rejected = |input| rejected_path(input, options.rejected_dir.as_deref());
-            let valid_options = if rejected(valid) == rejected(&config.train) {
-                let path = rejected(valid);
-                let text = |part: Option<&std::ffi::OsStr>| {
-                    part.map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                };
-                let name = format!(
-                    "{}.valid.rejected.{}",
-                    text(valid.file_stem()),
-                    text(path.extension())
-                );
-                LoadOptions {
-                    rejected_file: Some(path.with_file_name(name)),
-                    ..options.clone()
-                }
-            } else {
-                options.clone()
-            };
-            Ok(Splits {
-                train,
-                valid: load(valid, &valid_options)?,
-                split_from_train: false,
-            })
-        }
+        Some(valid) => Ok(Splits {
+            train,
+            valid: load(valid, &validation_options(&options, valid, &config.train))?,
+            split_from_train: false,
+        }),
         None => {
             let examples = std::mem::take(&mut train.examples);
             let (train_rows, valid_rows) =

@@ -81,6 +81,20 @@ fn files_named_alike_keep_their_rejected_lines_apart() {
         splits.valid.rejected_file.as_deref(),
         Some(out.join("x.valid.rejected.jsonl").as_path())
     );
+    // The validation file loaded alone (as `evaluate` does), clean now: the training file's
+    // rejected lines stay (a clean load removes its own rejected file, and only its own).
+    std::fs::write(dir.join("b/x.jsonl"), rows(20, 0)).unwrap();
+    let options = data::LoadOptions {
+        rejected_dir: Some(out.clone()),
+        ..config.load_options()
+    };
+    let alone = data::validation_options(&options, &dir.join("b/x.jsonl"), &config.train);
+    assert_eq!(
+        data::load(&dir.join("b/x.jsonl"), &alone).unwrap().rejected,
+        0
+    );
+    assert_eq!(count("x.rejected.jsonl"), 2);
+    assert!(!out.join("x.valid.rejected.jsonl").exists());
 }
 
 #[test]

@@ -944,7 +944,11 @@ pub fn evaluate_run(
                 rejected_dir: Some(run.to_path_buf()),
                 ..data_config.load_options()
             };
-            data::load(file, &options)?
+            // Named as training named it: never over the training file's rejected lines.
+            data::load(
+                file,
+                &data::validation_options(&options, file, &config.data.train),
+            )?
         }
     };
     let tokenizer = RunData::tokenizer(&config)?;
