@@ -89,7 +89,7 @@ fn stats(args: StatsArgs) -> Result<()> {
             let max_len = args
                 .max_len
                 .unwrap_or_else(|| folder.config.max_input_len().min(512));
-            crate::check_max_len(max_len, args.max_len.is_some(), &folder)?;
+            crate::check_max_len(args.max_len, &folder)?;
             Some(TextTokenizer::from_file(
                 &folder.tokenizer,
                 &folder.config,

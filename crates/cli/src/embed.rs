@@ -50,7 +50,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let max_len = args
         .max_len
         .unwrap_or_else(|| folder.config.max_input_len().min(512));
-    crate::check_max_len(max_len, args.max_len.is_some(), &folder)?;
+    crate::check_max_len(args.max_len, &folder)?;
     let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, max_len)?;
     // Any bad row is an error naming its line: each row is one line of output.
     let rows = data::load_texts(&args.input, &data::LoadOptions::default())?

@@ -86,10 +86,10 @@ fn product_precision(bf16: bool) -> encoder::ProductPrecision {
     encoder::ProductPrecision::Bf16
 }
 
-/// `--max-len` within what the model's position table allows (the default always is).
-fn check_max_len(max_len: usize, given: bool, folder: &encoder::ModelFolder) -> anyhow::Result<()> {
+/// A given `--max-len` within what the model's position table allows.
+fn check_max_len(max_len: Option<usize>, folder: &encoder::ModelFolder) -> anyhow::Result<()> {
     let limit = folder.config.max_input_len();
-    if given && !(2..=limit).contains(&max_len) {
+    if let Some(max_len) = max_len.filter(|n| !(2..=limit).contains(n)) {
         anyhow::bail!(
             "--max-len {max_len}: the model in {} takes 2 to {limit} tokens (its position table)",
             folder.dir.display()

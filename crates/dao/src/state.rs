@@ -54,16 +54,31 @@ pub(crate) fn save_module<M: Module>(module: &M, dir: &Path) -> Result<(), DaoEr
 /// `module` with the values saved in `dir` (every tensor must be there, in its shape).
 pub(crate) fn load_module<M: Module>(mut module: M, dir: &Path) -> Result<M, DaoError> {
     let path = dir.join(MODULE_FILE);
-    let mut store = BurnpackStore::from_file(&path);
+    // Shapes and missing tensors are checked below, into an error naming them.
+    let mut store = BurnpackStore::from_file(&path)
+        .validate(false)
+        .allow_partial(true);
     let result = module
         .load_from(&mut store)
         .map_err(|e| state_error(&path, e))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
+        let problems: Vec<String> = result
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .chain(
+                result
+                    .missing
+                    .iter()
+                    .map(|(name, _)| format!("`{name}` is missing")),
+            )
+            .collect();
         return Err(state_error(
             &path,
             format!(
-                "errors {:?}, missing tensors {:?}",
-                result.errors, result.missing
+                "does not fit this strategy ({}): saved by another strategy or another \
+                 configuration of it (dao.hidden); load it into the one it was saved from",
+                problems.join("; ")
             ),
         ));
     }

@@ -567,6 +567,15 @@ fn a_saved_state_loads_only_into_a_strategy_that_has_one() {
             "{stateless}: {error:?}"
         );
     }
+    // A stateful strategy of another kind or size: refused, naming what does not fit.
+    let small = StrategyConfig::Dao(DaoConfig {
+        hidden: 8,
+        ..DaoConfig::default()
+    });
+    for mut other in [build("uncertainty"), small.build(&device).unwrap()] {
+        let error = other.load(&dir).unwrap_err().to_string();
+        assert!(error.contains("does not fit this strategy"), "{error}");
+    }
     // An empty folder is what a stateless strategy saves: that loads.
     let empty = dir.join("empty");
     std::fs::create_dir(&empty).unwrap();
