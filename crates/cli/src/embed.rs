@@ -64,21 +64,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let mut model = folder.load_encoder(&device)?;
     model.set_product_precision(crate::product_precision(args.bf16_products));
 
-    // Write beside the target and rename at the end: a failed run leaves no partial output.
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = output.with_file_name(format!(".{name}.tmp"));
-    let written = write_embeddings(&model, &rows, &tokenizer, &args, &device, (&tmp, &output))
-        .and_then(|()| {
-            std::fs::rename(&tmp, &output)
-                .with_context(|| format!("cannot write {}", output.display()))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
+    // Written under a temporary name and renamed at the end: a failed run leaves no partial
+    // output, and the earlier file whole.
+    trainer::replace_file(
+        &output,
+        |tmp| write_embeddings(&model, &rows, &tokenizer, &args, &device, (tmp, &output)),
+        |error| anyhow::Error::new(error).context(format!("cannot write {}", output.display())),
+    )?;
     eprintln!(
         "wrote {} embeddings to {}",
         rows.len(),

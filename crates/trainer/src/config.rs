@@ -457,20 +457,11 @@ pub enum ConfigError {
     },
     #[error("--set `{0}`: expected key=value, e.g. train.lr=2e-5")]
     BadOverride(String),
-    #[error("invalid configuration{}: {}", origin_suffix(.origin), .problems.join("; "))]
-    Invalid {
-        origin: Option<String>,
-        problems: Vec<String>,
-    },
+    /// Each problem names its key and where its value came from.
+    #[error("invalid configuration: {}", .problems.join("; "))]
+    Invalid { problems: Vec<String> },
     #[error("cannot write the configuration as TOML: {0}")]
     Serialize(String),
-}
-
-fn origin_suffix(origin: &Option<String>) -> String {
-    origin
-        .as_ref()
-        .map(|o| format!(" ({o})"))
-        .unwrap_or_default()
 }
 
 /// Where a configuration comes from, besides the defaults.
@@ -555,7 +546,6 @@ impl RunConfig {
         check_value_types(&run, &origins)?;
         run.resolve();
         run.validate().map_err(|problems| ConfigError::Invalid {
-            origin: None,
             // Each problem names its key first; say where that key's value came from.
             problems: problems
                 .into_iter()
@@ -1318,7 +1308,7 @@ mod tests {
              [dao]\nbeta_init = 1.0\n",
         );
         let err = RunConfig::load_from(&src).unwrap_err();
-        let ConfigError::Invalid { problems, .. } = &err else {
+        let ConfigError::Invalid { problems } = &err else {
             panic!("expected Invalid, got {err:?}");
         };
         let keys = [

@@ -34,7 +34,7 @@ pub fn export_run(
 ) -> Result<(), TrainError> {
     let (config, model) = SentimentModel::from_run(run, "best", model_folder, device)?;
     let folder = encoder::ModelFolder::open(&config.model.path, config.model.weights.as_deref())?;
-    if same_folder(out, &folder.dir) {
+    if crate::same_path(out, &folder.dir) {
         return Err(TrainError::Input(format!(
             "--out {} is the folder of the model the run was trained from: exporting there \
              would replace its weights; choose another --out (nothing was changed)",
@@ -57,54 +57,50 @@ pub fn export_run(
         crate::write_atomic(&to, &bytes).map_err(|error| TrainError::Io { path: to, error })?;
     }
     let path = out.join("model.safetensors");
-    written_then_renamed(&path, |tmp| {
-        let mut store = SafetensorsStore::from_file(tmp)
-            .with_to_adapter(BurnToPyTorchAdapter)
-            .overwrite(true);
-        for (from, to) in EXPORT_KEY_MAP {
-            store = store.with_key_remapping(*from, *to);
-        }
-        model
-            .encoder
-            .save_into(&mut store)
-            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))
-    })?;
-    written_then_renamed(&out.join(HEADS_FILE), |tmp| {
-        Ok(model.heads.save_safetensors(tmp)?)
-    })
-}
-
-/// Whether `a` and `b` name the same existing folder.
-fn same_folder(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
-/// Runs `write` on a temporary path beside `path`, then renames it to `path`, readable by
-/// all as a model folder's files are (burn's writer creates files for its owner alone).
-fn written_then_renamed(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), TrainError>,
-) -> Result<(), TrainError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let io = |error| TrainError::Io {
-        path: path.to_path_buf(),
+        path: path.clone(),
         error,
     };
-    if let Err(error) = write(&tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(error);
-    }
+    crate::replace_file(
+        &path,
+        |tmp| {
+            let mut store = SafetensorsStore::from_file(tmp)
+                .with_to_adapter(BurnToPyTorchAdapter)
+                .overwrite(true);
+            for (from, to) in EXPORT_KEY_MAP {
+                store = store.with_key_remapping(*from, *to);
+            }
+            model
+                .encoder
+                .save_into(&mut store)
+                .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+            readable_by_all(tmp).map_err(io)
+        },
+        io,
+    )?;
+    let path = out.join(HEADS_FILE);
+    let io = |error| TrainError::Io {
+        path: path.clone(),
+        error,
+    };
+    crate::replace_file(
+        &path,
+        |tmp| {
+            model.heads.save_safetensors(tmp)?;
+            readable_by_all(tmp).map_err(io)
+        },
+        io,
+    )
+}
+
+/// A model folder's file, readable by all (burn's writer creates files for its owner alone).
+fn readable_by_all(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }

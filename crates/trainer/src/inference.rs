@@ -183,11 +183,7 @@ pub fn output_file(output: &Path, inputs: &[&Path]) -> Result<PathBuf, TrainErro
             })
         }
         Ok(_) => {
-            let same = |input: &&&Path| match (input.canonicalize(), target.canonicalize()) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => false,
-            };
-            if let Some(input) = inputs.iter().find(same) {
+            if let Some(input) = inputs.iter().find(|input| crate::same_path(input, &target)) {
                 return refuse(&format!("is the input {}", input.display()));
             }
         }

@@ -50,7 +50,10 @@ pub use optimizer::{AdamW, AdamWSettings, OptimizerStateError};
 pub use parallel::{DataParallel, ParallelForward};
 pub use progress::RowsProgress;
 pub use report::{compare, write_report, Comparison, ComparisonRow, ReportError, ReportFiles};
-pub use run_dir::{peak_memory_bytes, write_atomic, EpochRow, RunDir, RunDirError, StepRow};
+pub use run_dir::{
+    peak_memory_bytes, replace_file, same_path, write_atomic, EpochRow, RunDir, RunDirError,
+    StepRow,
+};
 pub use schedule::{updates_per_run, CosineWithWarmup};
 pub use threads::join_the_thread_pool;
 pub use train::{

@@ -270,24 +270,37 @@ impl RunDir {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// crash leaves either the old complete file or the new one.
+/// crash leaves either the old complete file or the new one ([`replace_file`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_file(
+        path,
+        |tmp| {
+            let mut file = fs::File::create(tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        },
+        |error| error,
+    )
+}
+
+/// Has `write` make the new contents of `path` under a temporary name in the same folder
+/// (`.<name>.tmp`), then renames it over `path`: a crash or a failed write leaves the old
+/// file, if any, whole, and no temporary file behind. `io` turns an I/O error of the rename
+/// (or a `path` without a file name) into the caller's error.
+pub fn replace_file<E>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+    io: impl Fn(std::io::Error) -> E,
+) -> Result<(), E> {
     let name = path
         .file_name()
-        .ok_or_else(|| std::io::Error::other("path has no file name"))?
+        .ok_or_else(|| io(std::io::Error::other("path has no file name")))?
         .to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let written = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(error) = written {
-        // No half-written temporary left behind (the old file, if any, is untouched).
+    let written = write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(&io));
+    if written.is_err() {
         let _ = fs::remove_file(&tmp);
-        return Err(error);
+        return written;
     }
     // Persist the rename itself; not every platform can open a directory, hence best effort.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -296,6 +309,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `a` and `b` name the same existing file or folder (links and `..` resolved).
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn header(columns: &[&str]) -> String {
