@@ -10,7 +10,7 @@ mod compare;
 mod demo_data;
 mod quickstart;
 
-use encoder::{parse_device, save_burnpack, ModelFolder, BURN_WEIGHTS};
+use encoder::{parse_device, save_burnpack, ModelFolder, TextTokenizer, BURN_WEIGHTS};
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "Project tasks", long_about = None)]
@@ -203,20 +203,35 @@ fn import_weights(model: &Path, out: &Path, weights: Option<&Path>) -> Result<()
             folder.weights.display()
         );
     }
+    // Everything is read and checked before anything is written: a failure leaves `out` as it
+    // was (an earlier import included).
+    TextTokenizer::from_file(
+        &folder.tokenizer,
+        &folder.config,
+        folder.config.max_input_len(),
+    )?;
+    let copies = ["config.json", "tokenizer.json"]
+        .into_iter()
+        .map(|name| {
+            let (from, to) = (model.join(name), out.join(name));
+            let bytes =
+                std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+            Ok((from, to, bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let device = parse_device("cpu")?;
     let started = std::time::Instant::now();
     let encoder = folder.load_encoder(&device)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    save_burnpack(&encoder, &out.join(BURN_WEIGHTS))?;
-    for name in ["config.json", "tokenizer.json"] {
-        let (from, to) = (model.join(name), out.join(name));
-        if from != to {
-            // Read and write rather than copy: a copy keeps the source's read-only mode.
-            let bytes =
-                std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
-            std::fs::write(&to, bytes).with_context(|| format!("cannot write {}", to.display()))?;
+    for (from, to, bytes) in copies {
+        if !trainer::same_path(&from, &to) {
+            // Written anew (a copy would keep the source's read-only mode), each file whole.
+            trainer::write_atomic(&to, &bytes)
+                .with_context(|| format!("cannot write {}", to.display()))?;
         }
     }
+    // The weights last (also whole): the largest write, and the one most likely to fail.
+    save_burnpack(&encoder, &out.join(BURN_WEIGHTS))?;
     eprintln!(
         "imported {} ({} layers, hidden {}) into {} in {:.2}s",
         folder.weights.display(),
@@ -226,4 +241,73 @@ fn import_weights(model: &Path, out: &Path, weights: Option<&Path>) -> Result<()
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use encoder::{pad_batch, Encoded};
+
+    /// H of a few texts through the model folder `dir` (whichever weights file it picks).
+    fn first_token_states(dir: &Path) -> (PathBuf, Vec<f32>) {
+        let folder = ModelFolder::open(dir, None).unwrap();
+        let device = parse_device("cpu").unwrap();
+        let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, 32).unwrap();
+        let rows: Vec<Encoded> = ["Shares rose 5%", "Profit warning cuts outlook"]
+            .iter()
+            .map(|text| tokenizer.encode(text, None).unwrap())
+            .collect();
+        let refs: Vec<&Encoded> = rows.iter().collect();
+        let encoder = folder.load_encoder(&device).unwrap();
+        let h = encoder
+            .first_token(pad_batch(&refs, tokenizer.pad_id(), &device))
+            .into_data()
+            .try_into_vec()
+            .unwrap();
+        (folder.weights, h)
+    }
+
+    #[test]
+    fn import_computes_what_the_checkpoint_does_and_a_failed_one_changes_nothing() {
+        let Some(source) = testkit::shared_file("import_weights", "fixtures/tiny-roberta") else {
+            return;
+        };
+        let root = std::env::temp_dir().join(format!("xtask-import-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (model, out) = (root.join("model"), root.join("out"));
+        std::fs::create_dir_all(&model).unwrap();
+        for name in ["config.json", "tokenizer.json", "pytorch_model.bin"] {
+            std::fs::copy(source.join(name), model.join(name)).unwrap();
+        }
+        import_weights(&model, &out, None).unwrap();
+        let (weights, h) = first_token_states(&out);
+        assert_eq!(weights, out.join(BURN_WEIGHTS));
+        let (weights, want) = first_token_states(&model);
+        assert_eq!(weights, model.join("pytorch_model.bin"));
+        assert_eq!(h, want, "the imported weights, bit for bit");
+
+        let snapshot = |dir: &Path| -> Vec<Vec<u8>> {
+            [BURN_WEIGHTS, "tokenizer.json"]
+                .iter()
+                .map(|name| std::fs::read(dir.join(name)).unwrap())
+                .collect()
+        };
+        // Stands for an earlier import (of other weights), which a failed one must leave.
+        std::fs::write(out.join(BURN_WEIGHTS), "an earlier import").unwrap();
+        let before = snapshot(&out);
+        // A broken tokenizer is found before anything is written.
+        let tokenizer = std::fs::read(model.join("tokenizer.json")).unwrap();
+        std::fs::write(model.join("tokenizer.json"), "{ not json").unwrap();
+        let error = import_weights(&model, &out, None).unwrap_err();
+        assert!(format!("{error:#}").contains("tokenizer.json"), "{error:#}");
+        assert_eq!(snapshot(&out), before);
+        std::fs::write(model.join("tokenizer.json"), &tokenizer).unwrap();
+        // A config.json that cannot be written: the error names it; the earlier weights stay.
+        std::fs::remove_file(out.join("config.json")).unwrap();
+        std::fs::create_dir(out.join("config.json")).unwrap();
+        let error = import_weights(&model, &out, None).unwrap_err();
+        assert!(format!("{error:#}").contains("config.json"), "{error:#}");
+        assert_eq!(snapshot(&out), before);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

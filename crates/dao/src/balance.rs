@@ -81,32 +81,33 @@ impl<M: Module, F: FnMut(&M) -> Tensor<2>> SharedParameters for SharedModule<'_,
 
 /// The global L2 norm of the gradients in `grads` of `module`'s trainable float parameters
 /// (parameters without a gradient count as 0). Reads the gradients without removing them.
+/// Each tensor's sum of squares is made on its device; they are read back together (one sync)
+/// and added in f64, as the reference adds them in float64.
 pub fn module_grad_norm<M: Module>(module: &M, grads: &Gradients) -> f32 {
-    struct SquaredSum<'g> {
+    struct SquaredSums<'g> {
         grads: &'g Gradients,
-        total: Option<Tensor<1>>,
+        sums: Vec<Tensor<1>>,
     }
-    impl ModuleVisitor for SquaredSum<'_> {
+    impl ModuleVisitor for SquaredSums<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if !param.is_require_grad() {
                 return;
             }
             if let Some(grad) = param.val().grad(self.grads) {
-                let square = grad.square().sum();
-                self.total = Some(match self.total.take() {
-                    Some(total) => total + square,
-                    None => square,
-                });
+                self.sums.push(grad.square().sum());
             }
         }
     }
-    let mut visitor = SquaredSum { grads, total: None };
+    let mut visitor = SquaredSums {
+        grads,
+        sums: Vec::new(),
+    };
     module.visit(&mut visitor);
-    // One read-back for the whole module (a single device sync).
-    visitor
-        .total
-        .map(|t| t.sqrt().into_scalar::<f32>())
-        .unwrap_or(0.0)
+    if visitor.sums.is_empty() {
+        return 0.0;
+    }
+    let total: f64 = Tensor::cat(visitor.sums, 0).into_data().iter::<f64>().sum();
+    total.sqrt() as f32
 }
 
 /// Which of the two tasks' losses a gradient is taken of.

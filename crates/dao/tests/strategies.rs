@@ -219,6 +219,50 @@ fn dao_on_the_hand_case() {
     assert_near("loss", d.loss, want);
 }
 
+/// `learn_alpha_beta = false` (DAO-SPEC step 2's option): α, β get no gradient and stay at
+/// their initial values through DAO's own updates, while the weighting network still learns.
+#[test]
+fn frozen_alpha_beta_stay_while_the_weight_network_learns() {
+    let device = device();
+    for learn in [true, false] {
+        let config = DaoConfig {
+            learn_alpha_beta: learn,
+            ..DaoConfig::default()
+        };
+        let mut s = Dao::new(config, &device).unwrap();
+        let fc1_before = values(s.module().fc1.weight.val());
+        for _ in 0..3 {
+            let out = run_hand_case(&mut s);
+            let grads = out.loss.backward();
+            let module = s.module();
+            assert_eq!(
+                module.alpha_beta.a_raw.val().grad(&grads).is_some(),
+                learn,
+                "learn_alpha_beta = {learn}"
+            );
+            assert!(module.fc1.weight.val().grad(&grads).is_some());
+            s.update(&grads);
+        }
+        let d = run_hand_case(&mut s).diagnostics;
+        let moved = |got: f32, init: f64| (f64::from(got) - init).abs() > 1e-4;
+        assert_eq!(moved(d.alpha.unwrap(), 0.1), learn, "α, learn = {learn}");
+        assert_eq!(moved(d.beta.unwrap(), 0.5), learn, "β, learn = {learn}");
+        if !learn {
+            assert_eq!(values(s.module().alpha_beta.alpha())[0], d.alpha.unwrap());
+            assert_near("alpha", d.alpha.unwrap(), 0.1);
+            assert_near("beta", d.beta.unwrap(), 0.5);
+        }
+        let fc1_after = values(s.module().fc1.weight.val());
+        assert!(
+            fc1_before
+                .iter()
+                .zip(&fc1_after)
+                .any(|(a, b)| (a - b).abs() > 1e-5),
+            "the weight network trains (learn = {learn})"
+        );
+    }
+}
+
 #[test]
 fn alpha_beta_zero_is_plain_cross_entropy() {
     let device = device();

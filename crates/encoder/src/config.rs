@@ -152,6 +152,12 @@ impl EncoderConfig {
                 ));
             }
         }
+        if self.pad_token_id >= self.vocab_size {
+            return Err(format!(
+                "pad_token_id {} is outside the vocabulary of {}",
+                self.pad_token_id, self.vocab_size
+            ));
+        }
         if self.family() == ModelFamily::Roberta
             && self.max_position_embeddings <= self.pad_token_id + 1
         {
@@ -159,12 +165,6 @@ impl EncoderConfig {
                 "max_position_embeddings {} leaves no room after RoBERTa's offset pad_token_id + 1 = {}",
                 self.max_position_embeddings,
                 self.pad_token_id + 1
-            ));
-        }
-        if self.pad_token_id >= self.vocab_size {
-            return Err(format!(
-                "pad_token_id {} is outside the vocabulary of {}",
-                self.pad_token_id, self.vocab_size
             ));
         }
         Ok(())

@@ -10,11 +10,12 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::store::{
     ApplyError, ApplyResult, BurnpackStore, ChainAdapter, FloatCastAdapter, ModuleSnapshot,
-    PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+    ModuleStore, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
 };
-use burn::tensor::{DType, Device};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 
 use crate::config::EncoderConfig;
 use crate::error::EncoderError;
@@ -128,10 +129,128 @@ impl ModelFolder {
 
     /// Builds the encoder on `device` and loads the weights into it.
     pub fn load_encoder(&self, device: &Device) -> Result<Encoder, EncoderError> {
+        let layout = CheckpointLayout::read(&self.weights)?;
+        // Before the encoder is built: a config.json of a billion layers would be allocated
+        // first, and one of fewer layers than the weights would drop the rest unnoticed.
+        if layout.layers != self.config.num_hidden_layers {
+            return Err(EncoderError::Config {
+                path: self.dir.join("config.json"),
+                message: format!(
+                    "num_hidden_layers is {}, but {} holds {}: this config.json does not \
+                     belong to these weights",
+                    self.config.num_hidden_layers,
+                    self.weights.display(),
+                    layout.describe_layers()
+                ),
+            });
+        }
         let mut encoder = Encoder::new(&self.config, device);
-        load_weights(&mut encoder, &self.weights)?;
+        apply_weights(&mut encoder, &self.weights, layout.format)?;
         Ok(encoder)
     }
+}
+
+/// What a weights file holds, read from its tensor names before anything is loaded.
+struct CheckpointLayout {
+    format: WeightsFormat,
+    /// Encoder layers (`encoder.layer.N.…`, N from 0): one past the largest N.
+    layers: usize,
+}
+
+impl CheckpointLayout {
+    /// Reads the tensor names of `path` (the header only) and checks that no two of them are
+    /// the same encoder tensor once the task prefix is dropped (`roberta.X` and `bert.X`, or
+    /// `X`): which one burn-store kept would depend on a hash order.
+    fn read(path: &Path) -> Result<Self, EncoderError> {
+        let format = WeightsFormat::of(path).ok_or_else(|| EncoderError::Checkpoint {
+            path: path.to_path_buf(),
+            message: "unknown weights format (expected .bpk, .safetensors, .bin, .pt or .pth)"
+                .into(),
+        })?;
+        if !path.is_file() {
+            let what = if path.exists() {
+                "not a regular file"
+            } else {
+                "weights file not found"
+            };
+            return Err(EncoderError::Io {
+                path: path.to_path_buf(),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, what),
+            });
+        }
+        let keys = catch(path, || match format {
+            WeightsFormat::Burnpack => BurnpackStore::from_file(path)
+                .keys()
+                .map_err(|e| e.to_string()),
+            WeightsFormat::Safetensors => SafetensorsStore::from_file(path)
+                .keys()
+                .map_err(|e| e.to_string()),
+            WeightsFormat::Pytorch => PytorchStore::from_file(path)
+                .keys()
+                .map_err(|e| e.to_string()),
+        })?
+        .map_err(|message| EncoderError::Checkpoint {
+            path: path.to_path_buf(),
+            message: unreadable(format, &message),
+        })?;
+        let hf = format != WeightsFormat::Burnpack;
+        let mut seen: std::collections::BTreeMap<&str, &str> = Default::default();
+        let mut layers = 0;
+        for key in &keys {
+            let name = if hf {
+                key.strip_prefix("roberta.")
+                    .or_else(|| key.strip_prefix("bert."))
+                    .unwrap_or(key)
+            } else {
+                key.as_str()
+            };
+            if !(name.starts_with("embeddings.") || name.starts_with("encoder.")) {
+                continue; // other heads: never loaded
+            }
+            if let Some(first) = seen.insert(name, key) {
+                return Err(EncoderError::Checkpoint {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "tensors `{first}` and `{key}` are both the encoder's `{name}`: the \
+                         file mixes two checkpoints; keep one of them"
+                    ),
+                });
+            }
+            if let Some(index) = name
+                .strip_prefix("encoder.layer.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                layers = layers.max(index + 1);
+            }
+        }
+        Ok(Self { format, layers })
+    }
+
+    fn describe_layers(&self) -> String {
+        match self.layers {
+            0 => "no encoder layers (no `encoder.layer.N.…` tensor)".to_string(),
+            1 => "1 layer".to_string(),
+            n => format!("{n} layers (`encoder.layer.0` … `encoder.layer.{}`)", n - 1),
+        }
+    }
+}
+
+/// A reader's error, with what to do about it.
+fn unreadable(format: WeightsFormat, message: &str) -> String {
+    let what = match format {
+        WeightsFormat::Burnpack => {
+            "not a readable model.bpk (truncated, or written by another version?): import it \
+             again with `cargo xtask import-weights`"
+        }
+        WeightsFormat::Safetensors => {
+            "not a readable safetensors file (truncated or corrupt?): copy or download it again"
+        }
+        WeightsFormat::Pytorch => {
+            "not a readable PyTorch checkpoint (truncated or corrupt?): copy or download it again"
+        }
+    };
+    format!("{what} ({message})")
 }
 
 fn find_weights(dir: &Path) -> Result<PathBuf, EncoderError> {
@@ -154,22 +273,33 @@ fn find_weights(dir: &Path) -> Result<PathBuf, EncoderError> {
     })
 }
 
-/// Loads a weights file into `encoder`, checking that every tensor was found with its shape.
-/// Tensors of other heads (`lm_head`, `pooler`, `classifier`, …) are ignored.
+/// Loads a weights file into `encoder`, checking that every tensor was found with its shape,
+/// that the file holds as many layers as the encoder, and that every value is finite. Tensors
+/// of other heads (`lm_head`, `pooler`, `classifier`, …) are ignored; half-precision and f64
+/// weights are converted to f32.
 pub fn load_weights(encoder: &mut Encoder, path: &Path) -> Result<(), EncoderError> {
-    let format = WeightsFormat::of(path).ok_or_else(|| EncoderError::Checkpoint {
-        path: path.to_path_buf(),
-        message: "unknown weights format (expected .bpk, .safetensors, .bin, .pt or .pth)".into(),
-    })?;
-    if !path.is_file() {
-        return Err(EncoderError::Io {
+    let layout = CheckpointLayout::read(path)?;
+    let expected = encoder.config().num_hidden_layers;
+    if layout.layers != expected {
+        return Err(EncoderError::Checkpoint {
             path: path.to_path_buf(),
-            error: std::io::Error::new(std::io::ErrorKind::NotFound, "weights file not found"),
+            message: format!(
+                "holds {}, the encoder has {expected}",
+                layout.describe_layers()
+            ),
         });
     }
+    apply_weights(encoder, path, layout.format)
+}
+
+fn apply_weights(
+    encoder: &mut Encoder,
+    path: &Path,
+    format: WeightsFormat,
+) -> Result<(), EncoderError> {
     let checkpoint_error = |e: &dyn std::fmt::Display| EncoderError::Checkpoint {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: unreadable(format, &e.to_string()),
     };
     let to_f32 = || ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32));
     // Reading a truncated or corrupt file can panic inside the reader; turn that into an error.
@@ -196,7 +326,7 @@ pub fn load_weights(encoder: &mut Encoder, path: &Path) -> Result<(), EncoderErr
         }
         WeightsFormat::Pytorch => {
             let mut store = KEY_MAP.iter().fold(
-                // The PyTorch adapter is built into this store.
+                // The PyTorch adapter is built into this store (without a cast: see below).
                 PytorchStore::from_file(path)
                     .allow_partial(true)
                     .validate(false),
@@ -207,7 +337,53 @@ pub fn load_weights(encoder: &mut Encoder, path: &Path) -> Result<(), EncoderErr
                 .map_err(|e| checkpoint_error(&e))
         }
     })??;
-    check_applied(path, format, &result)
+    check_applied(path, format, &result)?;
+    let mut check = FinalParams {
+        path: Vec::new(),
+        non_finite: None,
+    };
+    let loaded = std::mem::replace(encoder, encoder.clone()).map(&mut check);
+    if let Some(tensor) = check.non_finite {
+        return Err(EncoderError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!(
+                "tensor `{}` holds NaN or infinite values: the checkpoint is damaged (or was \
+                 saved from a diverged run)",
+                display_name(&tensor, format != WeightsFormat::Burnpack)
+            ),
+        });
+    }
+    *encoder = loaded;
+    Ok(())
+}
+
+/// Every float parameter in f32 (a PyTorch file's f16, bf16 or f64 tensors come in as they
+/// were stored, and training needs f32), and the first one that is not finite, by path.
+struct FinalParams {
+    path: Vec<String>,
+    non_finite: Option<String>,
+}
+
+impl ModuleMapper for FinalParams {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let param = if param.val().dtype() == DType::F32 {
+            param
+        } else {
+            param.map(|t| t.cast(FloatDType::F32))
+        };
+        if self.non_finite.is_none() && !param.val().is_finite().all().into_scalar::<bool>() {
+            self.non_finite = Some(self.path.join("."));
+        }
+        param
+    }
 }
 
 fn catch<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, EncoderError> {

@@ -49,6 +49,19 @@ impl TextTokenizer {
             )));
         }
         let mut tokenizer = Tokenizer::from_file(path).map_err(|e| error(e.to_string()))?;
+        // An id past the embedding table would index out of it on the first batch.
+        if let Some((token, id)) = tokenizer
+            .get_vocab(true)
+            .into_iter()
+            .max_by_key(|(_, id)| *id)
+            .filter(|(_, id)| *id as usize >= config.vocab_size)
+        {
+            return Err(error(format!(
+                "token `{token}` has id {id}, past config.json's vocab_size {}: the tokenizer \
+                 belongs to another model; use the tokenizer.json that came with these weights",
+                config.vocab_size
+            )));
+        }
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {

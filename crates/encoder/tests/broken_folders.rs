@@ -83,7 +83,7 @@ fn missing_layer_is_named() {
         return;
     };
     rewrite_safetensors(&dir, |tensors| {
-        tensors.retain(|t| !t.0.starts_with("roberta.encoder.layer.1."));
+        tensors.retain(|t| !t.0.starts_with("roberta.encoder.layer.1.attention."));
     });
     let error = load_error(&dir);
     let message = error.to_string();
@@ -91,8 +91,138 @@ fn missing_layer_is_named() {
         matches!(error, EncoderError::MissingTensor { .. }),
         "{message}"
     );
-    assert!(message.contains("encoder.layer.1."), "{message}");
-    assert!(message.contains("16 of 37 tensors missing"), "{message}");
+    assert!(message.contains("encoder.layer.1.attention."), "{message}");
+    assert!(message.contains("10 of 37 tensors missing"), "{message}");
+}
+
+/// config.json's layer count against the checkpoint's, both ways, before the encoder is built:
+/// fewer would drop layers unnoticed, a huge count would be allocated first.
+#[test]
+fn layer_count_that_does_not_match_the_weights() {
+    let Some((_, dir)) = copy_fixture("layer_count") else {
+        return;
+    };
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(text.contains("\"num_hidden_layers\": 2"), "{text}");
+    for layers in ["1", "1000000000000"] {
+        std::fs::write(
+            dir.join("config.json"),
+            text.replace(
+                "\"num_hidden_layers\": 2",
+                &format!("\"num_hidden_layers\": {layers}"),
+            ),
+        )
+        .unwrap();
+        let error = load_error(&dir);
+        let message = error.to_string();
+        assert!(matches!(error, EncoderError::Config { .. }), "{message}");
+        assert!(
+            message.contains(&format!("num_hidden_layers is {layers}"))
+                && message.contains("holds 2 layers")
+                && message.contains("config.json"),
+            "{message}"
+        );
+    }
+    // The same file with a third layer's tensors added (a copy of layer 1's).
+    std::fs::write(dir.join("config.json"), &text).unwrap();
+    rewrite_safetensors(&dir, |tensors| {
+        let extra: Vec<_> = tensors
+            .iter()
+            .filter(|t| t.0.starts_with("roberta.encoder.layer.1."))
+            .map(|t| {
+                (
+                    t.0.replace("layer.1.", "layer.2."),
+                    t.1.clone(),
+                    t.2.clone(),
+                )
+            })
+            .collect();
+        tensors.extend(extra);
+    });
+    let message = load_error(&dir).to_string();
+    assert!(
+        message.contains("num_hidden_layers is 2") && message.contains("holds 3 layers"),
+        "{message}"
+    );
+}
+
+/// `roberta.X` and `bert.X` (or `X`) name the same tensor: which one was loaded would depend
+/// on a hash order.
+#[test]
+fn two_names_for_one_tensor() {
+    let Some((_, dir)) = copy_fixture("two_names") else {
+        return;
+    };
+    let name = "roberta.encoder.layer.1.attention.self.query.weight";
+    for alias in [
+        "bert.encoder.layer.1.attention.self.query.weight",
+        "encoder.layer.1.attention.self.query.weight",
+    ] {
+        rewrite_safetensors(&dir, |tensors| {
+            tensors.retain(|t| !t.0.starts_with("bert.") && !t.0.starts_with("encoder."));
+            let copy = tensors.iter().find(|t| t.0 == name).unwrap().clone();
+            tensors.push((alias.to_string(), copy.1, vec![0; copy.2.len()]));
+        });
+        let error = load_error(&dir);
+        let message = error.to_string();
+        assert!(
+            matches!(error, EncoderError::Checkpoint { .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains(name) && message.contains(alias) && message.contains("keep one"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn non_finite_weight_is_named() {
+    let Some((_, dir)) = copy_fixture("non_finite") else {
+        return;
+    };
+    for bad in [f32::NAN, f32::INFINITY] {
+        rewrite_safetensors(&dir, |tensors| {
+            let t = tensors
+                .iter_mut()
+                .find(|t| t.0 == "roberta.encoder.layer.0.output.dense.bias")
+                .unwrap();
+            t.2[8..12].copy_from_slice(&bad.to_le_bytes());
+        });
+        let error = load_error(&dir);
+        let message = error.to_string();
+        assert!(
+            matches!(error, EncoderError::Checkpoint { .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains("`encoder.layer.0.output.dense.bias`")
+                && message.contains("NaN or infinite"),
+            "{message}"
+        );
+    }
+}
+
+/// A tokenizer with ids past the embedding table (another model's) is refused at load, not
+/// left to index out of the table on the first batch.
+#[test]
+fn tokenizer_of_a_larger_vocabulary() {
+    let Some((_, dir)) = copy_fixture("tokenizer_vocabulary") else {
+        return;
+    };
+    let mut config = encoder::EncoderConfig::from_file(&dir.join("config.json")).unwrap();
+    let tokenizer = dir.join("tokenizer.json");
+    assert!(encoder::TextTokenizer::from_file(&tokenizer, &config, 32).is_ok());
+    config.vocab_size = 500;
+    let error = encoder::TextTokenizer::from_file(&tokenizer, &config, 32).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, EncoderError::Tokenizer { .. }), "{message}");
+    assert!(
+        message.contains("tokenizer.json")
+            && message.contains("has id 999")
+            && message.contains("vocab_size 500"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -160,7 +290,13 @@ fn truncated_safetensors() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let error = load_error(&dir);
     assert!(matches!(error, EncoderError::Checkpoint { .. }), "{error}");
-    assert!(error.to_string().contains("model.safetensors"), "{error}");
+    assert!(
+        error.to_string().contains("model.safetensors")
+            && error
+                .to_string()
+                .contains("not a readable safetensors file"),
+        "{error}"
+    );
 }
 
 #[test]

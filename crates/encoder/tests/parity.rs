@@ -107,6 +107,50 @@ fn imported_burnpack_round_trips_exactly() {
     assert_eq!(a, b, "the imported model must compute bit-identical states");
 }
 
+/// Weights stored in half precision (as a PyTorch `.bin` of `model.half()` holds them, or a
+/// burnpack saved from it) load as f32 tensors of the same values: training needs f32.
+#[test]
+fn half_precision_weights_load_as_f32() {
+    use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+    use burn::tensor::{DType, FloatDType};
+    struct ToF16;
+    impl ModuleMapper for ToF16 {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            p.map(|t| t.cast(FloatDType::F16))
+        }
+    }
+    struct Values(Vec<(DType, Vec<f32>)>);
+    impl ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let t = p.val();
+            let dtype = t.dtype();
+            let values = t.cast(FloatDType::F32).into_data().try_into_vec().unwrap();
+            self.0.push((dtype, values));
+        }
+    }
+    let Some(g) = golden("half_precision_weights_load_as_f32") else {
+        return;
+    };
+    let device = Device::flex();
+    let half = load(&g, "model.safetensors", &device).map(&mut ToF16);
+    let mut stored = Values(Vec::new());
+    half.visit(&mut stored);
+    assert!(stored.0.iter().all(|(dtype, _)| *dtype == DType::F16));
+
+    let dir = tempdir("half");
+    let path = dir.join("model.bpk");
+    save_burnpack(&half, &path).unwrap();
+    let mut reloaded = Encoder::new(half.config(), &device);
+    load_weights(&mut reloaded, &path).unwrap();
+    let mut loaded = Values(Vec::new());
+    reloaded.visit(&mut loaded);
+    assert_eq!(loaded.0.len(), stored.0.len());
+    for ((dtype, values), (_, want)) in loaded.0.iter().zip(&stored.0) {
+        assert_eq!(*dtype, DType::F32);
+        assert_eq!(values, want, "the f16 values, exactly");
+    }
+}
+
 #[test]
 fn tokenizer_matches_transformers_and_padding_is_ours() {
     let Some(g) = golden("tokenizer_matches_transformers_and_padding_is_ours") else {

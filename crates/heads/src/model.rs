@@ -257,6 +257,41 @@ mod tests {
         assert!(heads.sample_dropout_masks(4, &plain).is_none());
     }
 
+    /// DP1 on H and DP2 after tanh (DAO-SPEC "Model"), computed here from the weights; the
+    /// regression head has no dropout.
+    #[test]
+    fn dropout_sits_where_the_spec_puts_it() {
+        let device = Device::flex().autodiff();
+        let heads = HeadsConfig {
+            dropout: 0.5,
+            hidden: 8,
+            ..HeadsConfig::default()
+        }
+        .init(16, &device)
+        .unwrap();
+        let h = Tensor::<2>::random([4, 16], Distribution::Normal(0.0, 1.0), &device);
+        let masks = heads.sample_dropout_masks(4, &device).unwrap();
+        let out = heads.forward_with_masks(h.clone(), Some(&masks));
+        let plain = heads.forward_with_masks(h.clone(), None);
+
+        let affine = |x: Tensor<2>, layer: &Linear| {
+            x.matmul(layer.weight.val()) + layer.bias.as_ref().unwrap().val().unsqueeze()
+        };
+        let head = &heads.classification_head;
+        let hidden = affine(h * masks.input.clone(), &head.ll1).tanh() * masks.hidden.clone();
+        let want = affine(hidden, &head.ll2);
+        let values = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap();
+        let (got, want) = (values(out.logits), values(want));
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{got:?} vs {want:?}"
+            );
+        }
+        assert_ne!(got, values(plain.logits), "the masks change the logits");
+        assert_eq!(values(out.scores), values(plain.scores), "no dropout in S");
+    }
+
     #[test]
     fn config_is_validated() {
         let bad = HeadsConfig {

@@ -246,7 +246,10 @@ pub struct TrainConfig {
     pub warmup_steps: usize,
     pub seed: u64,
     pub finetune: Finetune,
-    /// Batches whose gradients are summed into one optimizer update.
+    /// Batches whose gradients are summed into one optimizer update of the model (the epoch's
+    /// last, shorter group too). The loss weighting still works batch by batch: DAO weighs each
+    /// batch and its own small network and α, β take their Adam step after every batch, as
+    /// DAO-SPEC's per-batch steps say.
     pub grad_accum: usize,
     /// Also checkpoint every this many updates (absent: at the end of each epoch only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -344,7 +347,8 @@ pub enum WeightingStrategy {
     GradNorm,
     /// Ablation: DAO with the gradient balance only (plain `L_c`, no weight network).
     DaoGradBalanceOnly,
-    /// Ablation: DAO with the imbalance-aware loss only (no gradient balance, `λ = 1`).
+    /// Ablation: DAO's imbalance-aware loss alone, `L = (1 − w_c) L_r + w_c L_imb` with
+    /// `weighting.constant_w_cls` (no gradient balance, no weight network).
     DaoImbalanceOnly,
 }
 
@@ -353,7 +357,8 @@ pub enum WeightingStrategy {
 #[serde(default, deny_unknown_fields)]
 pub struct WeightingConfig {
     pub strategy: WeightingStrategy,
-    /// `w_c` of the `constant` strategy (the paper's headline baseline is 0.1).
+    /// `w_c` of the `constant` strategy, and the constant weight of `dao-imbalance-only` (the
+    /// paper's headline baseline is 0.1).
     pub constant_w_cls: f64,
     /// Temperature of `dwa` (LibMTL's default 2).
     pub dwa_temperature: f64,

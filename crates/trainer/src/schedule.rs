@@ -43,12 +43,13 @@ impl CosineWithWarmup {
     }
 }
 
-/// Optimizer updates in a run, as the transformers `Trainer` counts them: `ceil(rows / batch)`
-/// batches per epoch (the last one may be short), one update per `grad_accum` batches
-/// (at least one per epoch), times `epochs`.
+/// Optimizer updates in a run: `ceil(rows / batch)` batches per epoch (the last one may be
+/// short), one update per `grad_accum` batches and one more for a shorter last group (the
+/// training loop updates at each epoch's end), times `epochs`. Without accumulation this is
+/// the transformers `Trainer`'s count.
 pub fn updates_per_run(rows: usize, batch_size: usize, grad_accum: usize, epochs: usize) -> usize {
     let batches = rows.div_ceil(batch_size.max(1));
-    (batches / grad_accum.max(1)).max(1) * epochs
+    batches.div_ceil(grad_accum.max(1)) * epochs
 }
 
 #[cfg(test)]
@@ -109,10 +110,12 @@ mod tests {
     }
 
     #[test]
-    fn counts_updates_like_transformers() {
+    fn counts_updates_as_the_training_loop_makes_them() {
         // 2198 rows, batch 10 → 220 batches (last one of 8 rows).
         assert_eq!(updates_per_run(2198, 10, 1, 100), 22_000);
         assert_eq!(updates_per_run(2198, 10, 4, 1), 55);
+        // 220 batches in groups of 3: 73 whole groups and one of a single batch.
+        assert_eq!(updates_per_run(2198, 10, 3, 2), 148);
         assert_eq!(updates_per_run(3, 10, 4, 2), 2);
     }
 }

@@ -25,7 +25,7 @@ use crate::optimizer::{AdamW, AdamWSettings};
 use crate::parallel::DataParallel;
 use crate::progress::RowsProgress;
 use crate::weighting::RunWeighting;
-use crate::{CosineWithWarmup, EpochRow, RunDir, StepRow, ValidationMetrics};
+use crate::{updates_per_run, CosineWithWarmup, EpochRow, RunDir, StepRow, ValidationMetrics};
 
 /// Everything that can stop a run.
 #[derive(Debug, thiserror::Error)]
@@ -436,11 +436,15 @@ pub fn train(
     let batch_size = config.train.batch_size;
     let grad_accum = config.train.grad_accum.max(1);
     let batches_per_epoch = data.train.len().div_ceil(batch_size);
-    let updates_per_epoch = batches_per_epoch.div_ceil(grad_accum);
     let schedule = CosineWithWarmup::new(
         config.train.lr,
         config.train.warmup_steps,
-        updates_per_epoch * config.train.epochs,
+        updates_per_run(
+            data.train.len(),
+            batch_size,
+            grad_accum,
+            config.train.epochs,
+        ),
     );
 
     // Initialisation (heads, adapters, DAO module) depends on the seed only.

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use trainer::{ConfigError, ConfigSources, Finetune, InputMode, RunConfig, WeightingStrategy};
+use trainer::{
+    ConfigError, ConfigSources, Finetune, GradNormWrt, InputMode, Metric, RunConfig,
+    WeightingStrategy,
+};
 
 fn configs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
@@ -24,8 +27,9 @@ fn every_preset_loads_and_validates() {
         .filter(|n| n.ends_with(".toml"))
         .collect();
     names.sort();
-    // quickstart + 1 regression-only + 6 constant + 1 DAO + 8 LoRA ranks + 4 finsent-minilm.
-    assert!(names.len() >= 21, "{names:?}");
+    // quickstart + 1 regression-only + 6 constant + 1 DAO + 8 LoRA ranks + 3 on
+    // Twitter-RoBERTa-large + 4 ablations + 4 finsent-minilm.
+    assert!(names.len() >= 28, "{names:?}");
     for name in &names {
         let config = load(name);
         config.validate().unwrap();
@@ -42,10 +46,19 @@ fn assert_paper_hyperparameters(name: &str, c: &RunConfig) {
     assert_eq!(c.train.batch_size, 10, "{name}");
     assert_eq!(c.train.lr, 1e-5, "{name}");
     assert_eq!(c.train.eps, 1e-8, "{name}");
+    assert_eq!(c.train.weight_decay, 0.01, "{name}");
     assert_eq!(c.train.epochs, 100, "{name}");
     assert_eq!(c.train.seed, 42, "{name}");
     assert_eq!(c.train.warmup_steps, 100, "{name}");
+    assert_eq!(c.train.grad_accum, 1, "{name}");
+    assert_eq!(c.train.best_metric, Metric::Mse, "{name}");
     assert_eq!(c.model.max_len, 512, "{name}");
+    assert_eq!((c.heads.hidden, c.heads.dropout), (128, 0.1), "{name}");
+    assert_eq!(
+        c.data.input,
+        InputMode::Text,
+        "{name}: a text and its score"
+    );
     assert_eq!(
         c.model.path,
         PathBuf::from("models/roberta-large"),
@@ -56,6 +69,19 @@ fn assert_paper_hyperparameters(name: &str, c: &RunConfig) {
         PathBuf::from("../shared/data/finsent/train.jsonl"),
         "{name}"
     );
+    assert_eq!(
+        c.data.valid,
+        Some(PathBuf::from("../shared/data/finsent/valid.jsonl")),
+        "{name}"
+    );
+}
+
+/// DAO's settings in the paper (DAO-SPEC steps 1–4), where a preset uses DAO.
+fn assert_paper_dao(name: &str, c: &RunConfig) {
+    assert_eq!((c.dao.lr, c.dao.hidden), (1e-3, 16), "{name}");
+    assert_eq!((c.dao.alpha_init, c.dao.beta_init), (0.1, 0.5), "{name}");
+    assert_eq!(c.dao.grad_norm_wrt, GradNormWrt::Representation, "{name}");
+    assert!(c.dao.learn_alpha_beta, "{name}");
 }
 
 #[test]
@@ -83,8 +109,7 @@ fn paper_presets_match_the_paper() {
     assert_paper_hyperparameters("dao", &c);
     assert_eq!(c.weighting.strategy, WeightingStrategy::Dao);
     assert_eq!(c.train.finetune, Finetune::Full);
-    assert_eq!((c.dao.lr, c.dao.hidden), (1e-3, 16));
-    assert_eq!((c.dao.alpha_init, c.dao.beta_init), (0.1, 0.5));
+    assert_paper_dao("dao", &c);
 
     for rank in [8, 16, 32, 64, 128, 256, 384, 512] {
         let name = format!("paper-dao-lora-r{rank}.toml");
@@ -95,7 +120,65 @@ fn paper_presets_match_the_paper() {
         assert_eq!(c.lora.rank, rank, "{name}");
         assert_eq!(c.lora.alpha(), rank as f64, "{name}: the paper's alpha = r");
         assert_eq!(c.lora.dropout, 0.05, "{name}");
+        assert_eq!(
+            c.lora.targets,
+            ["query", "key", "value", "dense"],
+            "{name}: every attention and feed-forward projection"
+        );
+        assert_paper_dao(&name, &c);
     }
+}
+
+/// The paper's second encoder: the same experiments, only the model folder differs.
+#[test]
+fn twitter_roberta_presets_are_the_roberta_ones_on_another_model() {
+    for experiment in ["regression-only", "constant-0.10", "dao"] {
+        let twitter = load(&format!("paper-twitter-{experiment}.toml"));
+        assert_eq!(
+            twitter.model.path,
+            PathBuf::from("models/twitter-roberta-large"),
+            "{experiment}"
+        );
+        let mut on_roberta = twitter.clone();
+        on_roberta.model.path = PathBuf::from("models/roberta-large");
+        assert_eq!(
+            on_roberta,
+            load(&format!("paper-{experiment}.toml")),
+            "{experiment}"
+        );
+    }
+}
+
+/// Each ablation is `paper-dao.toml` with one thing changed.
+#[test]
+fn ablation_presets_change_one_thing_of_paper_dao() {
+    let dao = load("paper-dao.toml");
+    let changed = |file: &str, change: &dyn Fn(&mut RunConfig)| {
+        let mut expected = dao.clone();
+        change(&mut expected);
+        assert_ne!(expected, dao, "{file}");
+        assert_eq!(load(file), expected, "{file}");
+    };
+    changed("ablation-dao-grad-balance-only.toml", &|c| {
+        c.weighting.strategy = WeightingStrategy::DaoGradBalanceOnly;
+    });
+    changed("ablation-dao-imbalance-only.toml", &|c| {
+        c.weighting.strategy = WeightingStrategy::DaoImbalanceOnly;
+        // The constant weight it keeps is the paper's headline baseline's, written out.
+        c.weighting.constant_w_cls = 0.10;
+    });
+    changed("ablation-dao-shared-parameters.toml", &|c| {
+        c.dao.grad_norm_wrt = GradNormWrt::SharedParameters;
+    });
+    changed("ablation-dao-fixed-alpha-beta.toml", &|c| {
+        c.dao.learn_alpha_beta = false;
+    });
+    let text =
+        std::fs::read_to_string(configs_dir().join("ablation-dao-imbalance-only.toml")).unwrap();
+    assert!(
+        text.contains("constant_w_cls = 0.10"),
+        "pinned, not a default"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! One whole DAO training step through tiny-roberta and the heads, against the PyTorch
 //! reference (`fixtures/golden.json` `dao_step`: eval mode, representation norms): the loss and
 //! its parts, λ and w from gradients measured through the real heads, ∂L/∂H, every head
-//! gradient, the gradient norm of every encoder tensor, and the heads after one AdamW step.
+//! gradient, the gradient norm of every encoder tensor, and the heads after one AdamW step; then
+//! the task gradients' norms over every encoder parameter (`grad_norm_wrt = "shared-parameters"`).
 
 use std::collections::HashMap;
 
@@ -9,7 +10,10 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use dao::{AlphaBeta, Dao, DaoConfig, DaoModule, LossWeighting, TaskOutputs};
+use dao::{
+    AlphaBeta, Dao, DaoConfig, DaoModule, GradNormWrt, LossWeighting, SharedModule, StepInput,
+    TaskOutputs,
+};
 use encoder::{load_weights, Encoder, EncoderConfig, EncoderInput};
 use heads::{HeadsConfig, MultiTaskHeads};
 use serde_json::Value;
@@ -121,9 +125,9 @@ fn dao_step_through_encoder_and_heads_matches_pytorch() {
         fc1: linear(&params["fc1.weight"], &params["fc1.bias"], &device),
         fc2: linear(&params["fc2.weight"], &params["fc2.bias"], &device),
     };
-    let mut dao = Dao::with_module(DaoConfig::default(), module).unwrap();
+    let mut dao = Dao::with_module(DaoConfig::default(), module.clone()).unwrap();
 
-    let h = encoder.first_token(input);
+    let h = encoder.first_token(input.clone());
     let mut task = |h: Tensor<2>| {
         let out = heads.forward_with_masks(h, None);
         let diff = out.scores.reshape([4]) - y.clone();
@@ -221,6 +225,51 @@ fn dao_step_through_encoder_and_heads_matches_pytorch() {
         1e-4,
     );
 
+    // DAO-SPEC step 1's other choice: ‖∇L_r‖, ‖∇L_c‖ over all 37 encoder tensors, through a
+    // fresh forward of the encoder (eval mode, so the same function as the loss's).
+    let config = DaoConfig {
+        grad_norm_wrt: GradNormWrt::SharedParameters,
+        ..DaoConfig::default()
+    };
+    let mut dao = Dao::with_module(config, module).unwrap();
+    let mut shared = SharedModule {
+        module: &encoder,
+        forward: |encoder: &Encoder| encoder.first_token(input.clone()),
+    };
+    let weighted = dao
+        .weigh_step(StepInput {
+            representation: encoder.first_token(input.clone()),
+            heads: &mut task,
+            shared: Some(&mut shared),
+        })
+        .unwrap();
+    let d = weighted.diagnostics;
+    let (g_r, g_c) = (
+        scalar(&step["g_r_norm_shared_parameters"]),
+        scalar(&step["g_c_norm_shared_parameters"]),
+    );
+    assert_close(
+        "g_r_norm (shared parameters)",
+        &[d.g_r_norm.unwrap()],
+        &[g_r],
+        1e-6,
+        1e-5,
+    );
+    assert_close(
+        "g_c_norm (shared parameters)",
+        &[d.g_c_norm.unwrap()],
+        &[g_c],
+        1e-6,
+        1e-5,
+    );
+    assert_close(
+        "lambda_r (shared parameters)",
+        &[d.lambda_r.unwrap()],
+        &[g_c / (g_r + g_c)],
+        1e-6,
+        1e-5,
+    );
+
     let grads = GradientsParams::from_grads(grads, &heads);
     // The trainer's own AdamW (fused on the CPU) against torch.optim.AdamW.
     let mut adamw = trainer::AdamW::new(trainer::AdamWSettings::default());
@@ -237,6 +286,14 @@ fn dao_step_through_encoder_and_heads_matches_pytorch() {
             &format!("{name}.weight after AdamW"),
             &w,
             &tensor_f32(&after[format!("{name}.weight")]).1,
+            1e-7,
+            1e-5,
+        );
+        let b = values(layer.bias.as_ref().unwrap().val());
+        assert_close(
+            &format!("{name}.bias after AdamW"),
+            &b,
+            &tensor_f32(&after[format!("{name}.bias")]).1,
             1e-7,
             1e-5,
         );

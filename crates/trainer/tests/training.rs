@@ -929,6 +929,31 @@ fn gradient_accumulation_and_early_stopping() {
     let state = trainer::read_state(&out.join("checkpoints/last")).unwrap();
     assert_eq!((state.global_step, state.updates), (6, 2));
 
+    // 6 batches, 4 per update: the epoch's shorter last group of 2 is an update too, and the
+    // cosine decay (no warm-up) spans both: 1e-3, then half of it.
+    let cfg = config(
+        &f,
+        &[
+            "weighting.strategy=constant",
+            "train.grad_accum=4",
+            "train.epochs=1",
+            "train.warmup_steps=0",
+        ],
+    );
+    let out = f.root.join("accum-short-group");
+    run_to_end(&cfg, &out);
+    let lrs: Vec<f64> = RunDir::open(&out)
+        .unwrap()
+        .read_steps()
+        .unwrap()
+        .iter()
+        .map(|r| r.lr)
+        .collect();
+    assert_eq!(lrs, [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4]);
+    let state = trainer::read_state(&out.join("checkpoints/last")).unwrap();
+    assert_eq!(state.updates, 2);
+    assert_eq!(trainer::updates_per_run(60, 10, 4, 1), state.updates);
+
     // lr 1e-12 leaves every f32 weight unchanged, so MSE never strictly improves after
     // epoch 1: patience 1 stops after epoch 2 of 4.
     let cfg = config(
