@@ -219,6 +219,31 @@ fn dao_on_the_hand_case() {
     assert_near("loss", d.loss, want);
 }
 
+/// A task whose loss does not depend on H has a measured gradient norm of 0 (not an error):
+/// here the logits are constants, so ‖g_c‖ = 0 and step 1 gives λ_r = 0, λ_c = 1.
+#[test]
+fn a_loss_that_does_not_depend_on_h_has_a_zero_norm() {
+    let device = device();
+    let mut s = Dao::new(DaoConfig::default(), &device).unwrap();
+    let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
+    let logits = Tensor::<2>::from_floats(
+        [[0.0, 1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0, 0.0]],
+        &device,
+    );
+    let mut heads = move |h: Tensor<2>| TaskOutputs {
+        regression_loss: h.square().sum().mul_scalar(0.25),
+        logits: logits.clone(),
+        labels: labels.clone(),
+    };
+    let d = s
+        .weigh(hand_representation(&device), &mut heads)
+        .unwrap()
+        .diagnostics;
+    assert_near("g_r_norm", d.g_r_norm.unwrap(), G_R);
+    assert_eq!(d.g_c_norm, Some(0.0));
+    assert_eq!((d.lambda_r, d.lambda_c), (Some(0.0), Some(1.0)));
+}
+
 /// `learn_alpha_beta = false` (DAO-SPEC step 2's option): α, β get no gradient and stay at
 /// their initial values through DAO's own updates, while the weighting network still learns.
 #[test]

@@ -48,7 +48,12 @@ impl TextTokenizer {
                 "max length {max_len} is outside 2..={limit} (the model's position table)"
             )));
         }
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| error(e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| {
+            error(format!(
+                "not a readable fast-tokenizer file ({e}); use the tokenizer.json that came \
+                 with the model"
+            ))
+        })?;
         // An id past the embedding table would index out of it on the first batch.
         if let Some((token, id)) = tokenizer
             .get_vocab(true)

@@ -50,3 +50,57 @@ fn adapter_weights_of_the_wrong_shape_are_a_shape_error() {
         "{error}"
     );
 }
+
+/// In training the adapter's dropout acts on its own input only (DAO-SPEC "LoRA":
+/// `W x + b + s · B A dropout(x)`): with A = B = I the update is `s · m ⊙ x`, each `m` either
+/// 0 or `1 / (1 − p)`, and the base product is the same whatever the mask.
+#[test]
+fn dropout_acts_on_the_adapter_input_only() {
+    let device = Device::flex().autodiff();
+    let config = LoraConfig {
+        targets: vec![],
+        alpha: 8.0,
+        dropout: 0.5,
+        ..LoraConfig::with_rank(4)
+    };
+    let adapted = LoraLinear::new(LinearConfig::new(4, 4).init(&device))
+        .with_adapter(&config)
+        .unwrap()
+        .set_adapter_weights(Tensor::eye(4, &device), Tensor::eye(4, &device))
+        .unwrap();
+    let scaling = adapted.adapter.as_ref().unwrap().scaling();
+    assert_eq!(scaling, 2.0);
+    // Entries in [1, 2): far from 0, so each ratio below is the mask's value.
+    let x = Tensor::<2>::random([64, 4], Distribution::Uniform(1.0, 2.0), &device);
+    let base = adapted.base.forward(x.clone());
+    let update = adapted.forward(x.clone()) - base;
+    let ratio: Vec<f32> = (update / x.mul_scalar(scaling))
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let dropped = ratio.iter().filter(|r| r.abs() < 1e-6).count();
+    let kept = ratio.iter().filter(|r| (*r - 2.0).abs() < 1e-5).count();
+    assert_eq!(
+        dropped + kept,
+        ratio.len(),
+        "every mask entry is 0 or 1/(1-p): {ratio:?}"
+    );
+    assert!(
+        dropped > 64 && kept > 64,
+        "about half of 256 each: {dropped} dropped"
+    );
+    // Not training (a plain device): no dropout, the whole update.
+    let plain = Device::flex();
+    let inference = LoraLinear::new(LinearConfig::new(4, 4).init(&plain))
+        .with_adapter(&config)
+        .unwrap()
+        .set_adapter_weights(Tensor::eye(4, &plain), Tensor::eye(4, &plain))
+        .unwrap();
+    let x = Tensor::<2>::random([8, 4], Distribution::Uniform(1.0, 2.0), &plain);
+    let update = inference.forward(x.clone()) - inference.base.forward(x.clone());
+    let diff = (update - x.mul_scalar(scaling))
+        .abs()
+        .max()
+        .into_scalar::<f32>();
+    assert!(diff < 1e-5, "{diff}");
+}
