@@ -427,9 +427,32 @@ fn check_applied(
                     found,
                 }
             }
-            other => EncoderError::Checkpoint {
+            ApplyError::DTypeMismatch {
+                path: tensor,
+                found,
+                ..
+            } => EncoderError::Checkpoint {
                 path: path.to_path_buf(),
-                message: other.to_string(),
+                message: format!(
+                    "tensor `{}` is stored as {found:?}; the encoder's weights must be floats \
+                     (f32, f16, bf16 or f64)",
+                    display_name(tensor, hf)
+                ),
+            },
+            ApplyError::AdapterError {
+                path: tensor,
+                message,
+            }
+            | ApplyError::LoadError {
+                path: tensor,
+                message,
+            } => EncoderError::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!(
+                    "tensor `{}`: {}",
+                    display_name(tensor, hf),
+                    unreadable(format, message)
+                ),
             },
         });
     }

@@ -311,3 +311,35 @@ fn truncated_pytorch_bin() {
     assert!(matches!(error, EncoderError::Checkpoint { .. }), "{error}");
     assert!(error.to_string().contains("pytorch_model.bin"), "{error}");
 }
+
+/// An integer tensor where a weight belongs: named as the checkpoint names it.
+#[test]
+fn integer_weight_is_named() {
+    let Some((_, dir)) = copy_fixture("integer_weight") else {
+        return;
+    };
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let name = "roberta.embeddings.LayerNorm.weight";
+    let ones: Vec<u8> = (0..64).flat_map(|_| 1i64.to_le_bytes()).collect();
+    let views: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(key, view)| {
+            if key == name {
+                let integer = TensorView::new(safetensors::Dtype::I64, vec![64], &ones).unwrap();
+                (key, integer)
+            } else {
+                (key, view)
+            }
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let message = load_error(&dir).to_string();
+    assert!(
+        message.contains("`embeddings.LayerNorm.weight` is stored as I64")
+            && message.contains("must be floats"),
+        "{message}"
+    );
+}
