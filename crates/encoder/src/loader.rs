@@ -78,6 +78,11 @@ impl ModelFolder {
             // A relative path is looked for from the working directory: say which, since a
             // run folder's config may have been written from another one.
             let message = match std::env::current_dir() {
+                _ if dir.exists() => {
+                    "not a folder: model.path (or --model) names a model folder holding \
+                     config.json, the weights and tokenizer.json"
+                        .to_string()
+                }
                 Ok(here) if dir.is_relative() => format!(
                     "model folder not found (looked for from the working directory {})",
                     here.display()
@@ -98,12 +103,14 @@ impl ModelFolder {
                     dir.join(w)
                 };
                 if !w.is_file() {
+                    let what = if w.exists() {
+                        "not a regular file"
+                    } else {
+                        "weights file not found"
+                    };
                     return Err(EncoderError::Io {
                         path: w,
-                        error: std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            "weights file not found",
-                        ),
+                        error: std::io::Error::new(std::io::ErrorKind::NotFound, what),
                     });
                 }
                 w
@@ -112,11 +119,14 @@ impl ModelFolder {
         };
         let tokenizer = dir.join("tokenizer.json");
         if !tokenizer.is_file() {
+            let what = if tokenizer.exists() {
+                "tokenizer.json is not a regular file"
+            } else {
+                "tokenizer.json not found"
+            };
             return Err(EncoderError::Tokenizer {
                 path: tokenizer,
-                message: "tokenizer.json not found; the folder must hold the model's fast \
-                          tokenizer file"
-                    .into(),
+                message: format!("{what}; the folder must hold the model's fast tokenizer file"),
             });
         }
         Ok(Self {

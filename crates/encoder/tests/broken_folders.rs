@@ -343,3 +343,22 @@ fn integer_weight_is_named() {
         "{message}"
     );
 }
+
+/// Entries that exist but are not what they should be say so, rather than "not found".
+#[test]
+fn a_file_for_the_folder_and_a_folder_for_the_tokenizer() {
+    let Some((_, dir)) = copy_fixture("wrong_kinds") else {
+        return;
+    };
+    let error = ModelFolder::open(&dir.join("config.json"), None).unwrap_err();
+    assert!(error.to_string().contains("not a folder"), "{error}");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    std::fs::create_dir(dir.join("tokenizer.json")).unwrap();
+    let error = load_error(&dir);
+    assert!(
+        error
+            .to_string()
+            .contains("tokenizer.json is not a regular file"),
+        "{error}"
+    );
+}
