@@ -14,7 +14,9 @@ pub struct ExportArgs {
     /// config.toml says (the run or the model moved to another place or machine).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
-    /// Output folder: config.json, model.safetensors, tokenizer.json, heads.safetensors.
+    /// Output folder: config.json, model.safetensors (LoRA merged), heads.safetensors, and the
+    /// tokenizer files set to cut texts at the run's model.max_len, as the run did
+    /// (tokenizer.json, tokenizer_config.json's model_max_length).
     #[arg(long)]
     out: PathBuf,
 }

@@ -18,10 +18,11 @@ const EXPORT_KEY_MAP: &[(&str, &str)] = &[
 /// The heads' file in an exported folder (PyTorch names and layouts).
 pub const HEADS_FILE: &str = "heads.safetensors";
 
-/// Writes the best model of `run` to `out` as a Hugging Face folder: `config.json` and
-/// `tokenizer.json` of the base model, `model.safetensors` with Hugging Face keys and
-/// `[out, in]` weights (LoRA merged), and the heads in `heads.safetensors`. `model_folder`:
-/// as for [`SentimentModel::from_run`].
+/// Writes the best model of `run` to `out` as a Hugging Face folder: `config.json` of the base
+/// model, its tokenizer files set to truncate at the run's `model.max_len` as it did,
+/// `model.safetensors` with Hugging Face keys and `[out, in]` weights (LoRA merged; no pooler,
+/// which H does not use), and the heads in `heads.safetensors`. `model_folder`: as for
+/// [`SentimentModel::from_run`].
 ///
 /// Each file is written whole under a temporary name in `out` and then renamed, so a failed
 /// export leaves the files of an earlier one as they were. `out` may not be the base model's
@@ -41,18 +42,13 @@ pub fn export_run(
             out.display()
         )));
     }
+    let mut files = vec![("config.json", read(&folder.dir.join("config.json"))?)];
+    files.extend(tokenizer_files(&folder, config.model.max_len)?);
     std::fs::create_dir_all(out).map_err(|error| TrainError::Io {
         path: out.to_path_buf(),
         error,
     })?;
-    for (from, name) in [
-        (folder.dir.join("config.json"), "config.json"),
-        (folder.tokenizer.clone(), "tokenizer.json"),
-    ] {
-        let bytes = std::fs::read(&from).map_err(|error| TrainError::Io {
-            path: from.clone(),
-            error,
-        })?;
+    for (name, bytes) in files {
         let to = out.join(name);
         crate::write_atomic(&to, &bytes).map_err(|error| TrainError::Io { path: to, error })?;
     }
@@ -91,6 +87,66 @@ pub fn export_run(
         },
         io,
     )
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TrainError> {
+    std::fs::read(path).map_err(|error| TrainError::Io {
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
+/// The base model's tokenizer files, set to tokenize as the run did, so that Hugging Face
+/// reproduces `predict`: `tokenizer.json` truncating to the run's `max_len` without padding (a
+/// base file may pad every text to a fixed length), `tokenizer_config.json` with that
+/// `model_max_length` (transformers' truncation length; written if the base has none), and the
+/// slow tokenizer's files, where there are any, as they are.
+fn tokenizer_files(
+    folder: &encoder::ModelFolder,
+    max_len: usize,
+) -> Result<Vec<(&'static str, Vec<u8>)>, TrainError> {
+    let json = |path: &Path, bytes: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .ok_or_else(|| TrainError::Input(format!("{}: not a JSON object", path.display())))
+    };
+    let mut tokenizer = json(&folder.tokenizer, &read(&folder.tokenizer)?)?;
+    tokenizer["padding"] = serde_json::Value::Null;
+    tokenizer["truncation"] = serde_json::json!({
+        "direction": "Right",
+        "max_length": max_len,
+        "strategy": "LongestFirst",
+        "stride": 0,
+    });
+    let settings_path = folder.dir.join("tokenizer_config.json");
+    let mut settings = if settings_path.is_file() {
+        json(&settings_path, &read(&settings_path)?)?
+    } else {
+        serde_json::json!({})
+    };
+    settings["model_max_length"] = max_len.into();
+    let pretty = |value: &serde_json::Value| {
+        let mut bytes = serde_json::to_vec_pretty(value).expect("a JSON value serializes");
+        bytes.push(b'\n');
+        bytes
+    };
+    let mut files = vec![
+        ("tokenizer.json", pretty(&tokenizer)),
+        ("tokenizer_config.json", pretty(&settings)),
+    ];
+    for name in [
+        "special_tokens_map.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+    ] {
+        let path = folder.dir.join(name);
+        if path.is_file() {
+            files.push((name, read(&path)?));
+        }
+    }
+    Ok(files)
 }
 
 /// A model folder's file, readable by all (burn's writer creates files for its owner alone).

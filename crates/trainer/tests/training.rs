@@ -674,6 +674,15 @@ fn evaluate_predict_and_export_round_trip() {
     ] {
         assert!(exported.join(file).is_file(), "{file}");
     }
+    // The tokenizer files tokenize as the run did: no fixed padding, cut at its max_len (48),
+    // which transformers reads as model_max_length.
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(exported.join(name)).unwrap()).unwrap()
+    };
+    assert_eq!(json("tokenizer_config.json")["model_max_length"], 48);
+    let tokenizer_json = json("tokenizer.json");
+    assert_eq!(tokenizer_json["truncation"]["max_length"], 48);
+    assert!(tokenizer_json["padding"].is_null());
     let (_, model) = trainer::SentimentModel::from_run(&out, "best", None, &device).unwrap();
     let folder = ModelFolder::open(&exported, None).unwrap();
     let encoder = folder.load_encoder(&device).unwrap();
@@ -811,7 +820,7 @@ fn evaluate_predict_and_export_round_trip() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
 
     // Bad input lines are refused before the model loads (from a folder with nothing in it
     // here), naming the line; nothing is written.
