@@ -46,6 +46,13 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     }
     let output = trainer::output_file(&args.output, &[&args.input])?;
     let device = parse_device(&args.device)?;
+    if args.model.join("config.toml").is_file() && !args.model.join("config.json").exists() {
+        bail!(
+            "{} is a run folder, not a model folder: `cli export --run {0} --out DIR` writes \
+             its fine-tuned encoder as a model folder to embed with",
+            args.model.display()
+        );
+    }
     let folder = ModelFolder::open(&args.model, args.weights.as_deref())?;
     let max_len = args
         .max_len

@@ -145,6 +145,14 @@ fn embed_reports_broken_model_folders() {
     let run = |model: &Path, extra: &[&str]| embed(model, &input, &output, extra);
     assert_clean_failure(&run(&broken, &[]), "tokenizer.json not found");
     assert_clean_failure(&run(&dir.join("absent"), &[]), "model folder not found");
+    // A run folder (its config.toml) is pointed to `export`.
+    let run_folder = dir.join("run");
+    std::fs::create_dir_all(&run_folder).unwrap();
+    std::fs::write(run_folder.join("config.toml"), "[model]\n").unwrap();
+    assert_clean_failure(
+        &run(&run_folder, &[]),
+        "is a run folder, not a model folder",
+    );
     assert_clean_failure(&run(&model, &["--device", "tpu"]), "unknown device `tpu`");
     assert_clean_failure(
         &run(&model, &["--max-len", "4096"]),
