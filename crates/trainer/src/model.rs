@@ -145,7 +145,7 @@ impl SentimentModel {
         device: &Device,
     ) -> Result<Self, TrainError> {
         let mut model = Self::from_config(config, device)?;
-        let dir = run.join("checkpoints").join(which);
+        let dir = crate::train::checkpoint_to_read(run, which);
         model.load(&dir, config.train.finetune)?;
         if config.train.finetune == Finetune::Lora {
             model.encoder = model.encoder.merge_lora()?;

@@ -153,6 +153,54 @@ pub struct TrainState {
     pub epoch_seconds: f64,
     /// The run stopped early or ran all its epochs.
     pub finished: bool,
+    /// What the run trains and validates on (absent in checkpoints of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataFingerprint>,
+}
+
+/// The training and validation rows of a run, in order, as row counts and FNV-1a hashes of
+/// their texts, targets and scores: a resumed run must see the rows it started with (only
+/// where the files lie may change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    pub train_rows: usize,
+    pub train_hash: String,
+    pub valid_rows: usize,
+    pub valid_hash: String,
+}
+
+impl DataFingerprint {
+    fn of(train: &[data::Example], valid: &[data::Example]) -> Self {
+        Self {
+            train_rows: train.len(),
+            train_hash: rows_hash(train),
+            valid_rows: valid.len(),
+            valid_hash: rows_hash(valid),
+        }
+    }
+}
+
+/// FNV-1a (64 bits) over each row's text, target and score bits: stable across builds and
+/// platforms, unlike std's hasher.
+fn rows_hash(rows: &[data::Example]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for row in rows {
+        feed(row.text.as_bytes());
+        feed(&[0xff]);
+        match &row.target {
+            Some(target) => feed(target.as_bytes()),
+            None => feed(&[0xfe]),
+        }
+        feed(&[0xff]);
+        feed(&row.score.to_bits().to_le_bytes());
+    }
+    format!("{hash:016x}")
 }
 
 impl TrainState {
@@ -169,6 +217,7 @@ impl TrainState {
             epoch_loss_count: 0,
             epoch_seconds: 0.0,
             finished: false,
+            data: None,
         }
     }
 
@@ -228,6 +277,7 @@ pub struct RunData {
     pub tokenizer: TextTokenizer,
     pub train: TokenizedSet,
     pub valid: TokenizedSet,
+    pub fingerprint: DataFingerprint,
 }
 
 impl RunData {
@@ -268,6 +318,7 @@ impl RunData {
             tokenizer,
             train,
             valid,
+            fingerprint: DataFingerprint::of(&splits.train.examples, &splits.valid.examples),
         })
     }
 }
@@ -291,16 +342,11 @@ impl Checkpoint<'_> {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
         }
-        std::fs::create_dir_all(&tmp).map_err(io_error(&tmp))?;
-        self.model.save(&tmp, self.finetune)?;
-        let path = tmp.join(OPTIMIZER_FILE);
-        self.optimizer
-            .save(&path)
-            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
-        self.weighting.save(&tmp)?;
-        let path = tmp.join(STATE_FILE);
-        let json = serde_json::to_string_pretty(self.state).expect("state serialises");
-        crate::write_atomic(&path, json.as_bytes()).map_err(io_error(&path))?;
+        if let Err(error) = self.write_files(&tmp) {
+            // A full disk must not stay full of a half checkpoint.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(error);
+        }
         if target.exists() {
             if old.exists() {
                 std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
@@ -308,10 +354,27 @@ impl Checkpoint<'_> {
             std::fs::rename(&target, &old).map_err(io_error(&target))?;
         }
         std::fs::rename(&tmp, &target).map_err(io_error(&target))?;
+        if let Ok(folder) = std::fs::File::open(parent) {
+            let _ = folder.sync_all(); // the renames themselves, where the platform allows
+        }
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
         }
         Ok(())
+    }
+
+    /// The checkpoint's files, in the folder `dir` (created).
+    fn write_files(&self, dir: &Path) -> Result<(), TrainError> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        self.model.save(dir, self.finetune)?;
+        let path = dir.join(OPTIMIZER_FILE);
+        self.optimizer
+            .save(&path)
+            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        self.weighting.save(dir)?;
+        let path = dir.join(STATE_FILE);
+        let json = serde_json::to_string_pretty(self.state).expect("state serialises");
+        crate::write_atomic(&path, json.as_bytes()).map_err(io_error(&path))
     }
 }
 
@@ -365,6 +428,97 @@ fn check_resumable(saved: &RunConfig, config: &RunConfig, run: &Path) -> Result<
     Ok(())
 }
 
+/// Puts back a checkpoint a crash left between the two renames of [`Checkpoint::write`]
+/// (`.<name>.old` whole, `<name>` not yet there), and removes what a crash or a failed write
+/// left over: a half-written `.<name>.tmp`, an `.<name>.old` whose successor is in place.
+fn recover_checkpoints(run: &Path) -> Result<(), TrainError> {
+    for name in ["last", "best"] {
+        let target = checkpoint_dir(run, name);
+        let parent = target.parent().expect("checkpoint folder has a parent");
+        let (tmp, old) = (
+            parent.join(format!(".{name}.tmp")),
+            parent.join(format!(".{name}.old")),
+        );
+        if !target.is_dir() && old.is_dir() && old.join(STATE_FILE).is_file() {
+            std::fs::rename(&old, &target).map_err(io_error(&target))?;
+        }
+        for leftover in [tmp, old] {
+            if leftover.is_dir() {
+                std::fs::remove_dir_all(&leftover).map_err(io_error(&leftover))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint folder to read `name` from: `.<name>.old` where a crash between the two
+/// renames of [`Checkpoint::write`] left it and `<name>` is not there yet (the next
+/// `train --resume` puts it back).
+pub(crate) fn checkpoint_to_read(run: &Path, name: &str) -> PathBuf {
+    let target = checkpoint_dir(run, name);
+    let old = target.with_file_name(format!(".{name}.old"));
+    if !target.is_dir() && old.join(STATE_FILE).is_file() {
+        old
+    } else {
+        target
+    }
+}
+
+/// A checkpoint's state against the run it is resumed in: the same rows (by their
+/// fingerprint), and a position the run's epochs and batches allow (a `state.json` edited by
+/// hand or damaged would otherwise train nonsense without a word).
+fn check_state(
+    saved: &TrainState,
+    data: &DataFingerprint,
+    config: &RunConfig,
+    batches_per_epoch: usize,
+    last: &Path,
+) -> Result<(), TrainError> {
+    if let Some(then) = saved.data.as_ref().filter(|then| *then != data) {
+        let changed = |name: &str, rows: (usize, usize)| {
+            format!(
+                "{name}: {} rows now, {} when the run started",
+                rows.0, rows.1
+            )
+        };
+        let mut what = Vec::new();
+        if (then.train_rows, &then.train_hash) != (data.train_rows, &data.train_hash) {
+            what.push(changed("training", (data.train_rows, then.train_rows)));
+        }
+        if (then.valid_rows, &then.valid_hash) != (data.valid_rows, &data.valid_hash) {
+            what.push(changed("validation", (data.valid_rows, then.valid_rows)));
+        }
+        return Err(TrainError::Input(format!(
+            "--resume: the data differs from what the run was trained on ({}; or the same \
+             number of rows with other contents); a resumed run must see the same rows: \
+             restore the files (data.train, data.valid may point to where they lie now), or \
+             start a new run with another --out (nothing was changed)",
+            what.join("; ")
+        )));
+    }
+    let epochs = config.train.epochs;
+    let updates_per_epoch = batches_per_epoch.div_ceil(config.train.grad_accum.max(1));
+    let epoch = saved.epoch as usize;
+    let consistent = epoch <= epochs
+        && saved.batch_in_epoch < batches_per_epoch
+        && (epoch < epochs || saved.batch_in_epoch == 0)
+        && saved.global_step == (epoch * batches_per_epoch + saved.batch_in_epoch) as u64
+        && saved.updates
+            == epoch * updates_per_epoch + saved.batch_in_epoch / config.train.grad_accum.max(1);
+    if !consistent {
+        return Err(TrainError::checkpoint(
+            &last.join(STATE_FILE),
+            format!(
+                "epoch {}, batch {}, step {}, update {} is no position of this run ({epochs} \
+                 epochs of {batches_per_epoch} batches): the file is damaged; resume from a \
+                 copy of the run, or start a new run with another --out",
+                saved.epoch, saved.batch_in_epoch, saved.global_step, saved.updates
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads `state.json` of a checkpoint folder.
 pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
     let path = dir.join(STATE_FILE);
@@ -412,18 +566,25 @@ pub fn train(
 
     let last = checkpoint_dir(run, "last");
     let resume_state = if options.resume {
-        // A crash between the two renames of Checkpoint::write leaves `.last.old`.
-        let old = last.with_file_name(".last.old");
-        if !last.is_dir() && old.is_dir() {
-            std::fs::rename(&old, &last).map_err(io_error(&last))?;
-        }
+        recover_checkpoints(run)?;
         if !last.is_dir() {
-            return Err(TrainError::Input(format!(
-                "--resume: no checkpoint in {} (the run stopped before its first one): delete \
-                 {} and train again, or choose another --out",
-                last.display(),
-                run.display()
-            )));
+            let best = checkpoint_dir(run, "best");
+            return Err(TrainError::Input(if best.is_dir() {
+                format!(
+                    "--resume: {} is missing (removed?), so the run cannot go on; its best \
+                     checkpoint ({}) still serves evaluate, predict and export; to train \
+                     again, choose another --out",
+                    last.display(),
+                    best.display()
+                )
+            } else {
+                format!(
+                    "--resume: no checkpoint in {} (the run stopped before its first one): \
+                     delete {} and train again, or choose another --out",
+                    last.display(),
+                    run.display()
+                )
+            }));
         }
         check_resumable(&run_dir.read_config()?, config, run)?;
         Some(read_state(&last)?)
@@ -446,6 +607,10 @@ pub fn train(
             config.train.epochs,
         ),
     );
+
+    if let Some(saved) = &resume_state {
+        check_state(saved, &data.fingerprint, config, batches_per_epoch, &last)?;
+    }
 
     // Initialisation (heads, adapters, DAO module) depends on the seed only.
     device.seed(seed);
@@ -473,8 +638,13 @@ pub fn train(
         weight_decay: config.train.weight_decay,
         ..AdamWSettings::default()
     });
-    let mut state = TrainState::new();
-    if let Some(saved) = resume_state {
+    let mut state = TrainState {
+        data: Some(data.fingerprint.clone()),
+        ..TrainState::new()
+    };
+    if let Some(mut saved) = resume_state {
+        // A checkpoint of an older version has no fingerprint: the next ones will.
+        saved.data = Some(data.fingerprint.clone());
         model.load(&last, config.train.finetune)?;
         let path = last.join(OPTIMIZER_FILE);
         optimizer

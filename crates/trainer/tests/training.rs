@@ -365,6 +365,91 @@ fn non_finite_loss_stops_and_keeps_the_last_checkpoint() {
 /// `--resume` continues the run its config.toml describes: a changed learning rate or LoRA
 /// switched on is refused with the keys named and nothing written; a finished run is left as
 /// it is; a folder that holds any file of a run takes no fresh run.
+/// A resumed run must see the rows it started with; a damaged `state.json` is refused; a
+/// crash between the two renames of a checkpoint leaves `.best.old`, which `evaluate` reads
+/// and `--resume` puts back.
+#[test]
+fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
+    let Some(f) = fixture("resume_checks_the_data_and_the_state") else {
+        return;
+    };
+    let train_file = f.root.join("train-copy.jsonl");
+    std::fs::copy(f.root.join("train.jsonl"), &train_file).unwrap();
+    let on_copy = format!("data.train={}", train_file.display());
+    let cfg = config(&f, &["train.epochs=2", &on_copy]);
+    let out = f.root.join("run");
+    let stop = TrainOptions {
+        stop_after_steps: Some(8),
+        ..Default::default()
+    };
+    assert!(!trainer::train(&cfg, &out, &stop).unwrap().finished);
+    let resume = TrainOptions {
+        resume: true,
+        ..Default::default()
+    };
+    let original = std::fs::read_to_string(&train_file).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let before = std::fs::read(out.join("steps.csv")).unwrap();
+    // One row fewer; then as many rows, one score changed.
+    let one_fewer = lines[1..].join("\n");
+    let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    let mut changed = first.clone();
+    changed["score"] = (first["score"].as_f64().unwrap() * 0.5).into();
+    let rescored = std::iter::once(changed.to_string())
+        .chain(lines[1..].iter().map(|l| l.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (data, expected) in [
+        (&one_fewer, "training: 59 rows now, 60 when the run started"),
+        (&rescored, "training: 60 rows now, 60 when the run started"),
+    ] {
+        std::fs::write(&train_file, data).unwrap();
+        let text = trainer::train(&cfg, &out, &resume).unwrap_err().to_string();
+        assert!(
+            text.contains("the data differs") && text.contains(expected),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(out.join("steps.csv")).unwrap(), before);
+    }
+    std::fs::write(&train_file, &original).unwrap();
+
+    // A state.json edited past the run's end.
+    let state_file = out.join("checkpoints/last/state.json");
+    let state = std::fs::read_to_string(&state_file).unwrap();
+    let mut damaged: serde_json::Value = serde_json::from_str(&state).unwrap();
+    damaged["epoch"] = 99.into();
+    std::fs::write(&state_file, damaged.to_string()).unwrap();
+    let text = trainer::train(&cfg, &out, &resume).unwrap_err().to_string();
+    assert!(
+        text.contains("state.json") && text.contains("is no position of this run"),
+        "{text}"
+    );
+    std::fs::write(&state_file, &state).unwrap();
+
+    // The best checkpoint caught between its two renames (after epoch 1).
+    let checkpoints = out.join("checkpoints");
+    std::fs::rename(checkpoints.join("best"), checkpoints.join(".best.old")).unwrap();
+    std::fs::create_dir(checkpoints.join(".best.tmp")).unwrap();
+    let device = burn::tensor::Device::flex();
+    let options = trainer::InferenceOptions::default();
+    let metrics = trainer::evaluate_run(&out, "best", None, &device, &options).unwrap();
+    assert!(metrics.mse.is_finite());
+    assert!(trainer::train(&cfg, &out, &resume).unwrap().finished);
+    let mut names: Vec<String> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["best", "last"]);
+    // And the run is the one it would have been without any of this.
+    let whole = f.root.join("whole");
+    run_to_end(&cfg, &whole);
+    assert_eq!(
+        std::fs::read(out.join("steps.csv")).unwrap(),
+        std::fs::read(whole.join("steps.csv")).unwrap()
+    );
+}
+
 #[test]
 fn resume_refuses_another_configuration_and_writes_nothing() {
     let Some(f) = fixture("resume_refuses_another_configuration_and_writes_nothing") else {
