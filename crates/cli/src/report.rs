@@ -17,8 +17,9 @@ pub struct ReportArgs {
     /// (default: the first).
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// With --compare: the metric that picks each run's best epoch: mse (the default), mae,
-    /// rmse, r2, accuracy, precision, recall, f1.
+    /// With --compare: the metric that picks each run's best epoch: mse, mae, rmse, r2,
+    /// accuracy, precision, recall, f1 (default: each run's own train.best_metric, the epoch
+    /// `evaluate` and `report --run` show).
     #[arg(long)]
     by: Option<String>,
     /// With --compare: the folder the comparison goes to (default: comparison).
@@ -41,16 +42,21 @@ pub fn run(args: ReportArgs) -> Result<()> {
     if args.compare.is_empty() {
         bail!("give --run RUN_DIR or --compare RUN_DIR...");
     }
-    let by_name = args.by.as_deref().unwrap_or("mse");
-    let by: trainer::Metric = trainer::Metric::ALL
-        .into_iter()
-        .find(|m| m.name() == by_name)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "--by `{by_name}`: not a metric (mse, mae, rmse, r2, accuracy, precision, \
-                 recall, f1)"
-            )
-        })?;
+    let by = args
+        .by
+        .as_deref()
+        .map(|name| {
+            trainer::Metric::ALL
+                .into_iter()
+                .find(|m| m.name() == name)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--by `{name}`: not a metric (mse, mae, rmse, r2, accuracy, precision, \
+                         recall, f1)"
+                    )
+                })
+        })
+        .transpose()?;
     let reference = args.reference.unwrap_or_else(|| args.compare[0].clone());
     let comparison = trainer::compare(&args.compare, &reference, by)?;
     println!("{}", comparison.to_markdown());

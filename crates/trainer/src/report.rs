@@ -161,6 +161,8 @@ pub struct ComparisonRow {
     pub strategy: WeightingStrategy,
     /// `weighting.constant_w_cls` of a `constant` run.
     pub w_cls: Option<f64>,
+    /// The metric that picked `best`.
+    pub by: Metric,
     /// The best epoch's row of `metrics.csv`.
     pub best: EpochRow,
     /// Epochs run.
@@ -172,10 +174,12 @@ pub struct ComparisonRow {
     pub relative_time: f64,
 }
 
-/// Several runs side by side, best epoch by one metric.
+/// Several runs side by side, each at its best epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
-    pub by: Metric,
+    /// The metric that picked every run's best epoch; `None`: each run's own
+    /// `train.best_metric` (the epoch `evaluate` and its report show).
+    pub by: Option<Metric>,
     /// Name of the reference run of the time column.
     pub reference: String,
     pub rows: Vec<ComparisonRow>,
@@ -200,19 +204,20 @@ fn seconds_per_epoch(epochs: &[EpochRow]) -> f64 {
     epochs.iter().map(|e| e.seconds).sum::<f64>() / epochs.len() as f64
 }
 
-/// Compares the runs in `run_dirs` by their best epoch under `by`, with times relative to
-/// the run in `reference` (which need not be among them). Each folder needs `config.toml`
-/// and at least one row in `metrics.csv`.
+/// Compares the runs in `run_dirs` at their best epoch (by `by`, or by each run's own
+/// `train.best_metric`), with times relative to the run in `reference` (which need not be
+/// among them). Each folder needs `config.toml` and at least one row in `metrics.csv`.
 pub fn compare(
     run_dirs: &[PathBuf],
     reference: &Path,
-    by: Metric,
+    by: Option<Metric>,
 ) -> Result<Comparison, ReportError> {
     let reference_time = seconds_per_epoch(&summarise(reference)?.epochs);
     let mut rows = Vec::with_capacity(run_dirs.len());
     for dir in run_dirs {
         let RunSummary { config, epochs } = summarise(dir)?;
-        let best = best_epoch(&epochs, by).clone();
+        let metric = by.unwrap_or(config.train.best_metric);
+        let best = best_epoch(&epochs, metric).clone();
         let strategy = config.weighting.strategy;
         rows.push(ComparisonRow {
             name: folder_name(dir),
@@ -220,6 +225,7 @@ pub fn compare(
             strategy,
             w_cls: (strategy == WeightingStrategy::Constant)
                 .then_some(config.weighting.constant_w_cls),
+            by: metric,
             best,
             epochs: epochs.len(),
             total_seconds: epochs.iter().map(|e| e.seconds).sum(),
@@ -240,9 +246,15 @@ pub fn compare(
 impl Comparison {
     /// The table: one row per run, its best epoch's metrics and its time.
     pub fn to_markdown(&self) -> String {
+        let first = self.rows.first().map(|r| r.by);
+        let mixed = self.rows.iter().any(|r| Some(r.by) != first);
+        let chosen_by = match (self.by, first) {
+            (Some(by), _) => by.label().to_string(),
+            (None, Some(by)) if !mixed => format!("{} (the runs' best_metric)", by.label()),
+            _ => "each run's best_metric".to_string(),
+        };
         let mut md = format!(
-            "# Comparison (best epoch by {}; time relative to `{}` per epoch)\n\n",
-            self.by.label(),
+            "# Comparison (best epoch by {chosen_by}; time relative to `{}` per epoch)\n\n",
             self.reference
         );
         md.push_str(
@@ -250,12 +262,17 @@ impl Comparison {
              |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &self.rows {
+            let best = if mixed {
+                format!("{} ({})", r.best.epoch, r.by.label())
+            } else {
+                r.best.epoch.to_string()
+            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {:.1} | {:.2}× |",
                 r.name,
                 r.setting,
-                r.best.epoch,
+                best,
                 metric_cells(&r.best),
                 r.epochs,
                 r.total_seconds,
@@ -663,7 +680,7 @@ mod tests {
             write_run(&root.join(name), settings, epochs, false);
             dirs.push(root.join(name));
         }
-        let cmp = compare(&dirs, &root.join("c10"), Metric::Mse).unwrap();
+        let cmp = compare(&dirs, &root.join("c10"), None).unwrap();
         assert_eq!(cmp.reference, "c10");
         let best: Vec<u32> = cmp.rows.iter().map(|r| r.best.epoch).collect();
         assert_eq!(best, [2, 1, 2, 2]);
@@ -675,9 +692,36 @@ mod tests {
         assert_eq!(cmp.rows[3].setting, "DAO + LoRA r=8");
         assert_eq!(cmp.rows[1].setting, "constant w_c = 0.10");
 
-        let by_acc = compare(&dirs, &root.join("c10"), Metric::Accuracy).unwrap();
+        let by_acc = compare(&dirs, &root.join("c10"), Some(Metric::Accuracy)).unwrap();
         assert_eq!(by_acc.rows[1].best.epoch, 1);
         assert_eq!(by_acc.rows[0].best.epoch, 2);
+        // Without --by, each run at the epoch its own best_metric picks (what `evaluate` and
+        // its report show): c05 by accuracy, the others by the default, MSE.
+        let settings = format!("{}[train]\nbest_metric = \"accuracy\"\n", runs[0].1);
+        write_run(
+            &dirs[0],
+            &settings,
+            &[(0.03, 0.73, 10.0), (0.025, 0.72, 10.0)],
+            false,
+        );
+        let own = compare(&dirs, &root.join("c10"), None).unwrap();
+        let by: Vec<(Metric, u32)> = own.rows.iter().map(|r| (r.by, r.best.epoch)).collect();
+        assert_eq!(
+            by,
+            [
+                (Metric::Accuracy, 1),
+                (Metric::Mse, 1),
+                (Metric::Mse, 2),
+                (Metric::Mse, 2)
+            ]
+        );
+        let md = own.to_markdown();
+        assert!(md.contains("best epoch by each run's best_metric"), "{md}");
+        assert!(
+            md.contains("| c05 | constant w_c = 0.05 | 1 (accuracy) |"),
+            "{md}"
+        );
+        write_run(&dirs[0], runs[0].1, &runs[0].2, false);
 
         let out = root.join("cmp");
         let files = cmp.write(&out).unwrap();
