@@ -203,8 +203,7 @@ fn import_weights(model: &Path, out: &Path, weights: Option<&Path>) -> Result<()
             folder.weights.display()
         );
     }
-    // Everything is read and checked before anything is written: a failure leaves `out` as it
-    // was (an earlier import included).
+    // Everything is read and checked before anything is written.
     TextTokenizer::from_file(
         &folder.tokenizer,
         &folder.config,
@@ -223,15 +222,46 @@ fn import_weights(model: &Path, out: &Path, weights: Option<&Path>) -> Result<()
     let started = std::time::Instant::now();
     let encoder = folder.load_encoder(&device)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    for (from, to, bytes) in copies {
-        if !trainer::same_path(&from, &to) {
-            // Written anew (a copy would keep the source's read-only mode), each file whole.
-            trainer::write_atomic(&to, &bytes)
-                .with_context(|| format!("cannot write {}", to.display()))?;
+    // Every file is written under a temporary name first and only then are they renamed into
+    // place, together: a write that fails (a full disk) leaves an earlier import whole, never
+    // its weights beside another model's config.json.
+    let staged = |name: &str| out.join(format!(".{name}.new"));
+    let mut renames = Vec::new();
+    let written = (|| -> Result<()> {
+        for (from, to, bytes) in &copies {
+            if trainer::same_path(from, to) {
+                continue;
+            }
+            let name = to.file_name().unwrap_or_default().to_string_lossy();
+            let tmp = staged(&name);
+            renames.push((tmp.clone(), to.clone()));
+            // Written anew (a copy would keep the source's read-only mode).
+            std::fs::File::create(&tmp)
+                .and_then(|mut file| {
+                    std::io::Write::write_all(&mut file, bytes)?;
+                    file.sync_all()
+                })
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+        }
+        let tmp = staged(BURN_WEIGHTS);
+        renames.push((tmp.clone(), out.join(BURN_WEIGHTS)));
+        save_burnpack(&encoder, &tmp)?;
+        Ok(())
+    })();
+    if let Err(error) = written {
+        for (tmp, _) in &renames {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return Err(error);
+    }
+    for (i, (tmp, to)) in renames.iter().enumerate() {
+        if let Err(error) = std::fs::rename(tmp, to) {
+            for (left, _) in &renames[i..] {
+                let _ = std::fs::remove_file(left);
+            }
+            return Err(error).with_context(|| format!("cannot write {}", to.display()));
         }
     }
-    // The weights last (also whole): the largest write, and the one most likely to fail.
-    save_burnpack(&encoder, &out.join(BURN_WEIGHTS))?;
     eprintln!(
         "imported {} ({} layers, hidden {}) into {} in {:.2}s",
         folder.weights.display(),
@@ -308,6 +338,16 @@ mod tests {
         let error = import_weights(&model, &out, None).unwrap_err();
         assert!(format!("{error:#}").contains("config.json"), "{error:#}");
         assert_eq!(snapshot(&out), before);
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["config.json", "model.bpk", "tokenizer.json"],
+            "nothing staged left"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }

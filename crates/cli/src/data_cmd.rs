@@ -32,7 +32,8 @@ struct StatsArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// error: stop at the first bad row; skip: keep the good rows and write the bad lines
-    /// beside the input as <name>.rejected.<ext>.
+    /// beside the input as <stem>.rejected.jsonl (.csv, .tsv for those inputs; .jsonl for
+    /// .ndjson and .json, .tsv for .tab).
     #[arg(long, default_value = "error", value_parser = parse_policy)]
     on_bad_row: BadRowPolicy,
     /// text, or text+target (a sentence pair; every row then needs a target).

@@ -32,7 +32,7 @@ pub enum RowProblem {
     EmptyTarget(String),
     #[error(
         "too few fields: {found}, the header has {expected}{}",
-        if *.open_quote { " (a quote opened here is never closed: it runs over the lines below)" } else { "" }
+        if *.open_quote { " (a quoted field runs over several lines here: if a quote opened here is never closed, it takes the lines below)" } else { "" }
     )]
     TooFewFields {
         found: usize,

@@ -316,7 +316,7 @@ fn csv_each_problem_named() {
     case(
         "open-quote",
         b"\"never closed,0.2\nnext,0.3\n",
-        "a quote opened here is never closed",
+        "if a quote opened here is never closed, it takes the lines below",
     );
 
     let path = write(&dir, "header.csv", b"sentence,score\nx,0.1\n");

@@ -18,6 +18,8 @@ pub enum EncoderError {
     AmbiguousWeights { folder: PathBuf, found: String },
     #[error("{}: cannot read checkpoint: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
+    #[error("{}: cannot write: {message}", path.display())]
+    Write { path: PathBuf, message: String },
     #[error("{}: tensor `{tensor}` is missing from the checkpoint{hint}", path.display())]
     MissingTensor {
         path: PathBuf,

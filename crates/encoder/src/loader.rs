@@ -512,12 +512,13 @@ pub fn save_burnpack(encoder: &Encoder, path: &Path) -> Result<(), EncoderError>
     let mut store = BurnpackStore::from_file(&tmp)
         .auto_extension(false)
         .overwrite(true);
-    encoder
-        .save_into(&mut store)
-        .map_err(|e| EncoderError::Checkpoint {
-            path: tmp.clone(),
+    if let Err(e) = encoder.save_into(&mut store) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(EncoderError::Write {
+            path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
+        });
+    }
     std::fs::rename(&tmp, path).map_err(|error| EncoderError::Io {
         path: path.to_path_buf(),
         error,

@@ -605,6 +605,14 @@ impl RunConfig {
             "a file",
             &"\"\"",
         );
+        if let Some(valid) = &self.data.valid {
+            check(
+                !valid.as_os_str().is_empty(),
+                "data.valid",
+                "a file (or absent: a split of data.train)",
+                &"\"\"",
+            );
+        }
         let vf = self.data.valid_fraction;
         check(unit(vf), "data.valid_fraction", "in [0, 1)", &vf);
         check(
@@ -1308,7 +1316,7 @@ mod tests {
     #[test]
     fn ranges_are_validated_with_every_violation_named() {
         let (_dir, src) = toml_sources(
-            "[model]\npath = \"m\"\n[data]\ntrain = \"t\"\nvalid_fraction = 1.0\n\
+            "[model]\npath = \"m\"\n[data]\ntrain = \"t\"\nvalid = \"\"\nvalid_fraction = 1.0\n\
              [train]\nlr = -1.0\nbatch_size = 0\ndevice = \"tpu\"\n[lora]\nrank = 0\n\
              [dao]\nbeta_init = 1.0\n",
         );
@@ -1317,6 +1325,7 @@ mod tests {
             panic!("expected Invalid, got {err:?}");
         };
         let keys = [
+            "data.valid",
             "data.valid_fraction",
             "train.lr",
             "train.batch_size",

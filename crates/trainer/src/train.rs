@@ -1118,11 +1118,31 @@ pub fn evaluate_run(
                 rejected_dir: Some(run.to_path_buf()),
                 ..data_config.load_options()
             };
-            // Named as training named it: never over the training file's rejected lines.
-            data::load(
-                file,
-                &data::validation_options(&options, file, &config.data.train),
-            )?
+            let own = config
+                .data
+                .valid
+                .as_deref()
+                .is_some_and(|valid| crate::same_path(valid, file));
+            let options = if own {
+                // Named as training named it: never over the training file's rejected lines.
+                data::validation_options(&options, file, &config.data.train)
+            } else {
+                // Another file's rejected lines never replace the ones training kept.
+                let kept = data::rejected_path(file, Some(run));
+                let part = |p: Option<&std::ffi::OsStr>| {
+                    p.unwrap_or_default().to_string_lossy().into_owned()
+                };
+                let name = format!(
+                    "{}.evaluate.rejected.{}",
+                    part(file.file_stem()),
+                    part(kept.extension())
+                );
+                data::LoadOptions {
+                    rejected_file: Some(kept.with_file_name(name)),
+                    ..options
+                }
+            };
+            data::load(file, &options)?
         }
     };
     let tokenizer = RunData::tokenizer(&config)?;
