@@ -42,6 +42,17 @@ fn rewrite_safetensors(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize
     std::fs::write(dir.join("model.safetensors"), out).unwrap();
 }
 
+/// The message of a checkpoint error (the kind asserted) that loading `dir` gives.
+fn checkpoint_message(dir: &Path) -> String {
+    let error = load_error(dir);
+    let message = error.to_string();
+    assert!(
+        matches!(error, EncoderError::Checkpoint { .. }),
+        "{message}"
+    );
+    message
+}
+
 fn load_error(dir: &Path) -> EncoderError {
     match ModelFolder::open(dir, None).and_then(|f| f.load_encoder(&Device::flex())) {
         Ok(_) => panic!("{} loaded although it is broken", dir.display()),
@@ -163,12 +174,7 @@ fn two_names_for_one_tensor() {
             let copy = tensors.iter().find(|t| t.0 == name).unwrap().clone();
             tensors.push((alias.to_string(), copy.1, vec![0; copy.2.len()]));
         });
-        let error = load_error(&dir);
-        let message = error.to_string();
-        assert!(
-            matches!(error, EncoderError::Checkpoint { .. }),
-            "{message}"
-        );
+        let message = checkpoint_message(&dir);
         assert!(
             message.contains(name) && message.contains(alias) && message.contains("keep one"),
             "{message}"
@@ -189,12 +195,7 @@ fn non_finite_weight_is_named() {
                 .unwrap();
             t.2[8..12].copy_from_slice(&bad.to_le_bytes());
         });
-        let error = load_error(&dir);
-        let message = error.to_string();
-        assert!(
-            matches!(error, EncoderError::Checkpoint { .. }),
-            "{message}"
-        );
+        let message = checkpoint_message(&dir);
         assert!(
             message.contains("`encoder.layer.0.output.dense.bias`")
                 && message.contains("NaN or infinite"),
@@ -336,7 +337,7 @@ fn integer_weight_is_named() {
         })
         .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
-    let message = load_error(&dir).to_string();
+    let message = checkpoint_message(&dir);
     assert!(
         message.contains("`embeddings.LayerNorm.weight` is stored as I64")
             && message.contains("must be floats"),

@@ -1044,14 +1044,11 @@ fn gradient_accumulation_and_early_stopping() {
     );
     let out = f.root.join("accum");
     run_to_end(&cfg, &out);
-    let lrs: Vec<f64> = RunDir::open(&out)
-        .unwrap()
-        .read_steps()
-        .unwrap()
-        .iter()
-        .map(|r| r.lr)
-        .collect();
-    assert_eq!(lrs, [0.0, 0.0, 0.0, 5e-4, 5e-4, 5e-4]);
+    let lrs = |out: &Path| -> Vec<f64> {
+        let steps = RunDir::open(out).unwrap().read_steps().unwrap();
+        steps.iter().map(|r| r.lr).collect()
+    };
+    assert_eq!(lrs(&out), [0.0, 0.0, 0.0, 5e-4, 5e-4, 5e-4]);
     let state = trainer::read_state(&out.join("checkpoints/last")).unwrap();
     assert_eq!((state.global_step, state.updates), (6, 2));
 
@@ -1068,14 +1065,7 @@ fn gradient_accumulation_and_early_stopping() {
     );
     let out = f.root.join("accum-short-group");
     run_to_end(&cfg, &out);
-    let lrs: Vec<f64> = RunDir::open(&out)
-        .unwrap()
-        .read_steps()
-        .unwrap()
-        .iter()
-        .map(|r| r.lr)
-        .collect();
-    assert_eq!(lrs, [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4]);
+    assert_eq!(lrs(&out), [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4]);
     let state = trainer::read_state(&out.join("checkpoints/last")).unwrap();
     assert_eq!(state.updates, 2);
     assert_eq!(trainer::updates_per_run(60, 10, 4, 1), state.updates);
