@@ -102,17 +102,7 @@ impl ModelFolder {
                 } else {
                     dir.join(w)
                 };
-                if !w.is_file() {
-                    let what = if w.exists() {
-                        "not a regular file"
-                    } else {
-                        "weights file not found"
-                    };
-                    return Err(EncoderError::Io {
-                        path: w,
-                        error: std::io::Error::new(std::io::ErrorKind::NotFound, what),
-                    });
-                }
+                weights_file(&w)?;
                 w
             }
             None => find_weights(dir)?,
@@ -177,17 +167,7 @@ impl CheckpointLayout {
             message: "unknown weights format (expected .bpk, .safetensors, .bin, .pt or .pth)"
                 .into(),
         })?;
-        if !path.is_file() {
-            let what = if path.exists() {
-                "not a regular file"
-            } else {
-                "weights file not found"
-            };
-            return Err(EncoderError::Io {
-                path: path.to_path_buf(),
-                error: std::io::Error::new(std::io::ErrorKind::NotFound, what),
-            });
-        }
+        weights_file(path)?;
         let keys = catch(path, || match format {
             WeightsFormat::Burnpack => BurnpackStore::from_file(path)
                 .keys()
@@ -261,6 +241,22 @@ fn unreadable(format: WeightsFormat, message: &str) -> String {
         }
     };
     format!("{what} ({message})")
+}
+
+/// `path` is a weights file that is there (not absent, not a folder).
+fn weights_file(path: &Path) -> Result<(), EncoderError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    let what = if path.exists() {
+        "not a regular file"
+    } else {
+        "weights file not found"
+    };
+    Err(EncoderError::Io {
+        path: path.to_path_buf(),
+        error: std::io::Error::new(std::io::ErrorKind::NotFound, what),
+    })
 }
 
 fn find_weights(dir: &Path) -> Result<PathBuf, EncoderError> {
