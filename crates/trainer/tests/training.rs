@@ -450,36 +450,45 @@ fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
     );
 }
 
-/// `evaluate --data` on a file named like the run's training file keeps its rejected lines
-/// apart: the record training kept of its own rejected rows is never replaced.
+/// `evaluate --data` on a file named like the run's training or validation file keeps its
+/// rejected lines apart: the records training kept of its own rejected rows are never
+/// replaced.
 #[test]
 fn evaluate_on_another_file_keeps_the_runs_rejected_lines() {
     let Some(f) = fixture("evaluate_on_another_file_keeps_the_runs_rejected_lines") else {
         return;
     };
-    let train = f.root.join("train.jsonl");
-    let mut text = std::fs::read_to_string(&train).unwrap();
-    text.push_str("\nnot json in training\n");
-    std::fs::write(&train, &text).unwrap();
+    let valid = std::fs::read_to_string(f.root.join("valid.jsonl")).unwrap();
+    for name in ["train.jsonl", "valid.jsonl"] {
+        let path = f.root.join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}\nnot json in {name}\n")).unwrap();
+    }
     let cfg = config(&f, &["train.epochs=1", "data.on_bad_row=skip"]);
     let out = f.root.join("run");
     run_to_end(&cfg, &out);
-    let kept = out.join("train.rejected.jsonl");
-    let record = std::fs::read_to_string(&kept).unwrap();
-    assert!(record.contains("not json in training"), "{record}");
+    let records = ["train.rejected.jsonl", "valid.rejected.jsonl"].map(|name| {
+        let record = std::fs::read_to_string(out.join(name)).unwrap();
+        assert!(record.contains("not json in"), "{name}: {record}");
+        (name, record)
+    });
 
     let other = f.root.join("elsewhere");
     std::fs::create_dir(&other).unwrap();
-    let valid = std::fs::read_to_string(f.root.join("valid.jsonl")).unwrap();
-    let file = other.join("train.jsonl");
-    std::fs::write(&file, format!("{valid}\nnot json elsewhere\n")).unwrap();
     let device = burn::tensor::Device::flex();
-    let metrics =
-        trainer::evaluate_run(&out, "best", Some(&file), &device, &Default::default()).unwrap();
-    assert_eq!(metrics.n, 20);
-    assert_eq!(std::fs::read_to_string(&kept).unwrap(), record);
-    let evaluated = std::fs::read_to_string(out.join("train.evaluate.rejected.jsonl")).unwrap();
-    assert!(evaluated.contains("not json elsewhere"), "{evaluated}");
+    for name in ["train", "valid"] {
+        let file = other.join(format!("{name}.jsonl"));
+        std::fs::write(&file, format!("{valid}\nnot json elsewhere\n")).unwrap();
+        let metrics =
+            trainer::evaluate_run(&out, "best", Some(&file), &device, &Default::default()).unwrap();
+        assert_eq!(metrics.n, 20);
+        for (kept, record) in &records {
+            assert_eq!(&std::fs::read_to_string(out.join(kept)).unwrap(), record);
+        }
+        let evaluated = out.join(format!("{name}.evaluate.rejected.jsonl"));
+        let evaluated = std::fs::read_to_string(evaluated).unwrap();
+        assert!(evaluated.contains("not json elsewhere"), "{evaluated}");
+    }
 }
 
 #[test]
