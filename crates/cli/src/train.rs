@@ -62,7 +62,41 @@ pub fn run(args: TrainArgs) -> Result<()> {
         progress: true,
         stop_after_steps: None,
     };
+    say_how_to_resume_when_stopped(&out);
     let summary = trainer::train(&config, &out, &options)?;
     println!("{}", summary.text(config.train.best_metric));
     Ok(())
 }
+
+/// Ctrl-C (or SIGTERM) stops a run at once, as a crash would, and its last checkpoint stays
+/// (each is written whole before it replaces the one before): instead of a half-drawn progress
+/// bar, say how to go on from it.
+#[cfg(unix)]
+fn say_how_to_resume_when_stopped(out: &std::path::Path) {
+    use std::sync::OnceLock;
+    static MESSAGE: OnceLock<Vec<u8>> = OnceLock::new();
+    extern "C" fn on_signal(signal: libc::c_int) {
+        if let Some(message) = MESSAGE.get() {
+            // SAFETY: write(2) is async-signal-safe; the message is set before the handler.
+            unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+        }
+        // SAFETY: _exit(2) is async-signal-safe and runs no destructors.
+        unsafe { libc::_exit(128 + signal) };
+    }
+    let out = out.display();
+    let message = format!(
+        "\nstopped: {out} keeps its last checkpoint, if the run had written one; \
+         `cli train --resume --out {out}` goes on from it\n"
+    );
+    if MESSAGE.set(message.into_bytes()).is_ok() {
+        let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: the handler only calls async-signal-safe functions.
+        unsafe {
+            libc::signal(libc::SIGINT, handler);
+            libc::signal(libc::SIGTERM, handler);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn say_how_to_resume_when_stopped(_out: &std::path::Path) {}
