@@ -52,39 +52,37 @@ pub fn export_run(
         let to = out.join(name);
         crate::write_atomic(&to, &bytes).map_err(|error| TrainError::Io { path: to, error })?;
     }
-    let path = out.join("model.safetensors");
+    let weights = out.join("model.safetensors");
+    write_readable(&weights, |tmp| {
+        let mut store = SafetensorsStore::from_file(tmp)
+            .with_to_adapter(BurnToPyTorchAdapter)
+            .overwrite(true);
+        for (from, to) in EXPORT_KEY_MAP {
+            store = store.with_key_remapping(*from, *to);
+        }
+        model
+            .encoder
+            .save_into(&mut store)
+            .map_err(|e| TrainError::checkpoint(&weights, e.to_string()))
+    })?;
+    write_readable(&out.join(HEADS_FILE), |tmp| {
+        Ok(model.heads.save_safetensors(tmp)?)
+    })
+}
+
+/// Has `write` make `path` whole under a temporary name, readable by all (burn's writers create
+/// files for their owner alone), then renamed into place.
+fn write_readable(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
     let io = |error| TrainError::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         error,
     };
     crate::replace_file(
-        &path,
-        |tmp| {
-            let mut store = SafetensorsStore::from_file(tmp)
-                .with_to_adapter(BurnToPyTorchAdapter)
-                .overwrite(true);
-            for (from, to) in EXPORT_KEY_MAP {
-                store = store.with_key_remapping(*from, *to);
-            }
-            model
-                .encoder
-                .save_into(&mut store)
-                .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
-            readable_by_all(tmp).map_err(io)
-        },
-        io,
-    )?;
-    let path = out.join(HEADS_FILE);
-    let io = |error| TrainError::Io {
-        path: path.clone(),
-        error,
-    };
-    crate::replace_file(
-        &path,
-        |tmp| {
-            model.heads.save_safetensors(tmp)?;
-            readable_by_all(tmp).map_err(io)
-        },
+        path,
+        |tmp| write(tmp).and_then(|()| readable_by_all(tmp).map_err(io)),
         io,
     )
 }
@@ -149,7 +147,6 @@ fn tokenizer_files(
     Ok(files)
 }
 
-/// A model folder's file, readable by all (burn's writer creates files for its owner alone).
 fn readable_by_all(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {

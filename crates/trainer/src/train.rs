@@ -264,6 +264,31 @@ pub fn checkpoint_dir(run: &Path, name: &str) -> PathBuf {
     run.join("checkpoints").join(name)
 }
 
+/// A checkpoint's folder and its two siblings of [`Checkpoint::write`]: `.<name>.tmp`, written
+/// first, and `.<name>.old`, the previous checkpoint between the two renames.
+struct CheckpointPaths {
+    target: PathBuf,
+    tmp: PathBuf,
+    old: PathBuf,
+}
+
+impl CheckpointPaths {
+    fn of(run: &Path, name: &str) -> Self {
+        let target = checkpoint_dir(run, name);
+        Self {
+            tmp: target.with_file_name(format!(".{name}.tmp")),
+            old: target.with_file_name(format!(".{name}.old")),
+            target,
+        }
+    }
+
+    /// A crash between the two renames left the previous checkpoint whole in `.<name>.old`
+    /// and `<name>` not yet there.
+    fn stranded(&self) -> bool {
+        !self.target.is_dir() && self.old.join(STATE_FILE).is_file()
+    }
+}
+
 /// The reseed value of batch `step` of a run seeded `seed` (SplitMix64 finaliser).
 fn step_seed(seed: u64, step: u64) -> u64 {
     let mut z = seed ^ step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -335,10 +360,8 @@ impl Checkpoint<'_> {
     /// Writes the checkpoint into a temporary folder, then renames it to `checkpoints/<name>`,
     /// so a crash leaves the previous complete checkpoint.
     fn write(&self, run: &Path, name: &str) -> Result<(), TrainError> {
-        let target = checkpoint_dir(run, name);
+        let CheckpointPaths { target, tmp, old } = CheckpointPaths::of(run, name);
         let parent = target.parent().expect("checkpoint folder has a parent");
-        let tmp = parent.join(format!(".{name}.tmp"));
-        let old = parent.join(format!(".{name}.old"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
         }
@@ -433,16 +456,11 @@ fn check_resumable(saved: &RunConfig, config: &RunConfig, run: &Path) -> Result<
 /// left over: a half-written `.<name>.tmp`, an `.<name>.old` whose successor is in place.
 fn recover_checkpoints(run: &Path) -> Result<(), TrainError> {
     for name in ["last", "best"] {
-        let target = checkpoint_dir(run, name);
-        let parent = target.parent().expect("checkpoint folder has a parent");
-        let (tmp, old) = (
-            parent.join(format!(".{name}.tmp")),
-            parent.join(format!(".{name}.old")),
-        );
-        if !target.is_dir() && old.is_dir() && old.join(STATE_FILE).is_file() {
-            std::fs::rename(&old, &target).map_err(io_error(&target))?;
+        let paths = CheckpointPaths::of(run, name);
+        if paths.stranded() {
+            std::fs::rename(&paths.old, &paths.target).map_err(io_error(&paths.target))?;
         }
-        for leftover in [tmp, old] {
+        for leftover in [paths.tmp, paths.old] {
             if leftover.is_dir() {
                 std::fs::remove_dir_all(&leftover).map_err(io_error(&leftover))?;
             }
@@ -455,12 +473,11 @@ fn recover_checkpoints(run: &Path) -> Result<(), TrainError> {
 /// renames of [`Checkpoint::write`] left it and `<name>` is not there yet (the next
 /// `train --resume` puts it back).
 pub(crate) fn checkpoint_to_read(run: &Path, name: &str) -> PathBuf {
-    let target = checkpoint_dir(run, name);
-    let old = target.with_file_name(format!(".{name}.old"));
-    if !target.is_dir() && old.join(STATE_FILE).is_file() {
-        old
+    let paths = CheckpointPaths::of(run, name);
+    if paths.stranded() {
+        paths.old
     } else {
-        target
+        paths.target
     }
 }
 
