@@ -58,6 +58,7 @@ pub use schedule::{updates_per_run, CosineWithWarmup};
 pub use threads::join_the_thread_pool;
 pub use train::{
     checkpoint_dir, epoch_line, evaluate_run, holds_run, metrics_table, read_state, train,
-    DataFingerprint, LastCheckpoint, RunData, TrainError, TrainOptions, TrainState, TrainSummary,
+    DataFingerprint, FileDigest, LastCheckpoint, RunData, TrainError, TrainOptions, TrainState,
+    TrainSummary,
 };
 pub use weighting::RunWeighting;

@@ -146,6 +146,7 @@ impl SentimentModel {
     ) -> Result<Self, TrainError> {
         let mut model = Self::from_config(config, device)?;
         let dir = crate::train::checkpoint_to_read(run, which);
+        crate::train::verify_weights(&dir)?;
         model.load(&dir, config.train.finetune)?;
         if config.train.finetune == Finetune::Lora {
             model.encoder = model.encoder.merge_lora()?;

@@ -7,7 +7,8 @@
 //! (seed, epoch), so a resumed run needs no random-generator state and ends bit-identical to
 //! an uninterrupted one on CPU.
 
-use std::io::IsTerminal;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -156,6 +157,127 @@ pub struct TrainState {
     /// What the run trains and validates on (absent in checkpoints of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataFingerprint>,
+    /// The checkpoint's other files as they were written, by name (absent in checkpoints of
+    /// older versions, and in a state not read from a checkpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, FileDigest>>,
+}
+
+/// A checkpoint file's length and CRC-32 when it was written, kept in `state.json` and
+/// checked before the file is read: a file damaged on disk or cut short in a copy is refused
+/// by name, where it would otherwise load and train into NaN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub bytes: u64,
+    /// Eight hexadecimal digits.
+    pub crc32: String,
+}
+
+impl FileDigest {
+    /// Reads `path` whole; `sync`: also has the system write it to disk first (a checkpoint's
+    /// files before its folder is renamed into place).
+    fn of(path: &Path, sync: bool) -> std::io::Result<Self> {
+        let mut file = if sync {
+            // Write access: Windows flushes only handles that have it.
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)?
+        } else {
+            std::fs::File::open(path)?
+        };
+        if sync {
+            file.sync_all()?;
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let read = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            hasher.update(&buffer[..read]);
+            bytes += read as u64;
+        }
+        Ok(Self {
+            bytes,
+            crc32: format!("{:08x}", hasher.finalize()),
+        })
+    }
+}
+
+/// The digests of every file of the checkpoint folder `dir` but `state.json`, each file
+/// synced to disk.
+fn digest_checkpoint_files(dir: &Path) -> Result<BTreeMap<String, FileDigest>, TrainError> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != STATE_FILE && path.is_file() {
+            let digest = FileDigest::of(&path, true).map_err(io_error(&path))?;
+            files.insert(name, digest);
+        }
+    }
+    Ok(files)
+}
+
+/// Checks the files of the checkpoint folder `dir` (`only` the one named, if given) against
+/// the digests its `state.json` recorded (a checkpoint of an older version records none);
+/// `advice`: what to do when one differs.
+fn verify_checkpoint_files(
+    dir: &Path,
+    state: &TrainState,
+    only: Option<&str>,
+    advice: &str,
+) -> Result<(), TrainError> {
+    let recorded = state.files.iter().flatten();
+    for (name, written) in recorded.filter(|(name, _)| only.is_none_or(|only| *name == only)) {
+        let path = dir.join(name);
+        let now = match FileDigest::of(&path, false) {
+            Ok(now) => now,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!("missing, though written with the checkpoint; {advice}"),
+                ))
+            }
+            Err(error) => return Err(io_error(&path)(error)),
+        };
+        if now != *written {
+            return Err(TrainError::checkpoint(
+                &path,
+                format!(
+                    "{} bytes with CRC-32 {}, but {} bytes with CRC-32 {} when the checkpoint was \
+                     written: the file is damaged (a disk error, a copy cut short, an edit); \
+                     {advice}",
+                    now.bytes, now.crc32, written.bytes, written.crc32
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the weights file of a checkpoint folder about to be read for inference against its
+/// `state.json` (a `state.json` that cannot be read is said, and the weights are read
+/// unchecked: they may still be whole).
+pub(crate) fn verify_weights(dir: &Path) -> Result<(), TrainError> {
+    match read_state(dir) {
+        Ok(state) => verify_checkpoint_files(
+            dir,
+            &state,
+            Some(crate::model::MODEL_FILE),
+            "restore the run's checkpoints folder from a copy of the run, or train again",
+        ),
+        Err(error) => {
+            tracing::warn!("the weights cannot be checked against their checksum: {error}");
+            Ok(())
+        }
+    }
 }
 
 /// The training and validation rows of a run, in order, as row counts and FNV-1a hashes of
@@ -218,6 +340,7 @@ impl TrainState {
             epoch_seconds: 0.0,
             finished: false,
             data: None,
+            files: None,
         }
     }
 
@@ -395,8 +518,12 @@ impl Checkpoint<'_> {
             .save(&path)
             .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         self.weighting.save(dir)?;
+        let state = TrainState {
+            files: Some(digest_checkpoint_files(dir)?),
+            ..self.state.clone()
+        };
         let path = dir.join(STATE_FILE);
-        let json = serde_json::to_string_pretty(self.state).expect("state serialises");
+        let json = serde_json::to_string_pretty(&state).expect("state serialises");
         crate::write_atomic(&path, json.as_bytes()).map_err(io_error(&path))
     }
 }
@@ -604,7 +731,15 @@ pub fn train(
             }));
         }
         check_resumable(&run_dir.read_config()?, config, run)?;
-        Some(read_state(&last)?)
+        let state = read_state(&last)?;
+        verify_checkpoint_files(
+            &last,
+            &state,
+            None,
+            "the run cannot go on from it: restore checkpoints/last from a copy of the run, or \
+             start a new run with another --out (nothing was changed)",
+        )?;
+        Some(state)
     } else {
         None
     };
@@ -662,6 +797,7 @@ pub fn train(
     if let Some(mut saved) = resume_state {
         // A checkpoint of an older version has no fingerprint: the next ones will.
         saved.data = Some(data.fingerprint.clone());
+        saved.files = None; // checked above; each checkpoint records its own
         model.load(&last, config.train.finetune)?;
         let path = last.join(OPTIMIZER_FILE);
         optimizer

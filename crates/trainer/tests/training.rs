@@ -413,6 +413,59 @@ fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
     }
     std::fs::write(&train_file, &original).unwrap();
 
+    // Every file of a checkpoint is recorded with its length in state.json.
+    let last = out.join("checkpoints/last");
+    let recorded = trainer::read_state(&last).unwrap().files.unwrap();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&last)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "state.json")
+        .collect();
+    on_disk.sort();
+    assert_eq!(recorded.keys().cloned().collect::<Vec<_>>(), on_disk);
+    for (name, digest) in &recorded {
+        assert_eq!(digest.bytes, std::fs::metadata(last.join(name)).unwrap().len());
+    }
+    // A byte flipped in the weights, the optimizer state cut short: refused by name, and
+    // nothing written; the same for the best checkpoint's weights read by evaluate.
+    let device = burn::tensor::Device::flex();
+    let options = trainer::InferenceOptions::default();
+    let damage = |path: &Path, cut: bool| {
+        let whole = std::fs::read(path).unwrap();
+        let mut bytes = whole.clone();
+        if cut {
+            bytes.truncate(bytes.len() - 1);
+        } else {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x10;
+        }
+        std::fs::write(path, bytes).unwrap();
+        whole
+    };
+    for (file, cut) in [("model.bpk", false), ("optimizer.safetensors", true)] {
+        let path = last.join(file);
+        let whole = damage(&path, cut);
+        let text = trainer::train(&cfg, &out, &resume).unwrap_err().to_string();
+        assert!(
+            text.contains(&path.display().to_string())
+                && text.contains("the file is damaged")
+                && text.contains("restore checkpoints/last from a copy"),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(out.join("steps.csv")).unwrap(), before);
+        std::fs::write(&path, whole).unwrap();
+    }
+    let best_weights = out.join("checkpoints/best/model.bpk");
+    let whole = damage(&best_weights, false);
+    let text = trainer::evaluate_run(&out, "best", None, &device, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(&best_weights.display().to_string()) && text.contains("damaged"),
+        "{text}"
+    );
+    std::fs::write(&best_weights, whole).unwrap();
+
     // A state.json edited past the run's end.
     let state_file = out.join("checkpoints/last/state.json");
     let state = std::fs::read_to_string(&state_file).unwrap();
@@ -426,12 +479,15 @@ fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
     );
     std::fs::write(&state_file, &state).unwrap();
 
+    // A checkpoint of a version that recorded no digests resumes as before.
+    let mut legacy: serde_json::Value = serde_json::from_str(&state).unwrap();
+    legacy.as_object_mut().unwrap().remove("files").unwrap();
+    std::fs::write(&state_file, legacy.to_string()).unwrap();
+
     // The best checkpoint caught between its two renames (after epoch 1).
     let checkpoints = out.join("checkpoints");
     std::fs::rename(checkpoints.join("best"), checkpoints.join(".best.old")).unwrap();
     std::fs::create_dir(checkpoints.join(".best.tmp")).unwrap();
-    let device = burn::tensor::Device::flex();
-    let options = trainer::InferenceOptions::default();
     let metrics = trainer::evaluate_run(&out, "best", None, &device, &options).unwrap();
     assert!(metrics.mse.is_finite());
     assert!(trainer::train(&cfg, &out, &resume).unwrap().finished);
