@@ -1,4 +1,4 @@
-//! `cli evaluate`: validation metrics of a run's best checkpoint.
+//! `cli evaluate`: validation metrics of a run's best (or last) checkpoint.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,10 @@ pub struct EvaluateArgs {
     /// config.toml says (the run or the model moved to another place or machine).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Which checkpoint of the run: `best` (its best epoch by train.best_metric) or `last`
+    /// (where it stopped).
+    #[arg(long, default_value = "best", value_parser = trainer::CHECKPOINT_NAMES)]
+    checkpoint: String,
     /// Rows to evaluate on (default: the run's validation rows).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -43,7 +47,13 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         progress: true,
         batch_size: args.batch_size.map(|n| n as usize),
     };
-    let m = trainer::evaluate_run(&args.run, "best", args.data.as_deref(), &device, &options)?;
+    let m = trainer::evaluate_run(
+        &args.run,
+        &args.checkpoint,
+        args.data.as_deref(),
+        &device,
+        &options,
+    )?;
     if args.json {
         let value = serde_json::json!({
             "mse": m.mse, "mae": m.mae, "rmse": m.rmse, "r2": m.r2,

@@ -1,4 +1,4 @@
-//! `cli export`: a run's best model as a Hugging Face folder.
+//! `cli export`: a run's best (or last) model as a Hugging Face folder.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,10 @@ pub struct ExportArgs {
     /// config.toml says (the run or the model moved to another place or machine).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Which checkpoint of the run: `best` (its best epoch by train.best_metric) or `last`
+    /// (where it stopped).
+    #[arg(long, default_value = "best", value_parser = trainer::CHECKPOINT_NAMES)]
+    checkpoint: String,
     /// Output folder: config.json, model.safetensors (LoRA merged), heads.safetensors, and the
     /// tokenizer files set to cut texts at the run's model.max_len, as the run did
     /// (tokenizer.json, tokenizer_config.json's model_max_length).
@@ -24,6 +28,7 @@ pub struct ExportArgs {
 pub fn run(args: ExportArgs) -> Result<()> {
     trainer::export_run(
         &args.run,
+        &args.checkpoint,
         args.model.as_deref(),
         &args.out,
         &burn::tensor::Device::flex(),

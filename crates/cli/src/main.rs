@@ -32,13 +32,13 @@ enum Command {
     Data(data_cmd::DataArgs),
     /// Fine-tune a model from a run configuration.
     Train(train::TrainArgs),
-    /// Validation metrics of a run's best checkpoint.
+    /// Validation metrics of a run's best (or last) checkpoint.
     Evaluate(evaluate::EvaluateArgs),
     /// Scores, classes and probabilities for the texts of a JSON Lines, CSV or TSV file.
     Predict(predict::PredictArgs),
     /// A run's report, or the comparison of several runs.
     Report(report::ReportArgs),
-    /// Export a run's best model as a Hugging Face folder.
+    /// Export a run's best (or last) model as a Hugging Face folder.
     Export(export::ExportArgs),
 }
 

@@ -7,13 +7,17 @@ use clap::Args;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// The run folder (its best checkpoint is used, LoRA merged).
+    /// The run folder (LoRA, if any, merged into the base weights).
     #[arg(long)]
     run: PathBuf,
     /// The model folder the run was trained from, where it lies now if not where the run's
     /// config.toml says (the run or the model moved to another place or machine).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Which checkpoint of the run: `best` (its best epoch by train.best_metric) or `last`
+    /// (where it stopped).
+    #[arg(long, default_value = "best", value_parser = trainer::CHECKPOINT_NAMES)]
+    checkpoint: String,
     /// Texts to score: JSON Lines, CSV or TSV with the run's text field ("text" by default), and
     /// its target field when the run used text+target pairs; a score, if present, is not read.
     /// Any bad row is an error naming its line.
@@ -45,7 +49,14 @@ pub fn run(args: PredictArgs) -> Result<()> {
         progress: true,
         batch_size: args.batch_size.map(|n| n as usize),
     };
-    let n = trainer::predict_file(&args.run, &args.input, &args.output, &device, &options)?;
+    let n = trainer::predict_file(
+        &args.run,
+        &args.checkpoint,
+        &args.input,
+        &args.output,
+        &device,
+        &options,
+    )?;
     eprintln!("{n} predictions written to {}", args.output.display());
     Ok(())
 }

@@ -22,7 +22,8 @@ fn interrupted_run_says_how_to_resume_and_resumes() {
         &config,
         format!(
             "[model]\npath = {:?}\nmax_len = 32\n[data]\ntrain = {:?}\n\
-             [train]\nepochs = 20\nbatch_size = 8\ncheckpoint_every_steps = 1\n",
+             [train]\nepochs = 20\nbatch_size = 8\ncheckpoint_every_steps = 1\n\
+             best_metric = \"accuracy\"\n",
             model,
             dir.join("train.jsonl")
         ),
@@ -66,4 +67,41 @@ fn interrupted_run_says_how_to_resume_and_resumes() {
         21,
         "a header and 20 epochs: {metrics}"
     );
+    // Each checkpoint evaluates to the validation MSE its epoch logged: `last` the 20th
+    // epoch's, `best` that of the first epoch of the highest accuracy (train.best_metric).
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let logged = |name: &str| -> Vec<f64> {
+        let column = header.iter().position(|&c| c == name).unwrap();
+        metrics
+            .lines()
+            .skip(1)
+            .map(|line| line.split(',').nth(column).unwrap().parse().unwrap())
+            .collect()
+    };
+    let (mse, accuracy) = (logged("mse"), logged("accuracy"));
+    let highest = accuracy.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let best = accuracy.iter().position(|&a| a == highest).unwrap();
+    assert_ne!(
+        best, 19,
+        "the test needs a last epoch that is not the best: {metrics}"
+    );
+    for (checkpoint, expected) in [("last", mse[19]), ("best", mse[best])] {
+        let run = out.to_str().unwrap();
+        let output = cli(&[
+            "evaluate",
+            "--run",
+            run,
+            "--checkpoint",
+            checkpoint,
+            "--json",
+        ]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let found = json["mse"].as_f64().unwrap();
+        assert!(
+            (found - expected).abs() <= 1e-12,
+            "{checkpoint}: {found} against {expected}"
+        );
+    }
 }

@@ -18,7 +18,8 @@ const EXPORT_KEY_MAP: &[(&str, &str)] = &[
 /// The heads' file in an exported folder (PyTorch names and layouts).
 pub const HEADS_FILE: &str = "heads.safetensors";
 
-/// Writes the best model of `run` to `out` as a Hugging Face folder: `config.json` of the base
+/// Writes the model of `run`'s `checkpoints/<which>` (`best` or `last`) to `out` as a Hugging
+/// Face folder: `config.json` of the base
 /// model, its tokenizer files set to truncate at the run's `model.max_len` as it did,
 /// `model.safetensors` with Hugging Face keys and `[out, in]` weights (LoRA merged; no pooler,
 /// which H does not use), and the heads in `heads.safetensors`. `model_folder`: as for
@@ -29,11 +30,12 @@ pub const HEADS_FILE: &str = "heads.safetensors";
 /// own folder: its weights are what the run (and every LoRA adapter of it) is trained from.
 pub fn export_run(
     run: &Path,
+    which: &str,
     model_folder: Option<&Path>,
     out: &Path,
     device: &Device,
 ) -> Result<(), TrainError> {
-    let (config, model) = SentimentModel::from_run(run, "best", model_folder, device)?;
+    let (config, model) = SentimentModel::from_run(run, which, model_folder, device)?;
     let folder = encoder::ModelFolder::open(&config.model.path, config.model.weights.as_deref())?;
     if crate::same_path(out, &folder.dir) {
         return Err(TrainError::Input(format!(

@@ -193,11 +193,12 @@ pub fn output_file(output: &Path, inputs: &[&Path]) -> Result<PathBuf, TrainErro
 }
 
 /// Reads `input` (JSON Lines, CSV or TSV with the run's text field, and its target field when
-/// the run used text pairs: [`data::load_texts`]), runs the run's best model and writes one
-/// JSON line per row, in order, to `output`. The whole input is read and checked before the
-/// model is loaded.
+/// the run used text pairs: [`data::load_texts`]), runs the model of the run's
+/// `checkpoints/<which>` (`best` or `last`) and writes one JSON line per row, in order, to
+/// `output`. The whole input is read and checked before the model is loaded.
 pub fn predict_file(
     run: &Path,
+    which: &str,
     input: &Path,
     output: &Path,
     device: &Device,
@@ -218,7 +219,7 @@ pub fn predict_file(
             })
         })
         .collect::<Result<_, _>>()?;
-    let mut model = SentimentModel::from_checkpoint(&config, run, "best", device)?;
+    let mut model = SentimentModel::from_checkpoint(&config, run, which, device)?;
     model.encoder.set_product_precision(options.products);
     let progress = RowsProgress::new(options.progress, rows.len(), "predict");
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();

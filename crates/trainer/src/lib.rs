@@ -59,6 +59,6 @@ pub use threads::join_the_thread_pool;
 pub use train::{
     checkpoint_dir, epoch_line, evaluate_run, holds_run, metrics_table, read_state, train,
     DataFingerprint, FileDigest, LastCheckpoint, RunData, TrainError, TrainOptions, TrainState,
-    TrainSummary,
+    TrainSummary, CHECKPOINT_NAMES,
 };
 pub use weighting::RunWeighting;

@@ -144,6 +144,12 @@ impl SentimentModel {
         which: &str,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        if !crate::CHECKPOINT_NAMES.contains(&which) {
+            return Err(TrainError::Input(format!(
+                "no checkpoint `{which}`: a run has `best` (its best epoch by \
+                 train.best_metric) and `last` (where it stopped)"
+            )));
+        }
         let mut model = Self::from_config(config, device)?;
         let dir = crate::train::checkpoint_to_read(run, which);
         crate::train::verify_weights(&dir)?;

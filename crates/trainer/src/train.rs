@@ -271,7 +271,8 @@ pub(crate) fn verify_weights(dir: &Path) -> Result<(), TrainError> {
             dir,
             &state,
             Some(crate::model::MODEL_FILE),
-            "restore the run's checkpoints folder from a copy of the run, or train again",
+            "restore the run's checkpoints folder from a copy of the run, or read the other \
+             checkpoint (--checkpoint best or last)",
         ),
         Err(error) => {
             tracing::warn!("the weights cannot be checked against their checksum: {error}");
@@ -381,6 +382,10 @@ impl TrainSummary {
 
 const STATE_FILE: &str = "state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// The checkpoints of a run: the epoch that scored best by `train.best_metric`, and where it
+/// stopped (each epoch's end, and every `train.checkpoint_every_steps` updates).
+pub const CHECKPOINT_NAMES: [&str; 2] = ["best", "last"];
 
 /// The `checkpoints/<name>` folder of a run.
 pub fn checkpoint_dir(run: &Path, name: &str) -> PathBuf {
@@ -582,7 +587,7 @@ fn check_resumable(saved: &RunConfig, config: &RunConfig, run: &Path) -> Result<
 /// (`.<name>.old` whole, `<name>` not yet there), and removes what a crash or a failed write
 /// left over: a half-written `.<name>.tmp`, an `.<name>.old` whose successor is in place.
 fn recover_checkpoints(run: &Path) -> Result<(), TrainError> {
-    for name in ["last", "best"] {
+    for name in CHECKPOINT_NAMES {
         let paths = CheckpointPaths::of(run, name);
         if paths.stranded() {
             std::fs::rename(&paths.old, &paths.target).map_err(io_error(&paths.target))?;

@@ -424,7 +424,10 @@ fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
     on_disk.sort();
     assert_eq!(recorded.keys().cloned().collect::<Vec<_>>(), on_disk);
     for (name, digest) in &recorded {
-        assert_eq!(digest.bytes, std::fs::metadata(last.join(name)).unwrap().len());
+        assert_eq!(
+            digest.bytes,
+            std::fs::metadata(last.join(name)).unwrap().len()
+        );
     }
     // A byte flipped in the weights, the optimizer state cut short: refused by name, and
     // nothing written; the same for the best checkpoint's weights read by evaluate.
@@ -461,9 +464,17 @@ fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
         .unwrap_err()
         .to_string();
     assert!(
-        text.contains(&best_weights.display().to_string()) && text.contains("damaged"),
+        text.contains(&best_weights.display().to_string())
+            && text.contains("damaged")
+            && text.contains("--checkpoint best or last"),
         "{text}"
     );
+    // The other checkpoint still reads; a name that is neither is refused.
+    assert!(trainer::evaluate_run(&out, "last", None, &device, &options).is_ok());
+    let text = trainer::evaluate_run(&out, "middle", None, &device, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("no checkpoint `middle`"), "{text}");
     std::fs::write(&best_weights, whole).unwrap();
 
     // A state.json edited past the run's end.
@@ -798,7 +809,7 @@ fn evaluate_predict_and_export_round_trip() {
     std::fs::write(&input, inputs.join("\n")).unwrap();
     let output = f.root.join("pred.jsonl");
     assert_eq!(
-        trainer::predict_file(&out, &input, &output, &device, &Default::default()).unwrap(),
+        trainer::predict_file(&out, "best", &input, &output, &device, &Default::default()).unwrap(),
         5
     );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
@@ -832,7 +843,7 @@ fn evaluate_predict_and_export_round_trip() {
         batch_size: Some(2),
         ..Default::default()
     };
-    trainer::predict_file(&out, &input, &pairs_output, &device, &two_a_batch).unwrap();
+    trainer::predict_file(&out, "best", &input, &pairs_output, &device, &two_a_batch).unwrap();
     let pairs: Vec<serde_json::Value> = std::fs::read_to_string(&pairs_output)
         .unwrap()
         .lines()
@@ -847,7 +858,7 @@ fn evaluate_predict_and_export_round_trip() {
 
     // export: the folder loads back through ModelFolder with the same outputs.
     let exported = f.root.join("export");
-    trainer::export_run(&out, None, &exported, &device).unwrap();
+    trainer::export_run(&out, "best", None, &exported, &device).unwrap();
     for file in [
         "config.json",
         "model.safetensors",
@@ -928,7 +939,7 @@ fn evaluate_predict_and_export_round_trip() {
         ..Default::default()
     };
     let predict = |options: &trainer::InferenceOptions| {
-        trainer::predict_file(&moved, &input, &moved_output, &device, options)
+        trainer::predict_file(&moved, "best", &input, &moved_output, &device, options)
     };
     let text = predict(&Default::default()).unwrap_err().to_string();
     assert!(text.contains("gone") && text.contains("--model"), "{text}");
@@ -968,7 +979,7 @@ fn evaluate_predict_and_export_round_trip() {
         .iter()
         .map(|name| std::fs::read(model_now.join(name)).unwrap())
         .collect();
-    let text = trainer::export_run(&moved, Some(&model_now), &model_now, &device)
+    let text = trainer::export_run(&moved, "best", Some(&model_now), &model_now, &device)
         .unwrap_err()
         .to_string();
     assert!(
@@ -987,7 +998,7 @@ fn evaluate_predict_and_export_round_trip() {
     }
     assert!(!model_now.join(trainer::HEADS_FILE).exists());
     let first_export = std::fs::read(exported.join("model.safetensors")).unwrap();
-    trainer::export_run(&moved, Some(&model_now), &exported, &device).unwrap();
+    trainer::export_run(&moved, "best", Some(&model_now), &exported, &device).unwrap();
     let again = std::fs::read(exported.join("model.safetensors")).unwrap();
     // The same tensors (burn's header lists its metadata in no fixed order).
     let data = |file: &[u8]| {
@@ -1032,7 +1043,7 @@ fn evaluate_predict_and_export_round_trip() {
     ] {
         std::fs::write(&input, lines.join("\n")).unwrap();
         let unwritten = f.root.join("unwritten.jsonl");
-        let text = trainer::predict_file(&moved, &input, &unwritten, &device, &no_model)
+        let text = trainer::predict_file(&moved, "best", &input, &unwritten, &device, &no_model)
             .unwrap_err()
             .to_string();
         assert!(text.contains(expected), "{expected:?}: {text}");
@@ -1040,14 +1051,14 @@ fn evaluate_predict_and_export_round_trip() {
     }
     // A good input gets as far as that folder.
     std::fs::write(&input, first).unwrap();
-    let text = trainer::predict_file(&moved, &input, &output, &device, &no_model)
+    let text = trainer::predict_file(&moved, "best", &input, &output, &device, &no_model)
         .unwrap_err()
         .to_string();
     assert!(text.contains("empty-model"), "{text}");
     // A byte-order mark before the first line is not part of its JSON.
     std::fs::write(&input, format!("\u{feff}{first}")).unwrap();
     assert_eq!(
-        trainer::predict_file(&out, &input, &output, &device, &Default::default()).unwrap(),
+        trainer::predict_file(&out, "best", &input, &output, &device, &Default::default()).unwrap(),
         1
     );
     // The same texts as CSV (a blank line passed over, a score column not read): the same
@@ -1070,7 +1081,7 @@ fn evaluate_predict_and_export_round_trip() {
     std::fs::write(&csv, table).unwrap();
     let from_csv = f.root.join("pred-csv.jsonl");
     assert_eq!(
-        trainer::predict_file(&out, &csv, &from_csv, &device, &Default::default()).unwrap(),
+        trainer::predict_file(&out, "best", &csv, &from_csv, &device, &Default::default()).unwrap(),
         5
     );
     assert_eq!(
