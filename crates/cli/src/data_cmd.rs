@@ -39,7 +39,8 @@ struct StatsArgs {
     /// text, or text+target (a sentence pair; every row then needs a target).
     #[arg(long, default_value = "text", value_parser = parse_input)]
     input: InputMode,
-    /// Truncation length in tokens (default: what the model allows, at most 512).
+    /// Truncation length in tokens (default: what the model allows, at most 512, and at most
+    /// tokenizer_config.json's model_max_length).
     #[arg(long)]
     max_len: Option<usize>,
     /// The text's field (JSON Lines) or column (CSV, TSV).
@@ -87,9 +88,7 @@ fn stats(args: StatsArgs) -> Result<()> {
     let tokenizer = match &args.model {
         Some(dir) => {
             let folder = ModelFolder::open(dir, None)?;
-            let max_len = args
-                .max_len
-                .unwrap_or_else(|| folder.config.max_input_len().min(512));
+            let max_len = args.max_len.unwrap_or_else(|| folder.default_max_len());
             crate::check_max_len(args.max_len, &folder)?;
             Some(TextTokenizer::from_file(
                 &folder.tokenizer,

@@ -23,7 +23,9 @@ pub struct EmbedArgs {
     /// JSON Lines output: one {"embedding": [...]} per input row, in order.
     #[arg(long)]
     output: PathBuf,
-    /// Truncation length in tokens (default: what the model allows, at most 512).
+    /// Truncation length in tokens (default: what the model allows, at most 512, and at most
+    /// tokenizer_config.json's model_max_length, as transformers cuts: an exported run's
+    /// folder cuts where the run did).
     #[arg(long)]
     max_len: Option<usize>,
     /// Texts per forward pass (texts of similar length are batched together; the output keeps
@@ -54,9 +56,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         );
     }
     let folder = ModelFolder::open(&args.model, args.weights.as_deref())?;
-    let max_len = args
-        .max_len
-        .unwrap_or_else(|| folder.config.max_input_len().min(512));
+    let max_len = args.max_len.unwrap_or_else(|| folder.default_max_len());
     crate::check_max_len(args.max_len, &folder)?;
     let tokenizer = TextTokenizer::from_file(&folder.tokenizer, &folder.config, max_len)?;
     // Any bad row is an error naming its line: each row is one line of output.

@@ -204,3 +204,46 @@ fn embed_never_writes_over_its_input_or_a_folder() {
     let written = std::fs::read_to_string(&target).unwrap();
     assert!(written.starts_with("{\"embedding\":["), "{written}");
 }
+
+/// Without `--max-len`, a folder's `tokenizer_config.json` `model_max_length` cuts the texts
+/// (what transformers does, and what an exported run's folder says), and its "no limit"
+/// value of 10³⁰ leaves the model's own limit.
+#[test]
+fn embed_cuts_at_the_folders_model_max_length() {
+    let Some(model) = shared_file("embed_model_max_length", "fixtures/tiny-roberta") else {
+        return;
+    };
+    let dir = scratch("embed-model-max-length");
+    let folder = dir.join("model");
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(model.join(name), folder.join(name)).unwrap();
+    }
+    let input = dir.join("in.jsonl");
+    let long = "shares of the company rose sharply after the results beat every estimate";
+    std::fs::write(&input, format!("{}\n", serde_json::json!({ "text": long }))).unwrap();
+    let run = |model: &Path, name: &str, extra: &[&str]| -> String {
+        let output = dir.join(name);
+        let result = embed(model, &input, &output, extra);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(result.status.success(), "{stderr}");
+        std::fs::read_to_string(&output).unwrap()
+    };
+    let whole = run(&model, "whole.jsonl", &[]);
+    let cut = run(&model, "cut.jsonl", &["--max-len", "6"]);
+    assert_ne!(whole, cut, "the text must be longer than 6 tokens");
+    std::fs::write(
+        folder.join("tokenizer_config.json"),
+        r#"{"model_max_length": 6}"#,
+    )
+    .unwrap();
+    assert_eq!(run(&folder, "by-config.jsonl", &[]), cut);
+    // An explicit --max-len still wins.
+    assert_eq!(run(&folder, "explicit.jsonl", &["--max-len", "128"]), whole);
+    std::fs::write(
+        folder.join("tokenizer_config.json"),
+        r#"{"model_max_length": 1000000000000000019884624838656}"#,
+    )
+    .unwrap();
+    assert_eq!(run(&folder, "no-limit.jsonl", &[]), whole);
+}

@@ -127,6 +127,25 @@ impl ModelFolder {
         })
     }
 
+    /// The truncation length transformers' tokenizer of this folder uses
+    /// (`tokenizer_config.json`'s `model_max_length`): `None` where the file or the key is
+    /// absent or not a length (transformers writes 10³⁰ for "no limit").
+    pub fn model_max_length(&self) -> Option<usize> {
+        let text = std::fs::read_to_string(self.dir.join("tokenizer_config.json")).ok()?;
+        let settings: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let length = settings.get("model_max_length")?.as_u64()?;
+        usize::try_from(length).ok().filter(|&length| length >= 2)
+    }
+
+    /// What a text is cut to by default where no length is asked for: the position table's
+    /// limit, at most 512, and at most [`model_max_length`](Self::model_max_length), so an
+    /// exported run's folder cuts texts where the run (and transformers) did.
+    pub fn default_max_len(&self) -> usize {
+        let limit = self.config.max_input_len().min(512);
+        self.model_max_length()
+            .map_or(limit, |length| limit.min(length))
+    }
+
     /// Builds the encoder on `device` and loads the weights into it.
     pub fn load_encoder(&self, device: &Device) -> Result<Encoder, EncoderError> {
         let layout = CheckpointLayout::read(&self.weights)?;
