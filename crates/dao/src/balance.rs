@@ -138,9 +138,13 @@ pub(crate) fn task_grad_norms(
                     0.0 // the loss does not depend on H
                 } else {
                     let grads = loss.backward();
-                    h.grad(&grads)
-                        .map(|g| l2_norm(g).into_scalar::<f32>())
-                        .unwrap_or(0.0)
+                    // A loss that needs a gradient but none reaches H was computed from a
+                    // tensor outside the closure's argument, whose graph this backward has
+                    // just consumed: the next backward through it would panic.
+                    let g = h
+                        .grad(&grads)
+                        .ok_or(DaoError::RepresentationUnused { task: slot })?;
+                    l2_norm(g).into_scalar::<f32>()
                 }
             }
             GradNormWrt::SharedParameters => {

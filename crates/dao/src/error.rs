@@ -39,6 +39,18 @@ pub enum DaoError {
         /// The value received.
         value: f32,
     },
+    /// A task's loss from the heads closure needs a gradient, but none reaches the H the
+    /// closure was handed: the heads were computed from a tensor captured outside the closure.
+    #[error(
+        "the {} loss does not depend on the H handed to the heads closure: compute both heads \
+         from the closure's argument only (a representation captured from outside the closure \
+         is part of the model's graph, which measuring a task's gradient would consume)",
+        if *.task == 0 { "regression" } else { "classification" }
+    )]
+    RepresentationUnused {
+        /// The task's index (0 = regression, 1 = classification).
+        task: usize,
+    },
     /// The shared representation is not on an autodiff device, so no gradient can be taken.
     #[error(
         "the shared representation is not an autodiff tensor: build the model on \

@@ -37,12 +37,14 @@
 //! (`h.clone().detach().require_grad()`, burn has no `retain_graph`) to measure ‖∂L_r/∂H‖ and
 //! ‖∂L_c/∂H‖, then once on the real H for the loss; the spec requires those gradients to use the
 //! loss's own dropout masks, so sample the heads' masks once per step outside the closure.
+//! For the same reason the closure may reach the model only through its argument (and the
+//! heads' own parameters), never through a tensor of the trunk captured from outside.
 //! For `grad_norm_wrt = "shared-parameters"` use [`LossWeighting::weigh_step`] with a
 //! [`SharedParameters`] (e.g. [`SharedModule`]).
 //!
 //! # The method, per batch
-//! With `L_r` the regression loss (MSE), `L_c` the plain mean cross-entropy over 5 classes and
-//! `H` the shared representation:
+//! With `L_r` the regression loss (MSE), `L_c` the plain mean cross-entropy over the classes
+//! (5 in the paper; as many as the logits have) and `H` the shared representation:
 //! 1. *Gradient balance* ([`grad_balance`]): `λ_r = ‖∇L_c‖ / (‖∇L_r‖ + ‖∇L_c‖)`,
 //!    `λ_c = ‖∇L_r‖ / (‖∇L_r‖ + ‖∇L_c‖)`, gradients with respect to `H` (or, configured, to the
 //!    shared parameters), L2 norms over the batch; both ½ when both norms are 0; constants for
@@ -64,6 +66,7 @@
 //!
 //! Layout: `balance` (step 1), `imbalance` and `targets` (step 2), `network` (step 3),
 //! `strategies/dao.rs` (steps 4–5 and the ablations), one file per other strategy.
+#![warn(missing_docs)]
 
 mod balance;
 mod config;

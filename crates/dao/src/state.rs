@@ -76,8 +76,8 @@ pub(crate) fn load_module<M: Module>(mut module: M, dir: &Path) -> Result<M, Dao
         return Err(state_error(
             &path,
             format!(
-                "does not fit this strategy ({}): saved by another strategy or another \
-                 configuration of it (dao.hidden); load it into the one it was saved from",
+                "does not fit this strategy ({}): saved by another strategy, or by the same one \
+                 with another network size (dao.hidden); load it into the one it was saved from",
                 problems.join("; ")
             ),
         ));

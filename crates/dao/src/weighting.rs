@@ -28,6 +28,12 @@ pub struct TaskOutputs {
 /// step 1 requires the measured gradients to belong to the same function as the loss (same
 /// dropout masks). Sample dropout masks once per step, outside the closure, and apply the same
 /// masks on every call.
+///
+/// It must reach the model's graph **only through its argument**: the heads' own parameters
+/// are fine, but not the representation or another tensor of the trunk captured from outside
+/// (a skip connection), since measuring a task's gradient on the detached copy would consume
+/// the trunk's graph (burn has no `retain_graph`). A closure that ignores its argument is
+/// refused with [`DaoError::RepresentationUnused`](crate::DaoError::RepresentationUnused).
 pub type Heads<'a> = dyn FnMut(Tensor<2>) -> TaskOutputs + 'a;
 
 /// Everything a strategy gets for one training step.
@@ -101,6 +107,9 @@ pub trait LossWeighting {
     /// (constant weights, regression only): check `diagnostics.loss` before the optimizer
     /// step. DAO and the strategies that measure gradient norms stop with
     /// [`DaoError::InvalidNorm`] instead.
+    ///
+    /// It weighs a training step: H must be an autodiff tensor ([`DaoError::NotAutodiff`]
+    /// otherwise, for every strategy). A validation loss is the heads' own losses, unweighted.
     fn weigh_step(&mut self, input: StepInput<'_>) -> Result<Weighted, DaoError>;
 
     /// [`weigh_step`](Self::weigh_step) without shared parameters (the common case).

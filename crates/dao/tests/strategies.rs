@@ -244,6 +244,61 @@ fn a_loss_that_does_not_depend_on_h_has_a_zero_norm() {
     assert_eq!((d.lambda_r, d.lambda_c), (Some(0.0), Some(1.0)));
 }
 
+/// Heads computed from a representation captured outside the closure (the trunk's graph)
+/// instead of the closure's argument: refused with an error before any backward through the
+/// trunk could panic. A trunk made of one tracked product keeps the case honest: its graph is
+/// what a second backward would find consumed.
+#[test]
+fn heads_that_ignore_their_argument_are_refused() {
+    let device = device();
+    let labels = Tensor::<1, Int>::from_ints([0, 1], &device);
+    for strategy in ["dao", "dao-grad-balance-only"] {
+        let mut s = StrategyConfig::from_name(strategy)
+            .unwrap()
+            .build(&device)
+            .unwrap();
+        let weight = Tensor::<2>::ones([5, 5], &device).require_grad();
+        let outer = hand_representation(&device).matmul(weight);
+        let captured = outer.clone();
+        let labels = labels.clone();
+        let mut heads = move |_h: Tensor<2>| TaskOutputs {
+            regression_loss: captured.clone().square().sum(),
+            logits: captured.clone(),
+            labels: labels.clone(),
+        };
+        let error = s.weigh(outer, &mut heads).map(|_| ()).unwrap_err();
+        assert_eq!(
+            error,
+            DaoError::RepresentationUnused { task: 0 },
+            "{strategy}"
+        );
+        assert!(error.to_string().contains("the closure's argument"));
+    }
+}
+
+/// The strategies that learn parameters of their own refuse a device without autodiff from
+/// their constructors too, not only through [`StrategyConfig::build`].
+#[test]
+fn learning_strategies_refuse_a_device_without_autodiff() {
+    let plain = Device::flex();
+    let errors = [
+        Dao::new(DaoConfig::default(), &plain).map(|_| ()),
+        Uncertainty::new(UncertaintyConfig { lr: 1e-3 }, &plain).map(|_| ()),
+        ImbalanceOnly::new(ImbalanceOnlyConfig::default(), &plain).map(|_| ()),
+    ];
+    let names = ["dao", "uncertainty", "dao-imbalance-only"];
+    for (error, name) in errors.into_iter().zip(names) {
+        assert_eq!(error.unwrap_err(), DaoError::NotAutodiffDevice(name));
+    }
+    for name in names {
+        let built = StrategyConfig::from_name(name).unwrap().build(&plain);
+        assert_eq!(
+            built.map(|_| ()).unwrap_err(),
+            DaoError::NotAutodiffDevice(name)
+        );
+    }
+}
+
 /// `learn_alpha_beta = false` (DAO-SPEC step 2's option): α, β get no gradient and stay at
 /// their initial values through DAO's own updates, while the weighting network still learns.
 #[test]

@@ -104,7 +104,11 @@ impl LoraConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PeftTargets {
+    /// Module-name suffixes (`["query", "value"]`): a module is adapted when its name ends
+    /// with one of them.
     List(Vec<String>),
+    /// One regular expression over the modules' names (PEFT's form; refused here by
+    /// [`PeftAdapterConfig::to_lora_config`]: list the names instead).
     Regex(String),
 }
 
@@ -114,29 +118,42 @@ pub enum PeftTargets {
 /// a different function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeftAdapterConfig {
+    /// `"LORA"` (any other adapter type is refused).
     pub peft_type: String,
+    /// The rank r.
     pub r: usize,
+    /// α: the update is scaled by α / r (α / √r with `use_rslora`).
     pub lora_alpha: f64,
+    /// Dropout on the adapter's input while training.
     #[serde(default)]
     pub lora_dropout: f64,
+    /// Which modules carry an adapter.
     pub target_modules: PeftTargets,
+    /// Rank-stabilised scaling, α / √r.
     #[serde(default)]
     pub use_rslora: bool,
+    /// DoRA (weight-decomposed LoRA): refused when true.
     #[serde(default)]
     pub use_dora: bool,
+    /// Which biases train (`"none"`; anything else is refused).
     #[serde(default = "bias_none")]
     pub bias: String,
+    /// Weights stored `[in, out]` (GPT-2's `Conv1D`): refused when true.
     #[serde(default)]
     pub fan_in_fan_out: bool,
     /// Whole modules saved beside the adapter (our heads).
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
+    /// Per-module ranks: refused when not empty.
     #[serde(default)]
     pub rank_pattern: serde_json::Map<String, serde_json::Value>,
+    /// Per-module α: refused when not empty.
     #[serde(default)]
     pub alpha_pattern: serde_json::Map<String, serde_json::Value>,
+    /// The base model the adapter was trained on (informative).
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// Whether PEFT saved it for inference only (informative).
     #[serde(default)]
     pub inference_mode: bool,
 }

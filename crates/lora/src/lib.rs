@@ -54,6 +54,7 @@
 //! The formulas are PEFT's `LoraLayer` (`scaling = lora_alpha / r`, `use_rslora`,
 //! `lora_dropout` on the adapter's input only); DAO-SPEC "LoRA" in this project's shared
 //! material writes them out.
+#![warn(missing_docs)]
 
 mod config;
 mod error;

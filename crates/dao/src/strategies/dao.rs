@@ -102,7 +102,12 @@ pub struct Dao {
 
 impl Dao {
     /// A fresh DAO on `device` (the training device, autodiff).
+    ///
+    /// # Errors
+    /// An invalid configuration, or a `device` without autodiff (DAO's module would never
+    /// learn there).
     pub fn new(config: DaoConfig, device: &Device) -> Result<Self, DaoError> {
+        super::check_learns_on(device, "dao")?;
         let module = DaoModule::new(&config, device)?;
         Self::with_module(config, module)
     }
@@ -279,8 +284,13 @@ pub struct ImbalanceOnly {
 }
 
 impl ImbalanceOnly {
-    /// The ablation on `device`.
+    /// The ablation on `device` (the training device, autodiff).
+    ///
+    /// # Errors
+    /// An invalid configuration, or a `device` without autodiff (α and β would never learn
+    /// there).
     pub fn new(config: ImbalanceOnlyConfig, device: &Device) -> Result<Self, DaoError> {
+        super::check_learns_on(device, "dao-imbalance-only")?;
         crate::config::StrategyConfig::DaoImbalanceOnly(config.clone()).validate()?;
         let alpha_beta = AlphaBeta::new(
             config.alpha_init,

@@ -32,6 +32,19 @@ pub(crate) fn plain_losses(input: &mut StepInput<'_>) -> Result<PlainLosses, Dao
     Ok(PlainLosses { l_r, l_c, targets })
 }
 
+/// A strategy with parameters of its own (`name`) refuses a device without autodiff, where
+/// they would silently never learn.
+pub(crate) fn check_learns_on(
+    device: &burn::tensor::Device,
+    name: &'static str,
+) -> Result<(), DaoError> {
+    if device.is_autodiff() {
+        Ok(())
+    } else {
+        Err(DaoError::NotAutodiffDevice(name))
+    }
+}
+
 impl crate::config::StrategyConfig {
     /// Builds the configured strategy on `device` (the training device: autodiff).
     ///
@@ -45,15 +58,7 @@ impl crate::config::StrategyConfig {
     ) -> Result<Box<dyn crate::LossWeighting>, DaoError> {
         use crate::config::StrategyConfig as S;
         self.validate()?;
-        let learns = match self {
-            S::Dao(_) => Some("dao"),
-            S::Uncertainty(_) => Some("uncertainty"),
-            S::DaoImbalanceOnly(_) => Some("dao-imbalance-only"),
-            _ => None,
-        };
-        if let Some(name) = learns.filter(|_| !device.is_autodiff()) {
-            return Err(DaoError::NotAutodiffDevice(name));
-        }
+        // The constructors of the strategies that learn check the device themselves.
         Ok(match self {
             S::RegressionOnly => Box::new(RegressionOnly),
             S::Constant(c) => Box::new(Constant::new(c.clone())?),

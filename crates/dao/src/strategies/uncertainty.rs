@@ -28,8 +28,13 @@ pub struct Uncertainty {
 }
 
 impl Uncertainty {
-    /// The strategy on `device`.
+    /// The strategy on `device` (the training device, autodiff).
+    ///
+    /// # Errors
+    /// An invalid configuration, or a `device` without autodiff (the log-variances would never
+    /// learn there).
     pub fn new(config: UncertaintyConfig, device: &Device) -> Result<Self, DaoError> {
+        super::check_learns_on(device, "uncertainty")?;
         crate::config::StrategyConfig::Uncertainty(config.clone()).validate()?;
         Ok(Self {
             log_variances: LogVariances {
