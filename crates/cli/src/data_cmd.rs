@@ -121,7 +121,8 @@ fn stats(args: StatsArgs) -> Result<()> {
     println!("classes       0: y < -0.5 · 1: [-0.5, -0.049) · 2: [-0.049, 0.049] · 3: (0.049, 0.5] · 4: y > 0.5");
     for (class, count) in stats.class_counts.iter().enumerate() {
         println!(
-            "  class {class}     {count:>7}  ({:.1}%)",
+            "  class {class} {:<13} {count:>7}  ({:.1}%)",
+            data::CLASS_NAMES[class],
             100.0 * *count as f64 / total
         );
     }

@@ -47,8 +47,15 @@ fn stats_of_a_small_file() {
     let expected = format!("mean {mean:.4}  std {std:.4}  min -0.900  max 0.800");
     assert_eq!(field(&stdout, "score"), expected);
     // Classes by DAO-SPEC eq. 4: -0.9 → 0, -0.3 → 1, 0.0 → 2, none in 3, 0.8 and 0.6 → 4.
+    let names = [
+        "very negative",
+        "negative",
+        "neutral",
+        "positive",
+        "very positive",
+    ];
     for (class, count) in [(0, 1), (1, 1), (2, 1), (3, 0), (4, 2)] {
-        let line = field(&stdout, &format!("  class {class}"));
+        let line = field(&stdout, &format!("  class {class} {}", names[class]));
         assert!(
             line.starts_with(&count.to_string()),
             "class {class}: {line}"

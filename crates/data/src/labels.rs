@@ -5,6 +5,15 @@ use crate::config::ClassThresholds;
 /// Number of sentiment classes.
 pub const NUM_CLASSES: usize = 5;
 
+/// What each class stands for, from the most negative scores (0) to the most positive (4).
+pub const CLASS_NAMES: [&str; NUM_CLASSES] = [
+    "very negative",
+    "negative",
+    "neutral",
+    "positive",
+    "very positive",
+];
+
 /// The class `z` of a score `y`, boundaries exactly as DAO-SPEC.md writes them, in f32:
 /// `4` if `y > t3`; `3` if `t2 < y ≤ t3`; `2` if `t1 ≤ y ≤ t2`; `1` if `t0 ≤ y < t1`;
 /// `0` if `y < t0` (defaults `t = [-0.5, -0.049, 0.049, 0.5]`).

@@ -36,7 +36,7 @@ use std::path::Path;
 pub use batch::{epoch_plan, Batch, BatchOptions, EpochBatches};
 pub use config::{BadRowPolicy, ClassThresholds, DataConfig, InputMode};
 pub use error::{DataError, RowProblem};
-pub use labels::{class_counts, score_class, NUM_CLASSES};
+pub use labels::{class_counts, score_class, CLASS_NAMES, NUM_CLASSES};
 pub use load::{
     load, load_texts, rejected_path, Dataset, Example, FileFormat, LoadOptions, TextRow,
 };

@@ -144,6 +144,8 @@ pub struct Prediction {
     pub score: f32,
     /// The argmax of the classification head (0 very negative … 4 very positive).
     pub class: usize,
+    /// The class's name ([`data::CLASS_NAMES`]).
+    pub label: &'static str,
     /// Softmax of the classification logits.
     pub probabilities: Vec<f32>,
 }
@@ -250,6 +252,7 @@ pub fn predict_file(
                 target: if pairs { rows[i].target.clone() } else { None },
                 score,
                 class,
+                label: data::CLASS_NAMES[class],
                 probabilities: p,
             };
             lines.push(serde_json::to_string(&prediction).expect("serialises"));
