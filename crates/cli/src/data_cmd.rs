@@ -39,8 +39,8 @@ struct StatsArgs {
     /// text, or text+target (a sentence pair; every row then needs a target).
     #[arg(long, default_value = "text", value_parser = parse_input)]
     input: InputMode,
-    /// Truncation length in tokens (default: what the model allows, at most 512, and at most
-    /// tokenizer_config.json's model_max_length).
+    /// Truncation length in tokens (default: what the model allows, capped by
+    /// tokenizer_config.json's model_max_length, at 512 without one).
     #[arg(long)]
     max_len: Option<usize>,
     /// The text's field (JSON Lines) or column (CSV, TSV).

@@ -23,9 +23,9 @@ pub struct EmbedArgs {
     /// JSON Lines output: one {"embedding": [...]} per input row, in order.
     #[arg(long)]
     output: PathBuf,
-    /// Truncation length in tokens (default: what the model allows, at most 512, and at most
-    /// tokenizer_config.json's model_max_length, as transformers cuts: an exported run's
-    /// folder cuts where the run did).
+    /// Truncation length in tokens (default: what the model allows, capped by
+    /// tokenizer_config.json's model_max_length as transformers cuts, at 512 without one: an
+    /// exported run's folder cuts where the run did).
     #[arg(long)]
     max_len: Option<usize>,
     /// Texts per forward pass (texts of similar length are batched together; the output keeps

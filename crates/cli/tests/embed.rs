@@ -242,8 +242,38 @@ fn embed_cuts_at_the_folders_model_max_length() {
     assert_eq!(run(&folder, "explicit.jsonl", &["--max-len", "128"]), whole);
     std::fs::write(
         folder.join("tokenizer_config.json"),
+        r#"{"model_max_length": 6.0}"#,
+    )
+    .unwrap();
+    assert_eq!(run(&folder, "float.jsonl", &[]), cut);
+    std::fs::write(
+        folder.join("tokenizer_config.json"),
         r#"{"model_max_length": 1000000000000000019884624838656}"#,
     )
     .unwrap();
     assert_eq!(run(&folder, "no-limit.jsonl", &[]), whole);
+    // Values that are no length, and a file that is not JSON: the model's own limit, said.
+    for (i, settings) in [
+        r#"{"model_max_length": 1}"#,
+        r#"{"model_max_length": "6"}"#,
+        "{",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(folder.join("tokenizer_config.json"), settings).unwrap();
+        let output = dir.join(format!("odd-{i}.jsonl"));
+        let result = embed(&folder, &input, &output, &[]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(result.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("tokenizer_config.json"),
+            "{settings}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            whole,
+            "{settings}"
+        );
+    }
 }

@@ -118,49 +118,69 @@ enum Task {
 }
 
 /// ‖∂L_r‖ and ‖∂L_c‖ (L_c the plain mean cross-entropy, as DAO-SPEC step 1 says), with respect
-/// to what `wrt` names. Costs two closure calls on detached copies of H plus two tiny backward
-/// passes (representation), or two forward and backward passes of the trunk (shared parameters).
+/// to what `wrt` names. Costs two closure calls on detached copies of H plus one tiny backward
+/// pass (representation), or two forward and backward passes of the trunk (shared parameters).
 pub(crate) fn task_grad_norms(
     input: &mut StepInput<'_>,
     targets: &ClassTargets,
     wrt: GradNormWrt,
 ) -> Result<[f32; 2], DaoError> {
-    let mut norms = [0.0f32; 2];
-    for (slot, task) in [Task::Regression, Task::Classification]
-        .into_iter()
-        .enumerate()
-    {
-        norms[slot] = match wrt {
-            GradNormWrt::Representation => {
-                let h = input.representation.clone().detach().require_grad();
-                let loss = task_loss((input.heads)(h.clone()), targets, task)?;
-                if !loss.is_tracked() {
-                    0.0 // the loss does not depend on H
-                } else {
-                    let grads = loss.backward();
-                    // A loss that needs a gradient but none reaches H was computed from a
-                    // tensor outside the closure's argument, whose graph this backward has
-                    // just consumed: the next backward through it would panic.
-                    let g = h
-                        .grad(&grads)
-                        .ok_or(DaoError::RepresentationUnused { task: slot })?;
-                    l2_norm(g).into_scalar::<f32>()
-                }
-            }
-            GradNormWrt::SharedParameters => {
+    match wrt {
+        GradNormWrt::Representation => representation_grad_norms(input, targets),
+        GradNormWrt::SharedParameters => {
+            let mut norms = [0.0f32; 2];
+            for (slot, task) in TASKS.into_iter().enumerate() {
                 let shared = input
                     .shared
                     .as_deref_mut()
                     .ok_or(DaoError::MissingSharedParameters)?;
                 let h = shared.representation();
                 let loss = task_loss((input.heads)(h), targets, task)?;
-                if !loss.is_tracked() {
-                    0.0
-                } else {
-                    shared.grad_norm(&loss.backward())
+                if loss.is_tracked() {
+                    norms[slot] = shared.grad_norm(&loss.backward());
                 }
             }
-        };
+            Ok(norms)
+        }
+    }
+}
+
+const TASKS: [Task; 2] = [Task::Regression, Task::Classification];
+
+/// Each task's loss on its own detached copy of H, both through one backward of their sum:
+/// copy k's gradient is ∂L_k/∂H alone, since the other loss does not reach it. A loss that
+/// does not depend on H (constant, or a head that stops the gradient) has a norm of 0. A
+/// closure that reaches H through neither copy computed its heads from a tensor captured
+/// outside it: refused, before the caller's backward would find that graph consumed.
+fn representation_grad_norms(
+    input: &mut StepInput<'_>,
+    targets: &ClassTargets,
+) -> Result<[f32; 2], DaoError> {
+    let copies = TASKS.map(|_| input.representation.clone().detach().require_grad());
+    let mut losses = Vec::with_capacity(TASKS.len());
+    for (task, h) in TASKS.into_iter().zip(&copies) {
+        losses.push(task_loss((input.heads)(h.clone()), targets, task)?);
+    }
+    let tracked: Vec<bool> = losses.iter().map(Tensor::is_tracked).collect();
+    let Some(total) = losses
+        .into_iter()
+        .zip(&tracked)
+        .filter(|(_, &tracked)| tracked)
+        .map(|(loss, _)| loss)
+        .reduce(|a, b| a + b)
+    else {
+        return Ok([0.0; 2]); // neither loss depends on anything that trains
+    };
+    let grads = total.backward();
+    let gradients = copies.map(|h| h.grad(&grads));
+    if gradients.iter().all(Option::is_none) {
+        return Err(DaoError::RepresentationUnused);
+    }
+    let mut norms = [0.0f32; 2];
+    for (norm, gradient) in norms.iter_mut().zip(gradients) {
+        if let Some(g) = gradient {
+            *norm = l2_norm(g).into_scalar::<f32>();
+        }
     }
     Ok(norms)
 }

@@ -39,18 +39,15 @@ pub enum DaoError {
         /// The value received.
         value: f32,
     },
-    /// A task's loss from the heads closure needs a gradient, but none reaches the H the
-    /// closure was handed: the heads were computed from a tensor captured outside the closure.
+    /// Neither task's loss from the heads closure reaches the H the closure was handed, though
+    /// one needs a gradient: the heads were computed from a tensor captured outside the
+    /// closure (or both heads stop the gradient, so the trunk could never learn from them).
     #[error(
-        "the {} loss does not depend on the H handed to the heads closure: compute both heads \
-         from the closure's argument only (a representation captured from outside the closure \
-         is part of the model's graph, which measuring a task's gradient would consume)",
-        if *.task == 0 { "regression" } else { "classification" }
+        "neither task's loss depends on the H handed to the heads closure: compute the heads \
+         from the closure's argument (a representation captured from outside the closure is \
+         part of the model's graph, which measuring the tasks' gradients has now consumed)"
     )]
-    RepresentationUnused {
-        /// The task's index (0 = regression, 1 = classification).
-        task: usize,
-    },
+    RepresentationUnused,
     /// The shared representation is not on an autodiff device, so no gradient can be taken.
     #[error(
         "the shared representation is not an autodiff tensor: build the model on \

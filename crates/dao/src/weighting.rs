@@ -31,9 +31,12 @@ pub struct TaskOutputs {
 ///
 /// It must reach the model's graph **only through its argument**: the heads' own parameters
 /// are fine, but not the representation or another tensor of the trunk captured from outside
-/// (a skip connection), since measuring a task's gradient on the detached copy would consume
-/// the trunk's graph (burn has no `retain_graph`). A closure that ignores its argument is
-/// refused with [`DaoError::RepresentationUnused`](crate::DaoError::RepresentationUnused).
+/// (a skip connection), since measuring the tasks' gradients on the detached copies would
+/// consume the trunk's graph (burn has no `retain_graph`). A closure that ignores its argument
+/// is refused with [`DaoError::RepresentationUnused`](crate::DaoError::RepresentationUnused);
+/// one that reads its argument *and* a captured trunk tensor cannot be told apart, and burn
+/// panics at the caller's `backward` ("graph tape has already been consumed"). A head that
+/// stops the gradient (`h.detach()`) is fine: its task's norm is 0.
 pub type Heads<'a> = dyn FnMut(Tensor<2>) -> TaskOutputs + 'a;
 
 /// Everything a strategy gets for one training step.

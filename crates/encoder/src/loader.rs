@@ -129,21 +129,40 @@ impl ModelFolder {
 
     /// The truncation length transformers' tokenizer of this folder uses
     /// (`tokenizer_config.json`'s `model_max_length`): `None` where the file or the key is
-    /// absent or not a length (transformers writes 10³⁰ for "no limit").
+    /// absent, or says "no limit" (transformers writes 10³⁰). A value that is no length (0,
+    /// 1, negative, fractional, not a number) or a file that is not JSON is passed over with
+    /// a warning.
     pub fn model_max_length(&self) -> Option<usize> {
-        let text = std::fs::read_to_string(self.dir.join("tokenizer_config.json")).ok()?;
-        let settings: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let length = settings.get("model_max_length")?.as_u64()?;
-        usize::try_from(length).ok().filter(|&length| length >= 2)
+        let path = self.dir.join("tokenizer_config.json");
+        let text = std::fs::read_to_string(&path).ok()?;
+        let ignored = |why: &str| {
+            tracing::warn!(
+                "{}: {why}; texts are cut at the model's own limit",
+                path.display()
+            );
+            None
+        };
+        let settings: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(settings) => settings,
+            Err(error) => return ignored(&format!("not JSON ({error})")),
+        };
+        let value = settings.get("model_max_length")?;
+        match value.as_f64() {
+            Some(length) if length >= 1e18 => None, // "no limit"
+            Some(length) if length >= 2.0 && length.fract() == 0.0 => Some(length as usize),
+            _ => ignored(&format!(
+                "model_max_length = {value} is not a length of 2 or more"
+            )),
+        }
     }
 
     /// What a text is cut to by default where no length is asked for: the position table's
-    /// limit, at most 512, and at most [`model_max_length`](Self::model_max_length), so an
-    /// exported run's folder cuts texts where the run (and transformers) did.
+    /// limit, capped by [`model_max_length`](Self::model_max_length) where the folder gives
+    /// one (so an exported run's folder cuts texts where the run, and transformers, did), at
+    /// 512 otherwise.
     pub fn default_max_len(&self) -> usize {
-        let limit = self.config.max_input_len().min(512);
-        self.model_max_length()
-            .map_or(limit, |length| limit.min(length))
+        let limit = self.config.max_input_len();
+        limit.min(self.model_max_length().unwrap_or(512))
     }
 
     /// Builds the encoder on `device` and loads the weights into it.

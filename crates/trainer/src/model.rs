@@ -150,9 +150,8 @@ impl SentimentModel {
                  train.best_metric) and `last` (where it stopped)"
             )));
         }
+        let dir = crate::train::checkpoint_for_inference(run, which)?;
         let mut model = Self::from_config(config, device)?;
-        let dir = crate::train::checkpoint_to_read(run, which);
-        crate::train::verify_weights(&dir)?;
         model.load(&dir, config.train.finetune)?;
         if config.train.finetune == Finetune::Lora {
             model.encoder = model.encoder.merge_lora()?;

@@ -174,10 +174,10 @@ pub struct FileDigest {
 }
 
 impl FileDigest {
-    /// Reads `path` whole; `sync`: also has the system write it to disk first (a checkpoint's
-    /// files before its folder is renamed into place).
-    fn of(path: &Path, sync: bool) -> std::io::Result<Self> {
-        let mut file = if sync {
+    /// Reads `path` whole, or its first `limit` bytes; `sync`: also has the system write it to
+    /// disk first (a checkpoint's files before its folder is renamed into place).
+    fn of(path: &Path, sync: bool, limit: u64) -> std::io::Result<Self> {
+        let file = if sync {
             // Write access: Windows flushes only handles that have it.
             std::fs::OpenOptions::new()
                 .read(true)
@@ -189,6 +189,7 @@ impl FileDigest {
         if sync {
             file.sync_all()?;
         }
+        let mut file = file.take(limit);
         let mut hasher = crc32fast::Hasher::new();
         let mut buffer = vec![0u8; 1 << 20];
         let mut bytes = 0u64;
@@ -218,7 +219,7 @@ fn digest_checkpoint_files(dir: &Path) -> Result<BTreeMap<String, FileDigest>, T
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if name != STATE_FILE && path.is_file() {
-            let digest = FileDigest::of(&path, true).map_err(io_error(&path))?;
+            let digest = FileDigest::of(&path, true, u64::MAX).map_err(io_error(&path))?;
             files.insert(name, digest);
         }
     }
@@ -237,48 +238,84 @@ fn verify_checkpoint_files(
     let recorded = state.files.iter().flatten();
     for (name, written) in recorded.filter(|(name, _)| only.is_none_or(|only| *name == only)) {
         let path = dir.join(name);
-        let now = match FileDigest::of(&path, false) {
-            Ok(now) => now,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(TrainError::checkpoint(
-                    &path,
-                    format!("missing, though written with the checkpoint; {advice}"),
-                ))
-            }
-            Err(error) => return Err(io_error(&path)(error)),
-        };
-        if now != *written {
+        let damaged = |what: &str| TrainError::checkpoint(&path, format!("{what}; {advice}"));
+        // A damaged state.json could name anything: only plain names of this folder are read.
+        if Path::new(name).file_name() != Some(std::ffi::OsStr::new(name)) {
             return Err(TrainError::checkpoint(
-                &path,
+                &dir.join(STATE_FILE),
                 format!(
-                    "{} bytes with CRC-32 {}, but {} bytes with CRC-32 {} when the checkpoint was \
-                     written: the file is damaged (a disk error, a copy cut short, an edit); \
-                     {advice}",
-                    now.bytes, now.crc32, written.bytes, written.crc32
+                    "names {name:?}, not a file of the checkpoint: the file is damaged; {advice}"
                 ),
             ));
+        }
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Err(damaged("not a regular file, though one was written there")),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(damaged("missing, though written with the checkpoint"))
+            }
+            Err(error) => return Err(io_error(&path)(error)),
+        }
+        // One byte past the recorded length tells a longer file without reading all of it.
+        let now = FileDigest::of(&path, false, written.bytes.saturating_add(1))
+            .map_err(io_error(&path))?;
+        if now.bytes > written.bytes {
+            return Err(damaged(&format!(
+                "longer than the {} bytes written with the checkpoint: the file is damaged (an \
+                 edit, another file copied over it)",
+                written.bytes
+            )));
+        }
+        if now != *written {
+            return Err(damaged(&format!(
+                "{} bytes with CRC-32 {}, but {} bytes with CRC-32 {} when the checkpoint was \
+                 written: the file is damaged (a disk error, a copy cut short, an edit)",
+                now.bytes, now.crc32, written.bytes, written.crc32
+            )));
         }
     }
     Ok(())
 }
 
-/// Checks the weights file of a checkpoint folder about to be read for inference against its
-/// `state.json` (a `state.json` that cannot be read is said, and the weights are read
-/// unchecked: they may still be whole).
-pub(crate) fn verify_weights(dir: &Path) -> Result<(), TrainError> {
-    match read_state(dir) {
-        Ok(state) => verify_checkpoint_files(
-            dir,
-            &state,
-            Some(crate::model::MODEL_FILE),
+/// The folder of the run's checkpoint `which` (`best` or `last`) to read for inference, its
+/// weights checked against its `state.json` (a `state.json` that cannot be read is said, and
+/// the weights are read unchecked: they may still be whole).
+pub(crate) fn checkpoint_for_inference(run: &Path, which: &str) -> Result<PathBuf, TrainError> {
+    let other = CHECKPOINT_NAMES.into_iter().find(|&name| name != which);
+    let other_there = other.filter(|&name| checkpoint_to_read(run, name).is_dir());
+    let dir = checkpoint_to_read(run, which);
+    if !dir.is_dir() {
+        let when = if which == "best" {
+            "no epoch of the run has finished yet"
+        } else {
+            "the run stopped before its first checkpoint"
+        };
+        return Err(TrainError::checkpoint(
+            &checkpoint_dir(run, which),
+            match other_there {
+                Some(other) => {
+                    format!("not there ({when}); --checkpoint {other} reads the other one")
+                }
+                None => format!("not there ({when}); train the run further (--resume)"),
+            },
+        ));
+    }
+    let advice = match other_there {
+        Some(other) => format!(
             "restore the run's checkpoints folder from a copy of the run, or read the other \
-             checkpoint (--checkpoint best or last)",
+             checkpoint (--checkpoint {other})"
         ),
+        None => "restore the run's checkpoints folder from a copy of the run".to_string(),
+    };
+    match read_state(&dir) {
+        Ok(state) => {
+            verify_checkpoint_files(&dir, &state, Some(crate::model::MODEL_FILE), &advice)?
+        }
         Err(error) => {
             tracing::warn!("the weights cannot be checked against their checksum: {error}");
-            Ok(())
         }
     }
+    Ok(dir)
 }
 
 /// The training and validation rows of a run, in order, as row counts and FNV-1a hashes of
@@ -742,7 +779,7 @@ pub fn train(
             &state,
             None,
             "the run cannot go on from it: restore checkpoints/last from a copy of the run, or \
-             start a new run with another --out (nothing was changed)",
+             start a new run with another --out",
         )?;
         Some(state)
     } else {

@@ -466,7 +466,7 @@ fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
     assert!(
         text.contains(&best_weights.display().to_string())
             && text.contains("damaged")
-            && text.contains("--checkpoint best or last"),
+            && text.contains("(--checkpoint last)"),
         "{text}"
     );
     // The other checkpoint still reads; a name that is neither is refused.
@@ -476,6 +476,33 @@ fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
         .to_string();
     assert!(text.contains("no checkpoint `middle`"), "{text}");
     std::fs::write(&best_weights, whole).unwrap();
+    // A damaged state.json naming a file outside the checkpoint is not followed there, and a
+    // pipe in place of the weights is refused, not read without end.
+    let last_state = last.join("state.json");
+    let healthy = std::fs::read_to_string(&last_state).unwrap();
+    let mut outside: serde_json::Value = serde_json::from_str(&healthy).unwrap();
+    outside["files"]["../../config.toml"] = serde_json::json!({"bytes": 1, "crc32": "00000000"});
+    std::fs::write(&last_state, outside.to_string()).unwrap();
+    let text = trainer::train(&cfg, &out, &resume).unwrap_err().to_string();
+    assert!(
+        text.contains("names \"../../config.toml\", not a file of the checkpoint"),
+        "{text}"
+    );
+    std::fs::write(&last_state, &healthy).unwrap();
+    #[cfg(unix)]
+    {
+        let weights = last.join("model.bpk");
+        let kept = f.root.join("model.bpk.kept");
+        std::fs::rename(&weights, &kept).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&weights).status();
+        assert!(made.unwrap().success());
+        let text = trainer::evaluate_run(&out, "last", None, &device, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("not a regular file"), "{text}");
+        std::fs::remove_file(&weights).unwrap();
+        std::fs::rename(&kept, &weights).unwrap();
+    }
 
     // A state.json edited past the run's end.
     let state_file = out.join("checkpoints/last/state.json");
@@ -515,6 +542,36 @@ fn resume_checks_the_data_and_the_state_and_recovers_a_checkpoint() {
         std::fs::read(out.join("steps.csv")).unwrap(),
         std::fs::read(whole.join("steps.csv")).unwrap()
     );
+}
+
+/// A run stopped before its first epoch ended has no `best` checkpoint: reading it says so
+/// and names `last`, which reads.
+#[test]
+fn a_run_without_a_best_checkpoint_points_to_its_last() {
+    let Some(f) = fixture("a_run_without_a_best_checkpoint") else {
+        return;
+    };
+    let cfg = config(&f, &["train.epochs=2"]);
+    let out = f.root.join("run");
+    let stop = TrainOptions {
+        stop_after_steps: Some(2),
+        ..Default::default()
+    };
+    assert!(!trainer::train(&cfg, &out, &stop).unwrap().finished);
+    let device = burn::tensor::Device::flex();
+    let options = trainer::InferenceOptions::default();
+    let text = trainer::evaluate_run(&out, "best", None, &device, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(
+            "checkpoints/best: not there (no epoch of the run has finished yet); \
+             --checkpoint last reads the other one"
+        ),
+        "{text}"
+    );
+    let metrics = trainer::evaluate_run(&out, "last", None, &device, &options).unwrap();
+    assert!(metrics.mse.is_finite());
 }
 
 /// `evaluate --data` on a file named like the run's training or validation file keeps its
