@@ -12,7 +12,7 @@ use crate::error::DaoError;
 #[serde(rename_all = "kebab-case")]
 pub enum GradNormWrt {
     /// ∂L/∂H, H the shared representation `[batch, d]` (the spec's default): the heads run twice
-    /// more on a detached copy of H, nearly free.
+    /// more, on two detached copies of H, and one small backward runs through them: nearly free.
     #[default]
     Representation,
     /// ∂L/∂θ over every shared trainable parameter (the paper's notation): two extra forward and
