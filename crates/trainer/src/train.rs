@@ -286,7 +286,8 @@ pub(crate) fn checkpoint_for_inference(run: &Path, which: &str) -> Result<PathBu
     let dir = checkpoint_to_read(run, which);
     if !dir.is_dir() {
         let when = if which == "best" {
-            "no epoch of the run has finished yet"
+            // Written at the end of an epoch whose metric is a number.
+            "no epoch has ended yet with a value of train.best_metric"
         } else {
             "the run stopped before its first checkpoint"
         };

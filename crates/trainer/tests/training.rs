@@ -565,8 +565,8 @@ fn a_run_without_a_best_checkpoint_points_to_its_last() {
         .to_string();
     assert!(
         text.contains(
-            "checkpoints/best: not there (no epoch of the run has finished yet); \
-             --checkpoint last reads the other one"
+            "checkpoints/best: not there (no epoch has ended yet with a value of \
+             train.best_metric); --checkpoint last reads the other one"
         ),
         "{text}"
     );
