@@ -161,12 +161,9 @@ fn representation_grad_norms(
     for (task, h) in TASKS.into_iter().zip(&copies) {
         losses.push(task_loss((input.heads)(h.clone()), targets, task)?);
     }
-    let tracked: Vec<bool> = losses.iter().map(Tensor::is_tracked).collect();
     let Some(total) = losses
         .into_iter()
-        .zip(&tracked)
-        .filter(|(_, &tracked)| tracked)
-        .map(|(loss, _)| loss)
+        .filter(Tensor::is_tracked)
         .reduce(|a, b| a + b)
     else {
         return Ok([0.0; 2]); // neither loss depends on anything that trains
